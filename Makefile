@@ -1,0 +1,34 @@
+# Sluice: `make demo` runs the default pipeline locally, `make test` runs every test.
+PLUGINS := normalize enrich categorize totals
+WASM_TARGET := wasm32-wasip2
+DIST := plugins/dist
+
+.PHONY: all build host plugins demo test setup fmt clean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+build: host plugins
+
+host:
+	cargo build --release -p sluice
+
+plugins:
+	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(PLUGINS))
+	mkdir -p $(DIST)
+	for p in $(PLUGINS); do cp target/$(WASM_TARGET)/release/$$p.wasm $(DIST)/$$p.wasm; done
+
+demo: setup build
+	bash scripts/demo.sh
+
+test: setup build
+	cargo test --release --workspace
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf $(DIST)

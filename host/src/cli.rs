@@ -1,0 +1,94 @@
+//! The `sluice` command line.
+
+use crate::config;
+use crate::engine::Engine;
+use crate::generator::{self, GenArgs};
+use crate::pipeline::Chain;
+use crate::redis::Offline;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A stream processor whose transforms are WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `sluice=debug,rdkafka=warn`.
+    #[arg(long, global = true, env = "SLUICE_LOG", default_value = "info")]
+    pub log: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline until SIGINT or SIGTERM.
+    Run {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        path: PathBuf,
+    },
+    /// Check a pipeline file and load and type-check every plugin, without
+    /// connecting to Kafka or Redis.
+    Validate {
+        /// The pipeline file.
+        #[arg(default_value = "pipeline.toml")]
+        path: PathBuf,
+    },
+    /// Generate orders for the default pipeline.
+    Gen(GenArgs),
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Run { path } => {
+            let pipeline = load(&path)?;
+            runtime.block_on(crate::run::run(pipeline))
+        }
+        Command::Validate { path } => validate(&path),
+        Command::Gen(args) => runtime.block_on(generator::run(args)),
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<config::Pipeline> {
+    config::load_file(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn validate(path: &Path) -> anyhow::Result<()> {
+    let pipeline = load(path)?;
+    let engine = Engine::new()?;
+    let chain = Chain::build(&engine, &pipeline, Arc::new(Offline)).with_context(|| format!("{}", path.display()))?;
+    for stage in chain.stages() {
+        let spec = stage.spec();
+        println!("stage {:<12} {} ({})", spec.name, spec.component.path.display(), spec.component.version());
+    }
+    println!("{}: ok, {} stages", path.display(), chain.stages().len());
+    Ok(())
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("bad --log filter `{filter}`"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The pipeline.toml model: parsing, `${VAR}` interpolation and validation.
+//!
+//! Parsing fails closed: unknown keys, wrong types and bad values are errors
+//! that name the key and its line. [`PipelineConfig::validate`] then checks
+//! what spans several keys (stage names, lookup references, routes).
+
+mod interpolate;
+
+pub use interpolate::interpolate;
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// A pipeline.toml error, with the line and column it is about when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line and column in the file.
+    pub position: Option<(usize, usize)>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn at(text: &str, offset: usize, message: String) -> Self {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Self { position: Some((line, column)), message }
+    }
+
+    fn spanned<T>(text: &str, value: &Spanned<T>, message: String) -> Self {
+        Self::at(text, value.span().start, message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some((line, column)) => write!(f, "line {line}, column {column}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A whole pipeline: where records come from, the stages they go through,
+/// and where results go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Kafka connection and consumer group.
+    pub kafka: KafkaConfig,
+    /// The Redis server that serves lookups and receives effects.
+    pub redis: RedisConfig,
+    /// The input topics and how records are batched.
+    pub source: SourceConfig,
+    /// Delivery guarantee. Default `at-least-once`.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Where the records emitted by the last stage go.
+    pub output: TopicConfig,
+    /// Named outputs a stage may route records to, by route name.
+    #[serde(default)]
+    pub routes: BTreeMap<String, TopicConfig>,
+    /// Where records that cannot be processed go, with their reason.
+    pub dead_letter: TopicConfig,
+    /// Lookup tables served from Redis hashes, by table name.
+    #[serde(default)]
+    pub lookups: BTreeMap<String, LookupConfig>,
+    /// The stages, in order. At least one.
+    pub stages: Vec<StageConfig>,
+    /// The admin HTTP server.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`, e.g. `localhost:9092`.
+    pub brokers: String,
+    /// The consumer group id.
+    pub group: String,
+    /// Extra librdkafka properties for the consumer, e.g. `session.timeout.ms`.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for the producer, e.g. `compression.type`.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+/// Redis connection settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+}
+
+/// Input topics and batching.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Topics to consume. At least one.
+    pub topics: Vec<String>,
+    /// Most records in one batch through the chain. Default 500: large enough
+    /// to amortise the Wasm boundary and the broker round trip, small enough
+    /// to keep a batch well under a megabyte of orders.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: NonZeroUsize,
+    /// How long to wait for a batch to fill before processing what arrived,
+    /// in milliseconds. Default 20: bounds the latency a batch adds.
+    #[serde(default = "default_batch_timeout_ms")]
+    pub batch_timeout_ms: NonZeroU64,
+}
+
+fn default_batch_size() -> NonZeroUsize {
+    NonZeroUsize::new(500).expect("non-zero")
+}
+
+fn default_batch_timeout_ms() -> NonZeroU64 {
+    NonZeroU64::new(20).expect("non-zero")
+}
+
+/// The delivery guarantee.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    /// Offsets are committed after every output, dead letter and Redis effect
+    /// of the batch is confirmed. A crash may replay a batch.
+    #[default]
+    AtLeastOnce,
+}
+
+/// A Kafka topic to write to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// The topic name.
+    pub topic: String,
+}
+
+/// A lookup table: Redis hashes at `{key_prefix}{key}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LookupConfig {
+    /// Prepended to the key a plugin looks up, e.g. `user:`.
+    pub key_prefix: String,
+    /// How long a row (or its absence) is cached, in milliseconds. Default
+    /// 60000: lookup tables change rarely, and a minute bounds staleness.
+    #[serde(default = "default_ttl_ms")]
+    pub ttl_ms: u64,
+    /// Most rows cached for this table. Default 100000 (tens of MB at most).
+    #[serde(default = "default_cache_rows")]
+    pub cache_rows: NonZeroUsize,
+}
+
+fn default_ttl_ms() -> u64 {
+    60_000
+}
+
+fn default_cache_rows() -> NonZeroUsize {
+    NonZeroUsize::new(100_000).expect("non-zero")
+}
+
+/// One stage: a WebAssembly component and its config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// The stage name, unique in the pipeline; shown in logs, metrics and the
+    /// `sluice.error.stage` header of dead letters.
+    pub name: Spanned<String>,
+    /// Path to the component (`.wasm`), relative to pipeline.toml.
+    pub plugin: PathBuf,
+    /// The table given to the plugin's `init`, as a JSON object.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// The lookup tables this stage may read.
+    #[serde(default)]
+    pub lookups: Vec<Spanned<String>>,
+    /// Sandbox limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Per-stage sandbox limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most linear memory an instance may grow to, in MiB. Default 64: ample
+    /// for batches of hundreds of orders, small enough that a runaway plugin
+    /// cannot take the host down.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: NonZeroU32,
+    /// Deadline for one call into the plugin (one batch), in milliseconds.
+    /// Default 5000: a batch of 500 orders takes about a millisecond, so only
+    /// a plugin stuck in a loop gets near it.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: NonZeroU64,
+    /// How often a record the plugin asks to retry is tried again before it
+    /// is dead-lettered. Default 3.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+}
+
+fn default_memory_mib() -> NonZeroU32 {
+    NonZeroU32::new(64).expect("non-zero")
+}
+
+fn default_timeout_ms() -> NonZeroU64 {
+    NonZeroU64::new(5_000).expect("non-zero")
+}
+
+fn default_max_retries() -> u32 {
+    3
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { memory_mib: default_memory_mib(), timeout_ms: default_timeout_ms(), max_retries: default_max_retries() }
+    }
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub addr: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { addr: "127.0.0.1:8080".into() }
+    }
+}
+
+/// A parsed and validated pipeline, with the directory its relative plugin
+/// paths are resolved against.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// The config.
+    pub config: PipelineConfig,
+    /// The directory of pipeline.toml.
+    pub base_dir: PathBuf,
+}
+
+impl Pipeline {
+    /// The absolute or working-directory-relative path of a stage's plugin.
+    pub fn plugin_path(&self, stage: &StageConfig) -> PathBuf {
+        self.base_dir.join(&stage.plugin)
+    }
+}
+
+/// Reads, interpolates, parses and validates a pipeline.toml file.
+pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        position: None,
+        message: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let config = load_str(&text, |name| std::env::var(name).ok())?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(Pipeline { config, base_dir })
+}
+
+/// Interpolates, parses and validates pipeline.toml text.
+pub fn load_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
+    let text = interpolate(text, env)?;
+    let config: PipelineConfig = toml::from_str(&text).map_err(|e| match e.span() {
+        Some(span) => ConfigError::at(&text, span.start, e.message().trim_end().to_string()),
+        None => ConfigError { position: None, message: e.message().trim_end().to_string() },
+    })?;
+    config.validate(&text)?;
+    Ok(config)
+}
+
+impl PipelineConfig {
+    /// Checks what parsing alone cannot: names, references and non-empty
+    /// values. `text` is the interpolated file, for line numbers.
+    pub fn validate(&self, text: &str) -> Result<(), ConfigError> {
+        let whole = |message: String| ConfigError { position: None, message };
+        let non_empty = |what: &str, value: &str| {
+            if value.trim().is_empty() { Err(whole(format!("`{what}` must not be empty"))) } else { Ok(()) }
+        };
+        non_empty("kafka.brokers", &self.kafka.brokers)?;
+        non_empty("kafka.group", &self.kafka.group)?;
+        non_empty("redis.url", &self.redis.url)?;
+        non_empty("output.topic", &self.output.topic)?;
+        non_empty("dead_letter.topic", &self.dead_letter.topic)?;
+        if self.source.topics.is_empty() {
+            return Err(whole("`source.topics` must name at least one topic".into()));
+        }
+        for (i, topic) in self.source.topics.iter().enumerate() {
+            non_empty(&format!("source.topics[{i}]"), topic)?;
+        }
+        for (name, route) in &self.routes {
+            non_empty(&format!("routes.{name}.topic"), &route.topic)?;
+        }
+        if self.stages.is_empty() {
+            return Err(whole("the pipeline has no stages: add at least one [[stages]]".into()));
+        }
+        let mut seen = BTreeMap::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let name = stage.name.get_ref();
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                let message = format!("stages[{i}].name `{name}` must be letters, digits, `-` or `_`");
+                return Err(ConfigError::spanned(text, &stage.name, message));
+            }
+            if let Some(first) = seen.insert(name.clone(), i) {
+                let message = format!("stages[{i}].name `{name}` is already the name of stages[{first}]");
+                return Err(ConfigError::spanned(text, &stage.name, message));
+            }
+            if stage.plugin.as_os_str().is_empty() {
+                return Err(ConfigError::spanned(text, &stage.name, format!("stages[{i}].plugin must not be empty")));
+            }
+            for table in &stage.lookups {
+                if !self.lookups.contains_key(table.get_ref()) {
+                    let declared: Vec<&str> = self.lookups.keys().map(String::as_str).collect();
+                    let message = format!(
+                        "stages[{i}].lookups: `{}` is not a declared lookup table (declared: [{}])",
+                        table.get_ref(),
+                        declared.join(", ")
+                    );
+                    return Err(ConfigError::spanned(text, table, message));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let text = r#"
+            kafka = { brokers = "b:9092", group = "g" }
+            redis = { url = "redis://r" }
+            source = { topics = ["in"] }
+            output = { topic = "out" }
+            dead_letter = { topic = "dlq" }
+            [[stages]]
+            name = "s"
+            plugin = "s.wasm"
+        "#;
+        let config = load_str(text, |_| None).unwrap();
+        assert_eq!(config.source.batch_size.get(), 500);
+        assert_eq!(config.delivery, Delivery::AtLeastOnce);
+        assert_eq!(config.stages[0].limits.memory_mib.get(), 64);
+        assert_eq!(config.admin.addr, "127.0.0.1:8080");
+    }
+}

@@ -1,0 +1,50 @@
+//! Kafka: the consumer-group source, the producer sink, and the client
+//! context that turns librdkafka's events into log lines.
+
+mod sink;
+mod source;
+
+pub use sink::Sink;
+pub use source::Source;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+
+/// Logs librdkafka events through `tracing`, with the client's role.
+pub struct LogContext {
+    role: &'static str,
+}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let role = self.role;
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(role, facility, "kafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(role, facility, "kafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(role, facility, "kafka: {message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(role, facility, "kafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(role = self.role, %error, "kafka client error (librdkafka retries): {reason}");
+    }
+}
+
+impl ConsumerContext for LogContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions: Vec<String> =
+                    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+                tracing::info!(partitions = %partitions.join(","), "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => tracing::info!(count = tpl.count(), "partitions revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}

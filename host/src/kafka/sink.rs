@@ -1,0 +1,74 @@
+//! The producer sink: idempotent, acks from all in-sync replicas.
+
+use super::LogContext;
+use crate::config::PipelineConfig;
+use crate::pipeline::Produce;
+use futures::future::join_all;
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use std::time::Duration;
+
+/// How long a record may wait for room in the producer queue. Default 30 s:
+/// when the broker is gone for longer, the batch fails and is sent again.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Writes outputs and dead letters.
+pub struct Sink {
+    producer: FutureProducer<LogContext>,
+}
+
+impl Sink {
+    /// An idempotent producer (`acks=all`), with the pipeline's extra
+    /// producer properties applied last.
+    pub fn new(config: &PipelineConfig) -> KafkaResult<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "60000");
+        for (key, value) in &config.kafka.producer {
+            client.set(key, value);
+        }
+        Ok(Self { producer: client.create_with_context(LogContext { role: "producer" })? })
+    }
+
+    /// Sends every record and waits for all acknowledgements. Returns the
+    /// records that failed, with the first error, so that the caller can
+    /// send them again.
+    pub async fn send_all(&self, records: &[Produce]) -> Result<(), (KafkaError, Vec<Produce>)> {
+        let sends = records.iter().map(|r| {
+            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
+            for h in &r.headers {
+                headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
+            }
+            let mut record = FutureRecord::to(&r.topic).payload(&r.value).headers(headers);
+            if let Some(key) = &r.key {
+                record = record.key(key);
+            }
+            self.producer.send(record, Timeout::After(QUEUE_TIMEOUT))
+        });
+        let results = join_all(sends).await;
+        let mut first_error = None;
+        let mut failed = Vec::new();
+        for (record, result) in records.iter().zip(results) {
+            if let Err((e, _)) = result {
+                first_error.get_or_insert(e);
+                failed.push(record.clone());
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err((e, failed)),
+        }
+    }
+
+    /// Waits for everything queued to be delivered, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+}

@@ -1,0 +1,124 @@
+//! The consumer-group source: batches of records, and offset commits.
+
+use super::LogContext;
+use crate::bindings::Header;
+use crate::config::PipelineConfig;
+use crate::pipeline::Record;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Consumes the input topics in the pipeline's consumer group. Offsets are
+/// only ever committed explicitly, after a batch's results are confirmed.
+pub struct Source {
+    consumer: StreamConsumer<LogContext>,
+    batch_size: usize,
+    batch_timeout: Duration,
+    /// The next offset to read, per partition, of every batch handled.
+    positions: Mutex<BTreeMap<(String, i32), i64>>,
+}
+
+impl Source {
+    /// Creates the consumer and subscribes to the input topics.
+    pub fn new(config: &PipelineConfig) -> KafkaResult<Self> {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.kafka.brokers)
+            .set("group.id", &config.kafka.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        for (key, value) in &config.kafka.consumer {
+            client.set(key, value);
+        }
+        let consumer: StreamConsumer<LogContext> = client.create_with_context(LogContext { role: "consumer" })?;
+        let topics: Vec<&str> = config.source.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        Ok(Self {
+            consumer,
+            batch_size: config.source.batch_size.get(),
+            batch_timeout: Duration::from_millis(config.source.batch_timeout_ms.get()),
+            positions: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Waits for a record, then gathers more until the batch is full or the
+    /// batch timeout has passed since the first one.
+    pub async fn next_batch(&self) -> KafkaResult<Vec<Record>> {
+        let first = self.consumer.recv().await?;
+        let mut batch = Vec::with_capacity(self.batch_size);
+        batch.push(record(&first));
+        drop(first);
+        let deadline = tokio::time::Instant::now() + self.batch_timeout;
+        while batch.len() < self.batch_size {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => batch.push(record(&message)),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error while filling a batch");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits, per partition, the offset after the last record of `batch`.
+    pub fn commit(&self, batch: &[Record], mode: CommitMode) -> KafkaResult<()> {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let slot = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+            *slot = (*slot).max(r.offset + 1);
+        }
+        self.positions.lock().expect("positions lock").extend(next.clone());
+        self.commit_offsets(&next, mode)
+    }
+
+    /// Commits the position of every partition handled so far (at shutdown).
+    pub fn commit_all(&self, mode: CommitMode) -> KafkaResult<()> {
+        let positions = self.positions.lock().expect("positions lock").clone();
+        if positions.is_empty() {
+            return Ok(());
+        }
+        self.commit_offsets(&positions, mode)
+    }
+
+    fn commit_offsets(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in offsets {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        }
+        self.consumer.commit(&tpl, mode)
+    }
+
+    /// Leaves the consumer group.
+    pub fn unsubscribe(&self) {
+        self.consumer.unsubscribe();
+    }
+}
+
+fn record(message: &BorrowedMessage<'_>) -> Record {
+    let headers = message
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header { name: h.key.to_string(), value: h.value.map(<[u8]>::to_vec).unwrap_or_default() })
+                .collect()
+        })
+        .unwrap_or_default();
+    Record {
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+    }
+}

@@ -1,0 +1,27 @@
+//! Sluice: a stream processor whose transforms are WebAssembly components.
+//!
+//! # Layout
+//!
+//! - [`config`]: the pipeline.toml model, `${VAR}` interpolation, validation.
+//! - [`engine`]: the only place that configures wasmtime; loads components.
+//! - [`bindings`]: the host side of the `sluice:plugin` WIT contract.
+//! - [`pipeline`]: a stage (one sandboxed instance) and the stage chain.
+//! - [`kafka`]: the consumer-group source and the producer sink.
+//! - [`redis`]: lookup tables with a cache, and effects.
+//! - [`run`]: the consume -> process -> deliver -> commit loop.
+//! - [`http`]: the admin API; [`metrics`]: the counters it serves.
+//! - [`generator`]: the load generator; [`cli`]: the command line.
+#![deny(missing_docs)]
+
+#[allow(missing_docs)]
+pub mod bindings;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod generator;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod pipeline;
+pub mod redis;
+pub mod run;

@@ -1,0 +1,319 @@
+//! The stage chain: records in, outputs, dead letters and Redis effects out.
+//!
+//! A batch goes through the stages in order, each stage called once per
+//! batch. What a stage emits without a route feeds the next stage; after the
+//! last stage it goes to the default output. Results are all-or-nothing per
+//! input record: a record that any stage rejects yields exactly one dead
+//! letter (the record as received) and none of its outputs or effects.
+
+mod stage;
+
+pub use stage::{LookupSource, LookupUnavailable, Row, Stage, StageError, StageSpec, StageState, linker};
+
+use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome};
+use crate::config;
+use crate::engine::{Engine, LoadError};
+use stage::CallError;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A record as read from the source topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The record key.
+    pub key: Option<Vec<u8>>,
+    /// The record value; `None` for a Kafka null value.
+    pub value: Option<Vec<u8>>,
+    /// The record headers.
+    pub headers: Vec<Header>,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Record timestamp, if any.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A record to write to a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Produce {
+    /// Destination topic.
+    pub topic: Arc<str>,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Value.
+    pub value: Vec<u8>,
+    /// Headers.
+    pub headers: Vec<Header>,
+}
+
+/// A record that could not be processed.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The stage that gave up on it.
+    pub stage: Arc<str>,
+    /// The reason code.
+    pub reason: String,
+    /// The dead-letter record: the input as received plus error headers.
+    pub record: Produce,
+}
+
+/// Records handled by one stage in one batch.
+#[derive(Debug, Clone, Default)]
+pub struct StageStats {
+    /// Records passed in.
+    pub records_in: u64,
+    /// Records emitted (to the next stage or an output).
+    pub emitted: u64,
+    /// Records filtered.
+    pub filtered: u64,
+    /// Records rejected (after retries).
+    pub rejected: u64,
+    /// Time spent in the stage.
+    pub elapsed: Duration,
+}
+
+/// Everything a batch produced.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    /// Records for the default output and named routes, in input order.
+    pub outputs: Vec<Produce>,
+    /// Dead letters, at most one per input record.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Redis effects of the records that were not dead-lettered.
+    pub effects: Vec<Effect>,
+    /// Input records that produced neither output nor dead letter.
+    pub filtered: u64,
+    /// Per stage, in chain order.
+    pub stages: Vec<StageStats>,
+}
+
+/// Why a chain could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// A plugin file could not be loaded.
+    Load(LoadError),
+    /// A stage could not be set up.
+    Stage(StageError),
+    /// The linker could not be built.
+    Linker(String),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Load(e) => e.fmt(f),
+            Self::Stage(e) => e.fmt(f),
+            Self::Linker(e) => write!(f, "cannot link the host interface: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// The live chain of stages and where its results go.
+pub struct Chain {
+    stages: Vec<Stage>,
+    output: Arc<str>,
+    dead_letter: Arc<str>,
+    routes: HashMap<String, Arc<str>>,
+}
+
+impl Chain {
+    /// Loads, type-checks, instantiates and initialises every stage.
+    pub fn build(
+        engine: &Engine,
+        pipeline: &config::Pipeline,
+        lookups: Arc<dyn LookupSource>,
+    ) -> Result<Self, BuildError> {
+        let linker = linker(engine).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
+        let config = &pipeline.config;
+        let mut stages = Vec::with_capacity(config.stages.len());
+        for stage in &config.stages {
+            let component = engine.load(&pipeline.plugin_path(stage)).map_err(BuildError::Load)?;
+            let spec = StageSpec {
+                name: Arc::from(stage.name.get_ref().as_str()),
+                component,
+                config_json: serde_json::to_string(&stage.config).expect("a TOML table is valid JSON"),
+                tables: stage.lookups.iter().map(|t| t.get_ref().clone()).collect(),
+                limits: stage.limits.clone(),
+            };
+            stages.push(Stage::new(engine, &linker, Arc::new(spec), lookups.clone()).map_err(BuildError::Stage)?);
+        }
+        Ok(Self {
+            stages,
+            output: Arc::from(config.output.topic.as_str()),
+            dead_letter: Arc::from(config.dead_letter.topic.as_str()),
+            routes: config.routes.iter().map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str()))).collect(),
+        })
+    }
+
+    /// The stages, in order.
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    /// Runs a batch through the chain. Fails only when a lookup could not
+    /// be served; the batch can then be processed again from the start.
+    pub fn process(&mut self, records: &[Record]) -> Result<BatchResult, LookupUnavailable> {
+        let mut origins: Vec<usize> = (0..records.len()).collect();
+        let mut batch: Vec<Message> = records.iter().map(first_message).collect();
+        let mut rejected: Vec<Option<(Arc<str>, ErrorInfo)>> = vec![None; records.len()];
+        let mut outputs: Vec<(usize, Produce)> = Vec::new();
+        let mut effects: Vec<(usize, Effect)> = Vec::new();
+        let mut stats = Vec::with_capacity(self.stages.len());
+        let last = self.stages.len() - 1;
+        for (index, stage) in self.stages.iter_mut().enumerate() {
+            let started = Instant::now();
+            let outcomes = run_stage(stage, &batch)?;
+            let mut st = StageStats { records_in: batch.len() as u64, ..StageStats::default() };
+            let mut next_origins = Vec::with_capacity(batch.len());
+            let mut next = Vec::with_capacity(batch.len());
+            for ((origin, input), outcome) in origins.iter().zip(&batch).zip(outcomes) {
+                let origin = *origin;
+                match outcome {
+                    Outcome::Emit((emitted, stage_effects)) => {
+                        st.emitted += emitted.len() as u64;
+                        effects.extend(stage_effects.into_iter().map(|e| (origin, e)));
+                        for out in emitted {
+                            let topic = match &out.route {
+                                None if index < last => {
+                                    next_origins.push(origin);
+                                    next.push(Message { key: out.key, value: out.value, headers: out.headers, ..source_of(input) });
+                                    continue;
+                                }
+                                None => self.output.clone(),
+                                Some(route) => match self.routes.get(route) {
+                                    Some(topic) => topic.clone(),
+                                    None => {
+                                        let info = ErrorInfo {
+                                            reason: "unknown_route".into(),
+                                            message: format!("route `{route}` is not declared in [routes]"),
+                                        };
+                                        rejected[origin].get_or_insert((stage.name().clone(), info));
+                                        continue;
+                                    }
+                                },
+                            };
+                            outputs.push((origin, Produce { topic, key: out.key, value: out.value, headers: out.headers }));
+                        }
+                    }
+                    Outcome::Filtered => st.filtered += 1,
+                    Outcome::Reject(info) | Outcome::Retry(info) => {
+                        st.rejected += 1;
+                        rejected[origin].get_or_insert((stage.name().clone(), info));
+                    }
+                }
+            }
+            st.elapsed = started.elapsed();
+            stats.push(st);
+            origins = next_origins;
+            batch = next;
+        }
+
+        let mut result = BatchResult { stages: stats, ..BatchResult::default() };
+        let mut has_output = vec![false; records.len()];
+        for (origin, produce) in outputs {
+            if rejected[origin].is_none() {
+                has_output[origin] = true;
+                result.outputs.push(produce);
+            }
+        }
+        result.effects = effects.into_iter().filter(|(o, _)| rejected[*o].is_none()).map(|(_, e)| e).collect();
+        for (origin, record) in records.iter().enumerate() {
+            match &rejected[origin] {
+                Some((stage, info)) => result.dead_letters.push(DeadLetter {
+                    stage: stage.clone(),
+                    reason: info.reason.clone(),
+                    record: dead_letter_record(&self.dead_letter, record, stage, info),
+                }),
+                None if !has_output[origin] => result.filtered += 1,
+                None => {}
+            }
+        }
+        Ok(result)
+    }
+}
+
+fn first_message(record: &Record) -> Message {
+    Message {
+        key: record.key.clone(),
+        value: record.value.clone().unwrap_or_default(),
+        headers: record.headers.clone(),
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+        timestamp_ms: record.timestamp_ms,
+    }
+}
+
+/// The source coordinates of a message, for the message a stage derives from it.
+fn source_of(input: &Message) -> Message {
+    Message {
+        key: None,
+        value: Vec::new(),
+        headers: Vec::new(),
+        topic: input.topic.clone(),
+        partition: input.partition,
+        offset: input.offset,
+        timestamp_ms: input.timestamp_ms,
+    }
+}
+
+/// The dead-letter record of `record`: key, value and headers as received,
+/// plus the `sluice.error.*` and `sluice.source.*` headers.
+pub fn dead_letter_record(topic: &Arc<str>, record: &Record, stage: &str, info: &ErrorInfo) -> Produce {
+    let mut headers = record.headers.clone();
+    let mut add = |name: &str, value: String| headers.push(Header { name: name.into(), value: value.into_bytes() });
+    add("sluice.error.stage", stage.to_string());
+    add("sluice.error.reason", info.reason.clone());
+    add("sluice.error.message", info.message.clone());
+    add("sluice.source.topic", record.topic.clone());
+    add("sluice.source.partition", record.partition.to_string());
+    add("sluice.source.offset", record.offset.to_string());
+    Produce { topic: topic.clone(), key: record.key.clone(), value: record.value.clone().unwrap_or_default(), headers }
+}
+
+/// Calls a stage, then retries the records it asked to retry, with backoff,
+/// up to the stage's `max_retries`.
+fn run_stage(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, LookupUnavailable> {
+    let mut outcomes = call_isolating(stage, batch)?;
+    for attempt in 0..stage.spec().limits.max_retries {
+        let retry: Vec<usize> = (0..outcomes.len()).filter(|&i| matches!(outcomes[i], Outcome::Retry(_))).collect();
+        if retry.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50) * 2u32.pow(attempt.min(6)));
+        let again: Vec<Message> = retry.iter().map(|&i| batch[i].clone()).collect();
+        for (i, outcome) in retry.into_iter().zip(call_isolating(stage, &again)?) {
+            outcomes[i] = outcome;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Calls a stage; when the call fails for the plugin's sake (trap, deadline,
+/// memory), calls it again record by record so that only the records that
+/// make it fail are rejected.
+fn call_isolating(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, LookupUnavailable> {
+    match stage.call(batch) {
+        Ok(outcomes) => Ok(outcomes),
+        Err(CallError::Unavailable(e)) => Err(e),
+        Err(CallError::Plugin { reason, message }) if batch.len() == 1 => {
+            tracing::warn!(stage = %stage.name(), reason, offset = batch[0].offset, error = %message, "plugin failed on a record");
+            Ok(vec![Outcome::Reject(ErrorInfo { reason: reason.into(), message })])
+        }
+        Err(CallError::Plugin { reason, message }) => {
+            tracing::warn!(stage = %stage.name(), reason, records = batch.len(), error = %message, "plugin failed on a batch; retrying record by record");
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for one in batch.chunks(1) {
+                outcomes.extend(call_isolating(stage, one)?);
+            }
+            Ok(outcomes)
+        }
+    }
+}

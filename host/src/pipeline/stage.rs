@@ -1,0 +1,247 @@
+//! One stage: a component instance in its own sandboxed store, with the
+//! host imports it may call and the limits it runs under.
+
+use crate::bindings::{self, LogLevel, Message, Outcome, Transform, TransformPre};
+use crate::config::Limits;
+use crate::engine::{Engine, LoadedComponent};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// A row of a lookup table as (field, value) pairs.
+pub type Row = Vec<(String, String)>;
+
+/// Where lookups are served from (Redis with a cache, in production).
+pub trait LookupSource: Send + Sync {
+    /// The row `key` of `table`; `Ok(None)` when it does not exist.
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, LookupUnavailable>;
+}
+
+/// The lookup backend could not answer; the batch must be retried later.
+#[derive(Debug, Clone)]
+pub struct LookupUnavailable(pub String);
+
+impl fmt::Display for LookupUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "lookup unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for LookupUnavailable {}
+
+/// What a stage is made of, as loaded from pipeline.toml.
+pub struct StageSpec {
+    /// The stage name.
+    pub name: Arc<str>,
+    /// The compiled component.
+    pub component: LoadedComponent,
+    /// The stage config, as the JSON object passed to `init`.
+    pub config_json: String,
+    /// The lookup tables the stage declared.
+    pub tables: Arc<[String]>,
+    /// Sandbox limits.
+    pub limits: Limits,
+}
+
+/// Per-instance host state: WASI with nothing granted, limits, lookups.
+pub struct StageState {
+    stage: Arc<str>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    lookups: Arc<dyn LookupSource>,
+    tables: Arc<[String]>,
+}
+
+impl WasiView for StageState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl bindings::sluice::plugin::types::Host for StageState {}
+
+impl bindings::sluice::plugin::host::Host for StageState {
+    fn lookup(&mut self, table: String, key: String) -> wasmtime::Result<Option<Row>> {
+        if !self.tables.contains(&table) {
+            tracing::warn!(stage = %self.stage, table, "lookup of a table the stage did not declare");
+            return Ok(None);
+        }
+        self.lookups.lookup(&table, &key).map_err(wasmtime::Error::new)
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        let stage = &*self.stage;
+        match level {
+            LogLevel::Trace => tracing::trace!(stage, "{message}"),
+            LogLevel::Debug => tracing::debug!(stage, "{message}"),
+            LogLevel::Info => tracing::info!(stage, "{message}"),
+            LogLevel::Warn => tracing::warn!(stage, "{message}"),
+            LogLevel::Error => tracing::error!(stage, "{message}"),
+        }
+    }
+}
+
+/// Builds the linker every stage is instantiated with: WASI p2 (with no
+/// capability granted by the context) and the Sluice host interface.
+pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<StageState>> {
+    let mut linker = Linker::new(engine.wasmtime());
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+/// Why a stage could not be set up.
+#[derive(Debug)]
+pub enum StageError {
+    /// The component does not fit the transform world: stage, plugin path, why.
+    World(String, String, String),
+    /// Instantiation failed (for example a start function trapped): stage, why.
+    Instantiate(String, String),
+    /// The plugin's `init` returned an error: stage, the error.
+    Init(String, String),
+}
+
+impl fmt::Display for StageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::World(stage, path, error) => write!(
+                f,
+                "stage `{stage}`: plugin {path} does not implement the sluice:plugin@0.1.0 `transform` world: {error}"
+            ),
+            Self::Instantiate(stage, error) => write!(f, "stage `{stage}`: cannot instantiate the plugin: {error}"),
+            Self::Init(stage, error) => write!(f, "stage `{stage}`: the plugin's init refused its config: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StageError {}
+
+/// Why one call into a stage failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// A lookup could not be served: retry the batch later.
+    Unavailable(LookupUnavailable),
+    /// The plugin trapped, ran out of time or memory: the records of the
+    /// call are at fault (or the plugin is).
+    Plugin { reason: &'static str, message: String },
+}
+
+/// A live stage: the instance and the means to recreate it.
+pub struct Stage {
+    spec: Arc<StageSpec>,
+    pre: TransformPre<StageState>,
+    lookups: Arc<dyn LookupSource>,
+    engine: Engine,
+    store: Store<StageState>,
+    instance: Transform,
+}
+
+impl Stage {
+    /// Type-checks the component against the world, instantiates it and
+    /// runs its `init` with the stage config.
+    pub fn new(
+        engine: &Engine,
+        linker: &Linker<StageState>,
+        spec: Arc<StageSpec>,
+        lookups: Arc<dyn LookupSource>,
+    ) -> Result<Self, StageError> {
+        let pre = linker
+            .instantiate_pre(&spec.component.component)
+            .and_then(TransformPre::new)
+            .map_err(|e| {
+                StageError::World(spec.name.to_string(), spec.component.path.display().to_string(), format!("{e:#}"))
+            })?;
+        let (store, instance) = instantiate(engine, &pre, &spec, &lookups)?;
+        Ok(Self { spec, pre, lookups, engine: engine.clone(), store, instance })
+    }
+
+    /// The stage name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.spec.name
+    }
+
+    /// The stage's definition.
+    pub fn spec(&self) -> &StageSpec {
+        &self.spec
+    }
+
+    /// Calls `process` once. After a failure the instance is replaced by a
+    /// fresh one, since a trapped instance cannot be trusted again.
+    pub fn call(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, CallError> {
+        let timeout = Duration::from_millis(self.spec.limits.timeout_ms.get());
+        self.store.set_epoch_deadline(Engine::deadline_ticks(timeout));
+        let result = self.instance.call_process(&mut self.store, batch);
+        let error = match result {
+            Ok(outcomes) if outcomes.len() == batch.len() => return Ok(outcomes),
+            Ok(outcomes) => CallError::Plugin {
+                reason: "plugin_contract",
+                message: format!("process returned {} outcomes for {} records", outcomes.len(), batch.len()),
+            },
+            Err(e) => classify(&e, timeout),
+        };
+        if let Err(e) = self.recreate() {
+            tracing::error!(stage = %self.spec.name, error = %e, "cannot recreate the plugin instance");
+        }
+        Err(error)
+    }
+
+    fn recreate(&mut self) -> Result<(), StageError> {
+        let (store, instance) = instantiate(&self.engine, &self.pre, &self.spec, &self.lookups)?;
+        self.store = store;
+        self.instance = instance;
+        Ok(())
+    }
+}
+
+fn instantiate(
+    engine: &Engine,
+    pre: &TransformPre<StageState>,
+    spec: &StageSpec,
+    lookups: &Arc<dyn LookupSource>,
+) -> Result<(Store<StageState>, Transform), StageError> {
+    let memory_bytes = spec.limits.memory_mib.get() as usize * 1024 * 1024;
+    let state = StageState {
+        stage: spec.name.clone(),
+        wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
+        lookups: lookups.clone(),
+        tables: spec.tables.clone(),
+    };
+    let mut store = Store::new(engine.wasmtime(), state);
+    store.limiter(|state| &mut state.limits);
+    let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
+    store.set_epoch_deadline(Engine::deadline_ticks(timeout));
+    let stage = spec.name.to_string();
+    let instance = pre
+        .instantiate(&mut store)
+        .map_err(|e| StageError::Instantiate(stage.clone(), format!("{e:#}")))?;
+    match instance.call_init(&mut store, &spec.config_json) {
+        Ok(Ok(())) => Ok((store, instance)),
+        Ok(Err(error)) => Err(StageError::Init(stage, error)),
+        Err(e) => Err(StageError::Init(stage, format!("init trapped: {e:#}"))),
+    }
+}
+
+fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
+    if let Some(unavailable) = error.downcast_ref::<LookupUnavailable>() {
+        return CallError::Unavailable(unavailable.clone());
+    }
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return CallError::Plugin {
+            reason: "plugin_timeout",
+            message: format!("the call did not finish within its deadline of {} ms", timeout.as_millis()),
+        };
+    }
+    let text = format!("{error:#}");
+    let reason = if text.contains("growing memory") || text.contains("memory growth failure") {
+        "plugin_oom"
+    } else {
+        "plugin_trap"
+    };
+    CallError::Plugin { reason, message: text }
+}

@@ -1,0 +1,7 @@
+//! Redis: lookup tables for plugins, and the effects plugins return.
+
+mod effects;
+mod lookups;
+
+pub use effects::{RedisEffects, coalesce};
+pub use lookups::{LOOKUP_TIMEOUT, Offline, RedisLookups};

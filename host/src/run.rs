@@ -1,0 +1,219 @@
+//! `sluice run`: the consume -> process -> deliver -> commit loop.
+//!
+//! At-least-once: a batch's offsets are committed only after every output
+//! and dead letter it caused is acknowledged by the broker and its Redis
+//! effects are applied. Transient failures (lookups, broker, Redis) are
+//! retried with backoff while the batch waits; nothing is skipped.
+
+use crate::config::{self, PipelineConfig};
+use crate::engine::Engine;
+use crate::http;
+use crate::kafka::{Sink, Source};
+use crate::metrics::Metrics;
+use crate::pipeline::{BatchResult, Chain, Produce, Record};
+use crate::redis::{RedisEffects, RedisLookups, coalesce};
+use anyhow::Context;
+use rdkafka::consumer::CommitMode;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// First wait after a transient failure; it doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts. Default 5 s: an outage is noticed
+/// quickly once it ends, without hammering the peer while it lasts.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// After a stop is requested, how long a batch may keep retrying its
+/// delivery before the host gives up and exits without committing it.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// Runs the pipeline until SIGINT or SIGTERM, then finishes the batch in
+/// flight, commits and returns.
+pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
+    let config = pipeline.config.clone();
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stop requested: finishing the batch in flight");
+        let _ = stop_tx.send(true);
+    });
+
+    let addr: SocketAddr = config
+        .admin
+        .addr
+        .parse()
+        .with_context(|| format!("admin.addr `{}` is not an address like 127.0.0.1:8080", config.admin.addr))?;
+    let http_stop = stopped(stop_rx.clone());
+    let http = http::serve(addr, metrics.clone(), http_stop).await.with_context(|| format!("cannot listen on {addr}"))?;
+
+    let engine = Engine::new()?;
+    let lookups = Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
+    let chain = tokio::task::spawn_blocking(move || Chain::build(&engine, &pipeline, lookups)).await??;
+    for stage in chain.stages() {
+        let spec = stage.spec();
+        tracing::info!(stage = %spec.name, plugin = %spec.component.path.display(), version = spec.component.version(), "stage loaded");
+    }
+    let stage_names: Vec<String> = chain.stages().iter().map(|s| s.name().to_string()).collect();
+    let chain = Arc::new(Mutex::new(chain));
+    let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
+    let source = Source::new(&config).context("cannot create the Kafka consumer")?;
+    let sink = Sink::new(&config).context("cannot create the Kafka producer")?;
+    tracing::info!(topics = ?config.source.topics, group = %config.kafka.group, brokers = %config.kafka.brokers, "consuming");
+    metrics.ready.store(true, Ordering::Relaxed);
+
+    let mut loop_ = Loop { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink: &sink };
+    let outcome = async {
+        loop {
+            let batch = tokio::select! {
+                biased;
+                () = stopped(stop_rx.clone()) => return Ok(()),
+                batch = source.next_batch() => batch,
+            };
+            let records = match batch {
+                Ok(records) => Arc::new(records),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read from Kafka; retrying");
+                    tokio::time::sleep(MIN_BACKOFF).await;
+                    continue;
+                }
+            };
+            let result = loop_.process(&chain, &records).await?;
+            loop_.deliver(&result).await?;
+            loop_.apply(&mut effects, result.effects.clone()).await?;
+            if let Err(e) = source.commit(&records, CommitMode::Async) {
+                tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+            }
+            let names: Vec<&str> = stage_names.iter().map(String::as_str).collect();
+            metrics.record_batch(records.len(), &result, &names);
+            metrics.ready.store(true, Ordering::Relaxed);
+        }
+    }
+    .await;
+    metrics.ready.store(false, Ordering::Relaxed);
+    if let Err(e) = source.commit_all(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
+    }
+    source.unsubscribe();
+    if let Err(e) = sink.flush(Duration::from_secs(5)) {
+        tracing::warn!(error = %e, "producer flush at exit");
+    }
+    http.abort();
+    let in_ = metrics.records_in.load(Ordering::Relaxed);
+    tracing::info!(records = in_, dead_letters = metrics.dead_letter_total(), "stopped");
+    outcome
+}
+
+/// The parts of the run loop that retry until done or stopped.
+struct Loop<'a> {
+    config: &'a PipelineConfig,
+    metrics: &'a Metrics,
+    stop: watch::Receiver<bool>,
+    sink: &'a Sink,
+}
+
+/// A batch could not be finished before the stop grace ran out.
+#[derive(Debug)]
+struct Abandoned(&'static str);
+
+impl std::fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped while {}: the batch was not committed and will be processed again", self.0)
+    }
+}
+
+impl std::error::Error for Abandoned {}
+
+impl Loop<'_> {
+    async fn process(&mut self, chain: &Arc<Mutex<Chain>>, records: &Arc<Vec<Record>>) -> anyhow::Result<BatchResult> {
+        let mut backoff = Backoff::new();
+        loop {
+            let (chain, records) = (chain.clone(), records.clone());
+            let result = tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(&records)).await?;
+            match result {
+                Ok(result) => return Ok(result),
+                Err(e) => self.wait("waiting for lookups", &e.to_string(), &mut backoff).await?,
+            }
+        }
+    }
+
+    async fn deliver(&mut self, result: &BatchResult) -> anyhow::Result<()> {
+        let mut pending: Vec<Produce> = result.outputs.clone();
+        pending.extend(result.dead_letters.iter().map(|d| d.record.clone()));
+        let mut backoff = Backoff::new();
+        while !pending.is_empty() {
+            match self.sink.send_all(&pending).await {
+                Ok(()) => break,
+                Err((e, failed)) => {
+                    let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
+                    pending = failed;
+                    self.wait("delivering to Kafka", &why, &mut backoff).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, effects: &mut RedisEffects, batch_effects: Vec<crate::bindings::Effect>) -> anyhow::Result<()> {
+        let coalesced = coalesce(batch_effects);
+        let mut backoff = Backoff::new();
+        loop {
+            match effects.apply(&coalesced).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let why = format!("{e} ({})", self.config.redis.url);
+                    self.wait("applying Redis effects", &why, &mut backoff).await?;
+                }
+            }
+        }
+    }
+
+    /// Logs a transient failure, marks the host not ready and sleeps; fails
+    /// once a stop was requested more than [`STOP_GRACE`] ago.
+    async fn wait(&mut self, doing: &'static str, why: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
+        self.metrics.ready.store(false, Ordering::Relaxed);
+        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        let delay = backoff.next();
+        tracing::warn!(retry_in_ms = delay.as_millis() as u64, error = why, "transient failure while {doing}; retrying");
+        if *self.stop.borrow() {
+            if backoff.waited >= STOP_GRACE {
+                return Err(Abandoned(doing).into());
+            }
+        }
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}
+
+struct Backoff {
+    delay: Duration,
+    waited: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { delay: MIN_BACKOFF, waited: Duration::ZERO }
+    }
+
+    fn next(&mut self) -> Duration {
+        let delay = self.delay;
+        self.waited += delay;
+        self.delay = (self.delay * 2).min(MAX_BACKOFF);
+        delay
+    }
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,34 @@
+//! `enrich`: user, store and product details from the `user`, `store` and
+//! `product` lookup tables, which the stage declares in pipeline.toml.
+
+pub mod logic;
+
+use sluice_order::stage;
+use sluice_sdk::{Guest, Message, Outcome, emit, headers_of, lookup, reject};
+
+struct Enrich;
+
+impl Guest for Enrich {
+    fn init(config_json: String) -> Result<(), String> {
+        match config_json.trim() {
+            "" | "{}" => Ok(()),
+            other => Err(format!("enrich takes no config, got {other}")),
+        }
+    }
+
+    fn process(batch: Vec<Message>) -> Vec<Outcome> {
+        batch
+            .iter()
+            .map(|message| {
+                let enriched = stage::parse("enrich", &message.value)
+                    .and_then(|mut order| logic::enrich(&mut order, &mut |t, k| lookup(t, k)).map(|()| order));
+                match enriched {
+                    Ok(order) => emit(message.key.clone(), stage::to_json(&order), headers_of(message), Vec::new()),
+                    Err(r) => reject(r.reason, r.message),
+                }
+            })
+            .collect()
+    }
+}
+
+sluice_sdk::export!(Enrich with_types_in sluice_sdk);

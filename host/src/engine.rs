@@ -34,13 +34,19 @@ impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Read(p, e) => write!(f, "cannot read plugin {}: {e}", p.display()),
-            Self::NotWasm(p) => write!(f, "plugin {} is not a WebAssembly file (no `\\0asm` header)", p.display()),
+            Self::NotWasm(p) => write!(
+                f,
+                "plugin {} is not a WebAssembly file (no `\\0asm` header)",
+                p.display()
+            ),
             Self::CoreModule(p) => write!(
                 f,
                 "plugin {} is a core WebAssembly module, not a component: build it for wasm32-wasip2 (or run `wasm-tools component new`)",
                 p.display()
             ),
-            Self::Invalid(p, e) => write!(f, "plugin {} is not a valid component: {e}", p.display()),
+            Self::Invalid(p, e) => {
+                write!(f, "plugin {} is not a valid component: {e}", p.display())
+            }
         }
     }
 }
@@ -86,7 +92,9 @@ impl Engine {
                 Ok(cache) => {
                     config.cache(Some(cache));
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "compiled-code cache disabled"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "compiled-code cache disabled")
+                }
             }
         }
         let inner = wasmtime::Engine::new(&config)?;
@@ -103,14 +111,23 @@ impl Engine {
     pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.to_path_buf(), e))?;
         match bytes.get(..8) {
-            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => return Err(LoadError::CoreModule(path.to_path_buf())),
+            Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
+                return Err(LoadError::CoreModule(path.to_path_buf()));
+            }
             Some([0, b'a', b's', b'm', ..]) => {}
             _ => return Err(LoadError::NotWasm(path.to_path_buf())),
         }
         let component = Component::new(&self.inner, &bytes)
             .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        Ok(LoadedComponent { component, path: path.to_path_buf(), sha256 })
+        let sha256 = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(LoadedComponent {
+            component,
+            path: path.to_path_buf(),
+            sha256,
+        })
     }
 
     /// Ticks needed for a deadline of `timeout`.

@@ -41,22 +41,31 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let addr: SocketAddr = config
-        .admin
-        .addr
-        .parse()
-        .with_context(|| format!("admin.addr `{}` is not an address like 127.0.0.1:8080", config.admin.addr))?;
+    let addr: SocketAddr = config.admin.addr.parse().with_context(|| {
+        format!(
+            "admin.addr `{}` is not an address like 127.0.0.1:8080",
+            config.admin.addr
+        )
+    })?;
     let http_stop = stopped(stop_rx.clone());
-    let http = http::serve(addr, metrics.clone(), http_stop).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let http = http::serve(addr, metrics.clone(), http_stop)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
 
     let engine = Engine::new()?;
-    let lookups = Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
-    let chain = tokio::task::spawn_blocking(move || Chain::build(&engine, &pipeline, lookups)).await??;
+    let lookups =
+        Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
+    let chain =
+        tokio::task::spawn_blocking(move || Chain::build(&engine, &pipeline, lookups)).await??;
     for stage in chain.stages() {
         let spec = stage.spec();
         tracing::info!(stage = %spec.name, plugin = %spec.component.path.display(), version = spec.component.version(), "stage loaded");
     }
-    let stage_names: Vec<String> = chain.stages().iter().map(|s| s.name().to_string()).collect();
+    let stage_names: Vec<String> = chain
+        .stages()
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect();
     let chain = Arc::new(Mutex::new(chain));
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
     let source = Source::new(&config).context("cannot create the Kafka consumer")?;
@@ -64,7 +73,12 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
     tracing::info!(topics = ?config.source.topics, group = %config.kafka.group, brokers = %config.kafka.brokers, "consuming");
     metrics.ready.store(true, Ordering::Relaxed);
 
-    let mut loop_ = Loop { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink: &sink };
+    let mut loop_ = Loop {
+        config: &config,
+        metrics: &metrics,
+        stop: stop_rx.clone(),
+        sink: &sink,
+    };
     let outcome = async {
         loop {
             let batch = tokio::select! {
@@ -102,7 +116,11 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
     }
     http.abort();
     let in_ = metrics.records_in.load(Ordering::Relaxed);
-    tracing::info!(records = in_, dead_letters = metrics.dead_letter_total(), "stopped");
+    tracing::info!(
+        records = in_,
+        dead_letters = metrics.dead_letter_total(),
+        "stopped"
+    );
     outcome
 }
 
@@ -120,21 +138,35 @@ struct Abandoned(&'static str);
 
 impl std::fmt::Display for Abandoned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stopped while {}: the batch was not committed and will be processed again", self.0)
+        write!(
+            f,
+            "stopped while {}: the batch was not committed and will be processed again",
+            self.0
+        )
     }
 }
 
 impl std::error::Error for Abandoned {}
 
 impl Loop<'_> {
-    async fn process(&mut self, chain: &Arc<Mutex<Chain>>, records: &Arc<Vec<Record>>) -> anyhow::Result<BatchResult> {
+    async fn process(
+        &mut self,
+        chain: &Arc<Mutex<Chain>>,
+        records: &Arc<Vec<Record>>,
+    ) -> anyhow::Result<BatchResult> {
         let mut backoff = Backoff::new();
         loop {
             let (chain, records) = (chain.clone(), records.clone());
-            let result = tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(&records)).await?;
+            let result = tokio::task::spawn_blocking(move || {
+                chain.lock().expect("chain lock").process(&records)
+            })
+            .await?;
             match result {
                 Ok(result) => return Ok(result),
-                Err(e) => self.wait("waiting for lookups", &e.to_string(), &mut backoff).await?,
+                Err(e) => {
+                    self.wait("waiting for lookups", &e.to_string(), &mut backoff)
+                        .await?
+                }
             }
         }
     }
@@ -147,7 +179,11 @@ impl Loop<'_> {
             match self.sink.send_all(&pending).await {
                 Ok(()) => break,
                 Err((e, failed)) => {
-                    let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
+                    let why = format!(
+                        "{} of {} records not acknowledged: {e}",
+                        failed.len(),
+                        pending.len()
+                    );
                     pending = failed;
                     self.wait("delivering to Kafka", &why, &mut backoff).await?;
                 }
@@ -156,7 +192,11 @@ impl Loop<'_> {
         Ok(())
     }
 
-    async fn apply(&mut self, effects: &mut RedisEffects, batch_effects: Vec<crate::bindings::Effect>) -> anyhow::Result<()> {
+    async fn apply(
+        &mut self,
+        effects: &mut RedisEffects,
+        batch_effects: Vec<crate::bindings::Effect>,
+    ) -> anyhow::Result<()> {
         let coalesced = coalesce(batch_effects);
         let mut backoff = Backoff::new();
         loop {
@@ -164,7 +204,8 @@ impl Loop<'_> {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     let why = format!("{e} ({})", self.config.redis.url);
-                    self.wait("applying Redis effects", &why, &mut backoff).await?;
+                    self.wait("applying Redis effects", &why, &mut backoff)
+                        .await?;
                 }
             }
         }
@@ -172,11 +213,20 @@ impl Loop<'_> {
 
     /// Logs a transient failure, marks the host not ready and sleeps; fails
     /// once a stop was requested more than [`STOP_GRACE`] ago.
-    async fn wait(&mut self, doing: &'static str, why: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
+    async fn wait(
+        &mut self,
+        doing: &'static str,
+        why: &str,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
         self.metrics.ready.store(false, Ordering::Relaxed);
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);
         let delay = backoff.next();
-        tracing::warn!(retry_in_ms = delay.as_millis() as u64, error = why, "transient failure while {doing}; retrying");
+        tracing::warn!(
+            retry_in_ms = delay.as_millis() as u64,
+            error = why,
+            "transient failure while {doing}; retrying"
+        );
         if *self.stop.borrow() {
             if backoff.waited >= STOP_GRACE {
                 return Err(Abandoned(doing).into());
@@ -194,7 +244,10 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        Self { delay: MIN_BACKOFF, waited: Duration::ZERO }
+        Self {
+            delay: MIN_BACKOFF,
+            waited: Duration::ZERO,
+        }
     }
 
     fn next(&mut self) -> Duration {

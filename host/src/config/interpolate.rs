@@ -6,7 +6,10 @@ use super::ConfigError;
 /// of the environment variable, as `env` returns it. `$${` stands for a
 /// literal `${`. An unset variable without a default is an error that names
 /// the variable and its line.
-pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+pub fn interpolate(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -24,17 +27,30 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
         }
         let offset = text.len() - after.len();
         let Some(end) = after.find('}') else {
-            return Err(ConfigError::at(text, offset, "unclosed `${`: expected `}`".into()));
+            return Err(ConfigError::at(
+                text,
+                offset,
+                "unclosed `${`: expected `}`".into(),
+            ));
         };
         let body = &after[2..end];
         let (name, default) = match body.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (body, None),
         };
-        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
-            return Err(ConfigError::at(text, offset, format!("`${{{body}}}` is not a variable: expected ${{NAME}} or ${{NAME:-default}}")));
+            return Err(ConfigError::at(
+                text,
+                offset,
+                format!(
+                    "`${{{body}}}` is not a variable: expected ${{NAME}} or ${{NAME:-default}}"
+                ),
+            ));
         }
         match (env(name), default) {
             (Some(value), _) => out.push_str(&value),
@@ -43,7 +59,9 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
                 return Err(ConfigError::at(
                     text,
                     offset,
-                    format!("environment variable `{name}` is not set (write `${{{name}:-default}}` to give it a default)"),
+                    format!(
+                        "environment variable `{name}` is not set (write `${{{name}:-default}}` to give it a default)"
+                    ),
                 ));
             }
         }
@@ -73,9 +91,20 @@ mod tests {
     #[test]
     fn errors_name_the_variable_and_line() {
         let err = interpolate("a = 1\nb = \"${NOPE}\"", env).unwrap_err();
-        assert_eq!(err.to_string(), "line 2, column 6: environment variable `NOPE` is not set (write `${NOPE:-default}` to give it a default)");
+        assert_eq!(
+            err.to_string(),
+            "line 2, column 6: environment variable `NOPE` is not set (write `${NOPE:-default}` to give it a default)"
+        );
         let err = interpolate("a = \"${1X}\"", env).unwrap_err();
-        assert_eq!(err.to_string(), "line 1, column 6: `${1X}` is not a variable: expected ${NAME} or ${NAME:-default}");
-        assert!(interpolate("a = \"${OPEN", env).unwrap_err().to_string().contains("unclosed"));
+        assert_eq!(
+            err.to_string(),
+            "line 1, column 6: `${1X}` is not a variable: expected ${NAME} or ${NAME:-default}"
+        );
+        assert!(
+            interpolate("a = \"${OPEN", env)
+                .unwrap_err()
+                .to_string()
+                .contains("unclosed")
+        );
     }
 }

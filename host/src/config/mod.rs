@@ -29,7 +29,10 @@ impl ConfigError {
         let before = &text[..offset.min(text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        Self { position: Some((line, column)), message }
+        Self {
+            position: Some((line, column)),
+            message,
+        }
     }
 
     fn spanned<T>(text: &str, value: &Spanned<T>, message: String) -> Self {
@@ -223,7 +226,11 @@ fn default_max_retries() -> u32 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_mib: default_memory_mib(), timeout_ms: default_timeout_ms(), max_retries: default_max_retries() }
+        Self {
+            memory_mib: default_memory_mib(),
+            timeout_ms: default_timeout_ms(),
+            max_retries: default_max_retries(),
+        }
     }
 }
 
@@ -237,7 +244,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:8080".into() }
+        Self {
+            addr: "127.0.0.1:8080".into(),
+        }
     }
 }
 
@@ -270,23 +279,68 @@ pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
 }
 
 /// Interpolates, parses and validates pipeline.toml text.
-pub fn load_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
+pub fn load_str(
+    text: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<PipelineConfig, ConfigError> {
     let text = interpolate(text, env)?;
-    let config: PipelineConfig = toml::from_str(&text).map_err(|e| match e.span() {
-        Some(span) => ConfigError::at(&text, span.start, e.message().trim_end().to_string()),
-        None => ConfigError { position: None, message: e.message().trim_end().to_string() },
+    let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
+        let message = e.message().trim_end();
+        match e.span() {
+            Some(span) => match key_at(&text, span.start) {
+                Some(key) => ConfigError::at(&text, span.start, format!("`{key}`: {message}")),
+                None => ConfigError::at(&text, span.start, message.to_string()),
+            },
+            None => ConfigError {
+                position: None,
+                message: message.to_string(),
+            },
+        }
     })?;
     config.validate(&text)?;
     Ok(config)
+}
+
+/// The dotted key (`section.key`) of the `key = value` line at `offset`,
+/// so that a type error names its key; `None` when the line is no such line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    if key.is_empty() || key.starts_with(['[', '#']) {
+        return None;
+    }
+    let section = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['));
+    Some(match section {
+        Some(header) => format!(
+            "{}.{key}",
+            header.trim_matches(|c| c == '[' || c == ']').trim()
+        ),
+        None => key.to_string(),
+    })
 }
 
 impl PipelineConfig {
     /// Checks what parsing alone cannot: names, references and non-empty
     /// values. `text` is the interpolated file, for line numbers.
     pub fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        let whole = |message: String| ConfigError { position: None, message };
+        let whole = |message: String| ConfigError {
+            position: None,
+            message,
+        };
         let non_empty = |what: &str, value: &str| {
-            if value.trim().is_empty() { Err(whole(format!("`{what}` must not be empty"))) } else { Ok(()) }
+            if value.trim().is_empty() {
+                Err(whole(format!("`{what}` must not be empty")))
+            } else {
+                Ok(())
+            }
         };
         non_empty("kafka.brokers", &self.kafka.brokers)?;
         non_empty("kafka.group", &self.kafka.group)?;
@@ -303,23 +357,33 @@ impl PipelineConfig {
             non_empty(&format!("routes.{name}.topic"), &route.topic)?;
         }
         if self.stages.is_empty() {
-            return Err(whole("the pipeline has no stages: add at least one [[stages]]".into()));
+            return Err(whole(
+                "the pipeline has no stages: add at least one [[stages]]".into(),
+            ));
         }
         let mut seen = BTreeMap::new();
         for (i, stage) in self.stages.iter().enumerate() {
             let name = stage.name.get_ref();
             let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !valid {
-                let message = format!("stages[{i}].name `{name}` must be letters, digits, `-` or `_`");
+                let message =
+                    format!("stages[{i}].name `{name}` must be letters, digits, `-` or `_`");
                 return Err(ConfigError::spanned(text, &stage.name, message));
             }
             if let Some(first) = seen.insert(name.clone(), i) {
-                let message = format!("stages[{i}].name `{name}` is already the name of stages[{first}]");
+                let message =
+                    format!("stages[{i}].name `{name}` is already the name of stages[{first}]");
                 return Err(ConfigError::spanned(text, &stage.name, message));
             }
             if stage.plugin.as_os_str().is_empty() {
-                return Err(ConfigError::spanned(text, &stage.name, format!("stages[{i}].plugin must not be empty")));
+                return Err(ConfigError::spanned(
+                    text,
+                    &stage.name,
+                    format!("stages[{i}].plugin must not be empty"),
+                ));
             }
             for table in &stage.lookups {
                 if !self.lookups.contains_key(table.get_ref()) {

@@ -21,11 +21,16 @@ impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let role = self.role;
         match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
                 tracing::error!(role, facility, "kafka: {message}")
             }
             RDKafkaLogLevel::Warning => tracing::warn!(role, facility, "kafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(role, facility, "kafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(role, facility, "kafka: {message}")
+            }
             RDKafkaLogLevel::Debug => tracing::debug!(role, facility, "kafka: {message}"),
         }
     }
@@ -39,8 +44,11 @@ impl ConsumerContext for LogContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let partitions: Vec<String> =
-                    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+                let partitions: Vec<String> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
                 tracing::info!(partitions = %partitions.join(","), "partitions assigned");
             }
             Rebalance::Revoke(tpl) => tracing::info!(count = tpl.count(), "partitions revoked"),

@@ -34,7 +34,9 @@ impl Sink {
         for (key, value) in &config.kafka.producer {
             client.set(key, value);
         }
-        Ok(Self { producer: client.create_with_context(LogContext { role: "producer" })? })
+        Ok(Self {
+            producer: client.create_with_context(LogContext { role: "producer" })?,
+        })
     }
 
     /// Sends every record and waits for all acknowledgements. Returns the
@@ -44,9 +46,14 @@ impl Sink {
         let sends = records.iter().map(|r| {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for h in &r.headers {
-                headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
+                headers = headers.insert(Header {
+                    key: &h.name,
+                    value: Some(&h.value),
+                });
             }
-            let mut record = FutureRecord::to(&r.topic).payload(&r.value).headers(headers);
+            let mut record = FutureRecord::to(&r.topic)
+                .payload(&r.value)
+                .headers(headers);
             if let Some(key) = &r.key {
                 record = record.key(key);
             }

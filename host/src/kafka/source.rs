@@ -37,7 +37,8 @@ impl Source {
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }
-        let consumer: StreamConsumer<LogContext> = client.create_with_context(LogContext { role: "consumer" })?;
+        let consumer: StreamConsumer<LogContext> =
+            client.create_with_context(LogContext { role: "consumer" })?;
         let topics: Vec<&str> = config.source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {
@@ -73,10 +74,15 @@ impl Source {
     pub fn commit(&self, batch: &[Record], mode: CommitMode) -> KafkaResult<()> {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for r in batch {
-            let slot = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+            let slot = next
+                .entry((r.topic.clone(), r.partition))
+                .or_insert(r.offset + 1);
             *slot = (*slot).max(r.offset + 1);
         }
-        self.positions.lock().expect("positions lock").extend(next.clone());
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .extend(next.clone());
         self.commit_offsets(&next, mode)
     }
 
@@ -89,7 +95,11 @@ impl Source {
         self.commit_offsets(&positions, mode)
     }
 
-    fn commit_offsets(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) -> KafkaResult<()> {
+    fn commit_offsets(
+        &self,
+        offsets: &BTreeMap<(String, i32), i64>,
+        mode: CommitMode,
+    ) -> KafkaResult<()> {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in offsets {
             tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
@@ -108,7 +118,10 @@ fn record(message: &BorrowedMessage<'_>) -> Record {
         .headers()
         .map(|hs| {
             hs.iter()
-                .map(|h| Header { name: h.key.to_string(), value: h.value.map(<[u8]>::to_vec).unwrap_or_default() })
+                .map(|h| Header {
+                    name: h.key.to_string(),
+                    value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -15,7 +15,9 @@ pub fn coalesce(effects: Vec<Effect>) -> Vec<Effect> {
         };
         match index.get(&(key.clone(), field.clone(), is_incr)) {
             Some(&i) => match (&mut out[i], effect) {
-                (Effect::HashIncr((_, _, total)), Effect::HashIncr((_, _, delta))) => *total += delta,
+                (Effect::HashIncr((_, _, total)), Effect::HashIncr((_, _, delta))) => {
+                    *total += delta
+                }
                 (slot, set) => *slot = set,
             },
             None => {
@@ -37,7 +39,10 @@ pub struct RedisEffects {
 impl RedisEffects {
     /// Effects for the Redis at `url`. Connects lazily.
     pub fn new(url: &str) -> Result<Self, redis::RedisError> {
-        Ok(Self { client: redis::Client::open(url)?, connection: None })
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            connection: None,
+        })
     }
 
     /// Applies `effects` (already coalesced) in one MULTI/EXEC pipeline: all
@@ -53,8 +58,12 @@ impl RedisEffects {
         pipe.atomic();
         for effect in effects {
             match effect {
-                Effect::HashIncr((key, field, delta)) => pipe.cmd("HINCRBY").arg(key).arg(field).arg(*delta).ignore(),
-                Effect::HashSet((key, field, value)) => pipe.cmd("HSET").arg(key).arg(field).arg(value).ignore(),
+                Effect::HashIncr((key, field, delta)) => {
+                    pipe.cmd("HINCRBY").arg(key).arg(field).arg(*delta).ignore()
+                }
+                Effect::HashSet((key, field, value)) => {
+                    pipe.cmd("HSET").arg(key).arg(field).arg(value).ignore()
+                }
             };
         }
         let connection = self.connection.as_mut().expect("connected above");
@@ -77,7 +86,13 @@ mod tests {
     #[test]
     fn increments_sum_and_sets_keep_the_last() {
         let set = |v: &str| Effect::HashSet(("k".into(), "f".into(), v.into()));
-        let got = coalesce(vec![incr("k", "a", 1), set("x"), incr("k", "b", 2), incr("k", "a", 5), set("y")]);
+        let got = coalesce(vec![
+            incr("k", "a", 1),
+            set("x"),
+            incr("k", "b", 2),
+            incr("k", "a", 5),
+            set("y"),
+        ]);
         let want = [incr("k", "a", 6), set("y"), incr("k", "b", 2)];
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
     }

@@ -1,0 +1,135 @@
+//! Shared test support: real peers (tansu, Redis, the sluice binary) and
+//! helpers to drive them. Every peer is started on its own port and stopped
+//! when dropped; Redis keys live under a per-test prefix that is deleted.
+#![allow(dead_code)]
+
+pub mod kafka;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The Redis every machine runs.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The shared example data (../shared/data beside the repository).
+pub fn data_dir() -> PathBuf {
+    let dir = repo_root().join("../shared/data");
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the shared data must sit beside the repository",
+        dir.display()
+    );
+    dir
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A Redis key prefix unique to this test run; its keys are deleted on
+/// creation and on drop.
+pub struct RedisPrefix(pub String);
+
+impl RedisPrefix {
+    pub fn new(name: &str) -> Self {
+        let prefix = format!("test:{name}:{}:", std::process::id());
+        delete_prefix(&prefix);
+        Self(prefix)
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        delete_prefix(&self.0);
+    }
+}
+
+fn delete_prefix(prefix: &str) {
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut con)
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut con).unwrap();
+    }
+}
+
+/// Loads shared/data/lookups.json into Redis under `prefix`.
+pub async fn load_shared_lookups(prefix: &str) {
+    let text = std::fs::read_to_string(data_dir().join("lookups.json")).unwrap();
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut tables = sluice::generator::Tables::new();
+    for (table, rows) in raw.as_object().unwrap() {
+        for (id, fields) in rows.as_object().unwrap() {
+            for (field, value) in fields.as_object().unwrap() {
+                let text = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_string);
+                tables
+                    .entry(table.clone())
+                    .or_default()
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(field.clone(), text);
+            }
+        }
+    }
+    sluice::generator::load_lookups(REDIS_URL, prefix, &tables)
+        .await
+        .unwrap();
+}
+
+/// Every hash under `prefix` as {key without prefix: {field: value}}.
+pub async fn read_counters(prefix: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let fields: BTreeMap<String, i64> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        out.insert(key[prefix.len()..].to_string(), fields);
+    }
+    out
+}
+
+/// An environment lookup from pairs.
+pub fn env_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The repository's pipeline.toml with `env` as its environment.
+pub fn default_pipeline(env: &BTreeMap<String, String>) -> sluice::config::Pipeline {
+    let text = std::fs::read_to_string(repo_root().join("pipeline.toml")).unwrap();
+    let config = sluice::config::load_str(&text, |name| env.get(name).cloned()).unwrap();
+    sluice::config::Pipeline {
+        config,
+        base_dir: repo_root(),
+    }
+}

@@ -1,0 +1,168 @@
+//! The sluice binary as a child process, running the repository's
+//! pipeline.toml with the test's environment.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where a host connects and what it is called.
+#[derive(Clone)]
+pub struct HostEnv {
+    pub vars: BTreeMap<String, String>,
+}
+
+impl HostEnv {
+    /// The default pipeline against `brokers`, with per-test Redis prefixes
+    /// and consumer group.
+    pub fn new(brokers: &str, lookup_prefix: &str, redis_prefix: &str, group: &str) -> Self {
+        let vars = super::env_of(&[
+            ("KAFKA_BROKERS", brokers),
+            ("REDIS_URL", super::REDIS_URL),
+            ("SLUICE_LOOKUP_PREFIX", lookup_prefix),
+            ("SLUICE_REDIS_PREFIX", redis_prefix),
+            ("SLUICE_GROUP", group),
+            ("SLUICE_SESSION_TIMEOUT_MS", "6000"),
+        ]);
+        Self { vars }
+    }
+
+    pub fn set(mut self, key: &str, value: &str) -> Self {
+        self.vars.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// A running `sluice run`.
+pub struct Host {
+    child: Option<Child>,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// Starts `sluice run pipeline.toml`.
+    pub fn start(env: &HostEnv) -> Self {
+        let http_port = super::free_port();
+        let log = std::env::temp_dir().join(format!(
+            "sluice-host-{}-{http_port}.log",
+            std::process::id()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("run")
+            .arg(super::repo_root().join("pipeline.toml"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+            .envs(&env.vars)
+            .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            http_port,
+            log,
+        }
+    }
+
+    /// Waits until `GET /ready` answers 200.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sluice exited with {status}:\n{}", self.log_text());
+            }
+            if self.get("/ready").is_some_and(|(code, _)| code == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice not ready within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A GET on the admin API: status code and body.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split(' ').nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Some((code, body))
+    }
+
+    /// The value of an unlabelled metric.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Waits until `sluice_records_in_total` reaches `n`.
+    pub fn wait_records_in(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.metric("sluice_records_in_total").unwrap_or(0.0) as u64;
+            if got >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {got} of {n} records in within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "sluice did not stop within 60 s of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything the host logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

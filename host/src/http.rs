@@ -3,7 +3,6 @@
 use crate::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use warp::Filter;
 use warp::http::StatusCode;
 
@@ -20,7 +19,7 @@ pub async fn serve(
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})));
     let ready_metrics = metrics.clone();
     let ready = warp::path!("ready").and(warp::get()).map(move || {
-        let ready = ready_metrics.ready.load(Ordering::Relaxed);
+        let ready = ready_metrics.is_ready();
         let status = if ready {
             StatusCode::OK
         } else {

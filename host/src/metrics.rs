@@ -30,8 +30,10 @@ pub struct Metrics {
     pub batches: AtomicU64,
     /// Transient failures (lookups, produce, Redis effects) that were retried.
     pub retries: AtomicU64,
-    /// True while consuming with every stage loaded and no outage.
+    /// True while every stage is loaded and no outage is being waited out.
     pub ready: AtomicBool,
+    /// True while the consumer has partitions assigned.
+    pub assigned: AtomicBool,
     dead_letters: Mutex<BTreeMap<(String, String), u64>>,
     stages: Mutex<BTreeMap<String, StageTotals>>,
 }
@@ -59,6 +61,11 @@ impl Metrics {
             t.rejected += s.rejected;
             t.nanos += s.elapsed.as_nanos();
         }
+    }
+
+    /// Ready to serve: stages loaded, partitions assigned, no outage.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.assigned.load(Ordering::Relaxed)
     }
 
     /// Dead letters so far.
@@ -150,10 +157,10 @@ impl Metrics {
                 t.nanos as f64 / 1e9
             );
         }
-        let ready = u64::from(self.ready.load(Ordering::Relaxed));
+        let ready = u64::from(self.is_ready());
         let _ = writeln!(
             out,
-            "# HELP sluice_ready 1 when consuming with every stage loaded.\n# TYPE sluice_ready gauge\nsluice_ready {ready}"
+            "# HELP sluice_ready 1 when consuming with every stage loaded and no outage.\n# TYPE sluice_ready gauge\nsluice_ready {ready}"
         );
         out
     }

@@ -68,7 +68,8 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
         .collect();
     let chain = Arc::new(Mutex::new(chain));
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
-    let source = Source::new(&config).context("cannot create the Kafka consumer")?;
+    let source =
+        Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
     let sink = Sink::new(&config).context("cannot create the Kafka producer")?;
     tracing::info!(topics = ?config.source.topics, group = %config.kafka.group, brokers = %config.kafka.brokers, "consuming");
     metrics.ready.store(true, Ordering::Relaxed);

@@ -11,10 +11,16 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-/// Logs librdkafka events through `tracing`, with the client's role.
+use crate::metrics::Metrics;
+
+/// Logs librdkafka events through `tracing`, with the client's role, and
+/// keeps the consumer's assignment state in the metrics.
 pub struct LogContext {
     role: &'static str,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ClientContext for LogContext {
@@ -50,8 +56,16 @@ impl ConsumerContext for LogContext {
                     .map(|e| format!("{}/{}", e.topic(), e.partition()))
                     .collect();
                 tracing::info!(partitions = %partitions.join(","), "partitions assigned");
+                if let Some(m) = &self.metrics {
+                    m.assigned.store(tpl.count() > 0, Ordering::Relaxed);
+                }
             }
-            Rebalance::Revoke(tpl) => tracing::info!(count = tpl.count(), "partitions revoked"),
+            Rebalance::Revoke(tpl) => {
+                tracing::info!(count = tpl.count(), "partitions revoked");
+                if let Some(m) = &self.metrics {
+                    m.assigned.store(false, Ordering::Relaxed);
+                }
+            }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }
     }

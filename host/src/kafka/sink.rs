@@ -35,7 +35,10 @@ impl Sink {
             client.set(key, value);
         }
         Ok(Self {
-            producer: client.create_with_context(LogContext { role: "producer" })?,
+            producer: client.create_with_context(LogContext {
+                role: "producer",
+                metrics: None,
+            })?,
         })
     }
 

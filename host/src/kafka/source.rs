@@ -3,6 +3,7 @@
 use super::LogContext;
 use crate::bindings::Header;
 use crate::config::PipelineConfig;
+use crate::metrics::Metrics;
 use crate::pipeline::Record;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -10,6 +11,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,7 +27,7 @@ pub struct Source {
 
 impl Source {
     /// Creates the consumer and subscribes to the input topics.
-    pub fn new(config: &PipelineConfig) -> KafkaResult<Self> {
+    pub fn new(config: &PipelineConfig, metrics: Arc<Metrics>) -> KafkaResult<Self> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.kafka.brokers)
@@ -37,8 +39,10 @@ impl Source {
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }
-        let consumer: StreamConsumer<LogContext> =
-            client.create_with_context(LogContext { role: "consumer" })?;
+        let consumer: StreamConsumer<LogContext> = client.create_with_context(LogContext {
+            role: "consumer",
+            metrics: Some(metrics),
+        })?;
         let topics: Vec<&str> = config.source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod model;
 pub mod process;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,125 @@
+//! The command line's answers to bad input: each names what is wrong and
+//! where.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+fn validate(pipeline: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("validate")
+        .arg(pipeline)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A copy of the default pipeline in `dir` whose `normalize` plugin is `plugin`
+/// and whose categorize config gets `extra`.
+fn pipeline_with(dir: &Path, plugin: &str, categorize_rules: &str) -> std::path::PathBuf {
+    let root = support::repo_root();
+    let text = std::fs::read_to_string(root.join("pipeline.toml"))
+        .unwrap()
+        .replace(
+            "plugins/dist/",
+            &format!("{}/plugins/dist/", root.display()),
+        )
+        .replace(
+            &format!("\"{}/plugins/dist/normalize.wasm\"", root.display()),
+            &format!("\"{plugin}\""),
+        )
+        .replace("default = \"Other\"", categorize_rules);
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn validate_accepts_the_default_pipeline() {
+    let (ok, out) = validate(&support::repo_root().join("pipeline.toml"));
+    assert!(ok, "{out}");
+    assert!(out.contains("ok, 4 stages"), "{out}");
+}
+
+#[test]
+fn a_missing_plugin_is_named() {
+    let dir = temp_dir("missing");
+    let (ok, out) = validate(&pipeline_with(
+        &dir,
+        "nowhere/normalize.wasm",
+        "default = \"Other\"",
+    ));
+    assert!(!ok);
+    assert!(
+        out.contains("cannot read plugin") && out.contains("nowhere/normalize.wasm"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_named() {
+    let dir = temp_dir("not-wasm");
+    std::fs::write(dir.join("text.wasm"), "hello").unwrap();
+    let (ok, out) = validate(&pipeline_with(&dir, "text.wasm", "default = \"Other\""));
+    assert!(!ok);
+    assert!(out.contains("text.wasm is not a WebAssembly file"), "{out}");
+
+    std::fs::write(dir.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    let (ok, out) = validate(&pipeline_with(&dir, "core.wasm", "default = \"Other\""));
+    assert!(!ok);
+    assert!(
+        out.contains("core.wasm is a core WebAssembly module, not a component"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_plugin_init_error_names_the_stage() {
+    let dir = temp_dir("init");
+    let normalize = support::repo_root().join("plugins/dist/normalize.wasm");
+    let (ok, out) = validate(&pipeline_with(
+        &dir,
+        normalize.to_str().unwrap(),
+        "colour = \"blue\"",
+    ));
+    assert!(!ok);
+    assert!(
+        out.contains("stage `categorize`: the plugin's init refused its config")
+            && out.contains("unknown field `colour`"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_pipeline_names_file_line_and_key() {
+    let dir = temp_dir("bad-config");
+    let path = dir.join("pipeline.toml");
+    std::fs::write(
+        &path,
+        "[kafka]\nbrokers = \"b\"\ngroup = \"g\"\ncolour = 1\n",
+    )
+    .unwrap();
+    let (ok, out) = validate(&path);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!(
+            "{}: line 4, column 1: `kafka.colour`: unknown field `colour`",
+            path.display()
+        )),
+        "{out}"
+    );
+}

@@ -24,6 +24,8 @@ demo: setup build
 	bash scripts/demo.sh
 
 test: setup build
+	cargo fmt --all -- --check
+	docker-compose -f docker-compose.yml config -q
 	cargo test --release --workspace
 
 fmt:

@@ -10,13 +10,19 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 missing=()
-for tool in make gcc g++ perl python3 redis-cli; do
+for tool in make gcc g++ perl python3 redis-cli curl; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages for: ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential perl python3 python3-pip redis-tools >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential perl python3 python3-pip redis-tools curl >/dev/null
+fi
+
+# docker-compose.yml is checked with `docker-compose config` (no engine needed).
+if ! command -v docker-compose >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
 fi
 
 tansu=$("$here/tansu.sh")

@@ -13,4 +13,4 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq, Eq],
 });
 
-pub use sluice::plugin::types::{Effect, ErrorInfo, Header, LogLevel, Output};
+pub use self::sluice::plugin::types::{Effect, ErrorInfo, Header, LogLevel, Output};

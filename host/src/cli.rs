@@ -56,9 +56,7 @@ enum Command {
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Run { path } => {
             let pipeline = load(&path)?;
@@ -76,27 +74,19 @@ fn load(path: &Path) -> anyhow::Result<config::Pipeline> {
 fn validate(path: &Path) -> anyhow::Result<()> {
     let pipeline = load(path)?;
     let engine = Engine::new()?;
-    let chain = Chain::build(&engine, &pipeline, Arc::new(Offline))
-        .with_context(|| format!("{}", path.display()))?;
+    let chain = Chain::build(&engine, &pipeline, Arc::new(Offline)).with_context(|| format!("{}", path.display()))?;
     for stage in chain.stages() {
         let spec = stage.spec();
-        println!(
-            "stage {:<12} {} ({})",
-            spec.name,
-            spec.component.path.display(),
-            spec.component.version()
-        );
+        println!("stage {:<12} {} ({})", spec.name, spec.component.path.display(), spec.component.version());
     }
     println!("{}: ok, {} stages", path.display(), chain.stages().len());
     Ok(())
 }
 
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("bad --log filter `{filter}`"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("bad --log filter `{filter}`"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -34,11 +34,7 @@ impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Read(p, e) => write!(f, "cannot read plugin {}: {e}", p.display()),
-            Self::NotWasm(p) => write!(
-                f,
-                "plugin {} is not a WebAssembly file (no `\\0asm` header)",
-                p.display()
-            ),
+            Self::NotWasm(p) => write!(f, "plugin {} is not a WebAssembly file (no `\\0asm` header)", p.display()),
             Self::CoreModule(p) => write!(
                 f,
                 "plugin {} is a core WebAssembly module, not a component: build it for wasm32-wasip2 (or run `wasm-tools component new`)",
@@ -119,15 +115,8 @@ impl Engine {
         }
         let component = Component::new(&self.inner, &bytes)
             .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
-        let sha256 = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(LoadedComponent {
-            component,
-            path: path.to_path_buf(),
-            sha256,
-        })
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Ok(LoadedComponent { component, path: path.to_path_buf(), sha256 })
     }
 
     /// Ticks needed for a deadline of `timeout`.

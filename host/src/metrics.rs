@@ -42,15 +42,12 @@ impl Metrics {
     /// Adds a committed batch.
     pub fn record_batch(&self, records: usize, result: &BatchResult, stage_names: &[&str]) {
         self.records_in.fetch_add(records as u64, Ordering::Relaxed);
-        self.records_out
-            .fetch_add(result.outputs.len() as u64, Ordering::Relaxed);
+        self.records_out.fetch_add(result.outputs.len() as u64, Ordering::Relaxed);
         self.filtered.fetch_add(result.filtered, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         let mut dead = self.dead_letters.lock().expect("metrics lock");
         for d in &result.dead_letters {
-            *dead
-                .entry((d.stage.to_string(), d.reason.clone()))
-                .or_default() += 1;
+            *dead.entry((d.stage.to_string(), d.reason.clone())).or_default() += 1;
         }
         let mut stages = self.stages.lock().expect("metrics lock");
         for (name, s) in stage_names.iter().zip(&result.stages) {
@@ -70,56 +67,24 @@ impl Metrics {
 
     /// Dead letters so far.
     pub fn dead_letter_total(&self) -> u64 {
-        self.dead_letters
-            .lock()
-            .expect("metrics lock")
-            .values()
-            .sum()
+        self.dead_letters.lock().expect("metrics lock").values().sum()
     }
 
     /// The Prometheus text exposition of every counter.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         };
-        counter(
-            "sluice_records_in_total",
-            "Records read and fully handled.",
-            self.records_in.load(Ordering::Relaxed),
-        );
-        counter(
-            "sluice_records_out_total",
-            "Records written to outputs.",
-            self.records_out.load(Ordering::Relaxed),
-        );
-        counter(
-            "sluice_filtered_total",
-            "Input records filtered by a stage.",
-            self.filtered.load(Ordering::Relaxed),
-        );
-        counter(
-            "sluice_batches_total",
-            "Batches handled.",
-            self.batches.load(Ordering::Relaxed),
-        );
-        counter(
-            "sluice_retries_total",
-            "Transient failures retried.",
-            self.retries.load(Ordering::Relaxed),
-        );
-        out.push_str(
-            "# HELP sluice_dead_letters_total Records dead-lettered, by stage and reason.\n",
-        );
+        counter("sluice_records_in_total", "Records read and fully handled.", self.records_in.load(Ordering::Relaxed));
+        counter("sluice_records_out_total", "Records written to outputs.", self.records_out.load(Ordering::Relaxed));
+        counter("sluice_filtered_total", "Input records filtered by a stage.", self.filtered.load(Ordering::Relaxed));
+        counter("sluice_batches_total", "Batches handled.", self.batches.load(Ordering::Relaxed));
+        counter("sluice_retries_total", "Transient failures retried.", self.retries.load(Ordering::Relaxed));
+        out.push_str("# HELP sluice_dead_letters_total Records dead-lettered, by stage and reason.\n");
         out.push_str("# TYPE sluice_dead_letters_total counter\n");
         for ((stage, reason), n) in self.dead_letters.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "sluice_dead_letters_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}"
-            );
+            let _ = writeln!(out, "sluice_dead_letters_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}");
         }
         let stages = self.stages.lock().expect("metrics lock");
         for (metric, help, get) in [
@@ -128,34 +93,20 @@ impl Metrics {
                 "Records passed to a stage.",
                 (|t: &StageTotals| t.records_in) as fn(&StageTotals) -> u64,
             ),
-            (
-                "sluice_stage_emitted_total",
-                "Records a stage emitted.",
-                |t| t.emitted,
-            ),
-            (
-                "sluice_stage_filtered_total",
-                "Records a stage filtered.",
-                |t| t.filtered,
-            ),
-            (
-                "sluice_stage_rejected_total",
-                "Records a stage rejected.",
-                |t| t.rejected,
-            ),
+            ("sluice_stage_emitted_total", "Records a stage emitted.", |t| t.emitted),
+            ("sluice_stage_filtered_total", "Records a stage filtered.", |t| t.filtered),
+            ("sluice_stage_rejected_total", "Records a stage rejected.", |t| t.rejected),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
             for (name, t) in stages.iter() {
                 let _ = writeln!(out, "{metric}{{stage=\"{name}\"}} {}", get(t));
             }
         }
-        out.push_str("# HELP sluice_stage_seconds_total Time spent in a stage.\n# TYPE sluice_stage_seconds_total counter\n");
+        out.push_str(
+            "# HELP sluice_stage_seconds_total Time spent in a stage.\n# TYPE sluice_stage_seconds_total counter\n",
+        );
         for (name, t) in stages.iter() {
-            let _ = writeln!(
-                out,
-                "sluice_stage_seconds_total{{stage=\"{name}\"}} {:.6}",
-                t.nanos as f64 / 1e9
-            );
+            let _ = writeln!(out, "sluice_stage_seconds_total{{stage=\"{name}\"}} {:.6}", t.nanos as f64 / 1e9);
         }
         let ready = u64::from(self.is_ready());
         let _ = writeln!(

@@ -2,18 +2,23 @@
 //!
 //! At-least-once: a batch's offsets are committed only after every output
 //! and dead letter it caused is acknowledged by the broker and its Redis
-//! effects are applied. Transient failures (lookups, broker, Redis) are
-//! retried with backoff while the batch waits; nothing is skipped.
+//! effects are applied. Exactly-once: outputs, dead letters and offsets go
+//! in one Kafka transaction per batch, and the effects are applied before
+//! it commits. In both modes the effects are applied behind a per-partition
+//! offset fence in Redis, so a replayed record never applies them twice.
+//! Transient failures (lookups, broker, Redis) are retried with backoff
+//! while the batch waits; nothing is skipped.
 
-use crate::config::{self, PipelineConfig};
+use crate::config::{self, Delivery, PipelineConfig};
 use crate::engine::Engine;
 use crate::http;
 use crate::kafka::{Sink, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain, Produce, Record};
-use crate::redis::{RedisEffects, RedisLookups, coalesce};
+use crate::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
 use anyhow::Context;
 use rdkafka::consumer::CommitMode;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -41,46 +46,39 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let addr: SocketAddr = config.admin.addr.parse().with_context(|| {
-        format!(
-            "admin.addr `{}` is not an address like 127.0.0.1:8080",
-            config.admin.addr
-        )
-    })?;
+    let addr: SocketAddr = config
+        .admin
+        .addr
+        .parse()
+        .with_context(|| format!("admin.addr `{}` is not an address like 127.0.0.1:8080", config.admin.addr))?;
     let http_stop = stopped(stop_rx.clone());
-    let http = http::serve(addr, metrics.clone(), http_stop)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let http =
+        http::serve(addr, metrics.clone(), http_stop).await.with_context(|| format!("cannot listen on {addr}"))?;
 
     let engine = Engine::new()?;
-    let lookups =
-        Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
-    let chain =
-        tokio::task::spawn_blocking(move || Chain::build(&engine, &pipeline, lookups)).await??;
+    let lookups = Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
+    let chain = tokio::task::spawn_blocking(move || Chain::build(&engine, &pipeline, lookups)).await??;
     for stage in chain.stages() {
         let spec = stage.spec();
         tracing::info!(stage = %spec.name, plugin = %spec.component.path.display(), version = spec.component.version(), "stage loaded");
     }
-    let stage_names: Vec<String> = chain
-        .stages()
-        .iter()
-        .map(|s| s.name().to_string())
-        .collect();
+    let stage_names: Vec<String> = chain.stages().iter().map(|s| s.name().to_string()).collect();
     let chain = Arc::new(Mutex::new(chain));
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
-    let source =
-        Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
-    let sink = Sink::new(&config).context("cannot create the Kafka producer")?;
-    tracing::info!(topics = ?config.source.topics, group = %config.kafka.group, brokers = %config.kafka.brokers, "consuming");
+    let fence_key = format!("{}{}", config.redis.fence_prefix, config.kafka.group);
+    let source = Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
+    let exactly_once = config.delivery == Delivery::ExactlyOnce;
+    let transactional_id = exactly_once.then(|| format!("{}-{}", config.kafka.group, instance_id(&config)));
+    let sink = Sink::new(&config, transactional_id.as_deref()).context("cannot create the Kafka producer")?;
+    tracing::info!(
+        topics = ?config.source.topics, group = %config.kafka.group, brokers = %config.kafka.brokers,
+        delivery = ?config.delivery, transactional_id = transactional_id.as_deref().unwrap_or("-"), "consuming"
+    );
     metrics.ready.store(true, Ordering::Relaxed);
 
-    let mut loop_ = Loop {
-        config: &config,
-        metrics: &metrics,
-        stop: stop_rx.clone(),
-        sink: &sink,
-    };
+    let mut loop_ = Loop { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink };
     let outcome = async {
+        let mut rewinds = Backoff::new();
         loop {
             let batch = tokio::select! {
                 biased;
@@ -96,10 +94,21 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
                 }
             };
             let result = loop_.process(&chain, &records).await?;
-            loop_.deliver(&result).await?;
-            loop_.apply(&mut effects, result.effects.clone()).await?;
-            if let Err(e) = source.commit(&records, CommitMode::Async) {
-                tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+            let (fence, record_effects) = fenced_effects(&fence_key, &records, &result);
+            if exactly_once {
+                if let Err(e) = loop_.transact(&source, &mut effects, &records, &result, &fence, &record_effects).await
+                {
+                    loop_.wait("committing a transaction", &format!("{e:#}"), &mut rewinds).await?;
+                    source.rewind(&records).context("cannot rewind after an aborted transaction")?;
+                    continue;
+                }
+                rewinds = Backoff::new();
+            } else {
+                loop_.deliver(&result).await?;
+                loop_.apply(&mut effects, &fence, &record_effects).await?;
+                if let Err(e) = source.commit(&records, CommitMode::Async) {
+                    tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+                }
             }
             let names: Vec<&str> = stage_names.iter().map(String::as_str).collect();
             metrics.record_batch(records.len(), &result, &names);
@@ -108,21 +117,58 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
     }
     .await;
     metrics.ready.store(false, Ordering::Relaxed);
-    if let Err(e) = source.commit_all(CommitMode::Sync) {
-        tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
+    if !exactly_once {
+        if let Err(e) = source.commit_all(CommitMode::Sync) {
+            tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
+        }
     }
     source.unsubscribe();
-    if let Err(e) = sink.flush(Duration::from_secs(5)) {
+    if let Err(e) = loop_.sink.flush(Duration::from_secs(5)) {
         tracing::warn!(error = %e, "producer flush at exit");
     }
     http.abort();
     let in_ = metrics.records_in.load(Ordering::Relaxed);
-    tracing::info!(
-        records = in_,
-        dead_letters = metrics.dead_letter_total(),
-        "stopped"
-    );
+    tracing::info!(records = in_, dead_letters = metrics.dead_letter_total(), "stopped");
     outcome
+}
+
+/// This instance's stable name: `kafka.instance_id`, else the host name.
+fn instance_id(config: &PipelineConfig) -> String {
+    if !config.kafka.instance_id.is_empty() {
+        return config.kafka.instance_id.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "sluice".into())
+}
+
+/// The fence of a batch (its last offset per partition) and its effects
+/// tagged with their record's partition and offset.
+fn fenced_effects(key: &str, records: &[Record], result: &BatchResult) -> (Fence, Vec<RecordEffect>) {
+    let mut index: HashMap<(&str, i32), usize> = HashMap::new();
+    let mut fence = Fence { key: key.to_string(), partitions: Vec::new() };
+    let mut slot_of = Vec::with_capacity(records.len());
+    for r in records {
+        let slot = *index.entry((r.topic.as_str(), r.partition)).or_insert_with(|| {
+            fence.partitions.push((format!("{}:{}", r.topic, r.partition), r.offset));
+            fence.partitions.len() - 1
+        });
+        let last = &mut fence.partitions[slot].1;
+        *last = (*last).max(r.offset);
+        slot_of.push(slot);
+    }
+    let effects = result
+        .effects
+        .iter()
+        .map(|(origin, effect)| RecordEffect {
+            partition: slot_of[*origin],
+            offset: records[*origin].offset,
+            effect: effect.clone(),
+        })
+        .collect();
+    (fence, effects)
 }
 
 /// The parts of the run loop that retry until done or stopped.
@@ -130,7 +176,7 @@ struct Loop<'a> {
     config: &'a PipelineConfig,
     metrics: &'a Metrics,
     stop: watch::Receiver<bool>,
-    sink: &'a Sink,
+    sink: Sink,
 }
 
 /// A batch could not be finished before the stop grace ran out.
@@ -139,35 +185,22 @@ struct Abandoned(&'static str);
 
 impl std::fmt::Display for Abandoned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "stopped while {}: the batch was not committed and will be processed again",
-            self.0
-        )
+        write!(f, "stopped while {}: the batch was not committed and will be processed again", self.0)
     }
 }
 
 impl std::error::Error for Abandoned {}
 
 impl Loop<'_> {
-    async fn process(
-        &mut self,
-        chain: &Arc<Mutex<Chain>>,
-        records: &Arc<Vec<Record>>,
-    ) -> anyhow::Result<BatchResult> {
+    async fn process(&mut self, chain: &Arc<Mutex<Chain>>, records: &Arc<Vec<Record>>) -> anyhow::Result<BatchResult> {
         let mut backoff = Backoff::new();
         loop {
             let (chain, records) = (chain.clone(), records.clone());
-            let result = tokio::task::spawn_blocking(move || {
-                chain.lock().expect("chain lock").process(&records)
-            })
-            .await?;
+            let result =
+                tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(&records)).await?;
             match result {
                 Ok(result) => return Ok(result),
-                Err(e) => {
-                    self.wait("waiting for lookups", &e.to_string(), &mut backoff)
-                        .await?
-                }
+                Err(e) => self.wait("waiting for lookups", &e.to_string(), &mut backoff).await?,
             }
         }
     }
@@ -180,11 +213,7 @@ impl Loop<'_> {
             match self.sink.send_all(&pending).await {
                 Ok(()) => break,
                 Err((e, failed)) => {
-                    let why = format!(
-                        "{} of {} records not acknowledged: {e}",
-                        failed.len(),
-                        pending.len()
-                    );
+                    let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
                     pending = failed;
                     self.wait("delivering to Kafka", &why, &mut backoff).await?;
                 }
@@ -193,33 +222,71 @@ impl Loop<'_> {
         Ok(())
     }
 
-    async fn apply(
-        &mut self,
-        effects: &mut RedisEffects,
-        batch_effects: Vec<crate::bindings::Effect>,
-    ) -> anyhow::Result<()> {
-        let coalesced = coalesce(batch_effects);
+    async fn apply(&mut self, effects: &mut RedisEffects, fence: &Fence, batch: &[RecordEffect]) -> anyhow::Result<()> {
         let mut backoff = Backoff::new();
         loop {
-            match effects.apply(&coalesced).await {
-                Ok(()) => return Ok(()),
+            match effects.apply_fenced(fence, batch).await {
+                Ok(_) => return Ok(()),
                 Err(e) => {
                     let why = format!("{e} ({})", self.config.redis.url);
-                    self.wait("applying Redis effects", &why, &mut backoff)
-                        .await?;
+                    self.wait("applying Redis effects", &why, &mut backoff).await?;
                 }
             }
         }
     }
 
+    /// One exactly-once batch: outputs and dead letters in a transaction,
+    /// the effects behind the fence, the offsets in the same transaction,
+    /// then the commit. On failure the transaction is aborted (or the
+    /// producer replaced) and the error returned: the caller rewinds.
+    async fn transact(
+        &mut self,
+        source: &Source,
+        effects: &mut RedisEffects,
+        records: &[Record],
+        result: &BatchResult,
+        fence: &Fence,
+        batch_effects: &[RecordEffect],
+    ) -> anyhow::Result<()> {
+        let group = source.group_metadata().context("the consumer has no group metadata")?;
+        let offsets = Source::offsets_after(records)?;
+        self.sink.begin().context("begin transaction")?;
+        let attempt = async {
+            let mut pending: Vec<Produce> = result.outputs.clone();
+            pending.extend(result.dead_letters.iter().map(|d| d.record.clone()));
+            if let Err((e, failed)) = self.sink.send_all(&pending).await {
+                anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
+            }
+            self.apply(effects, fence, batch_effects).await?;
+            self.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
+            let mut commit = self.sink.commit();
+            for _ in 0..3 {
+                match &commit {
+                    Err(rdkafka::error::KafkaError::Transaction(e)) if e.is_retriable() => commit = self.sink.commit(),
+                    _ => break,
+                }
+            }
+            commit.context("commit transaction")
+        }
+        .await;
+        let Err(error) = attempt else { return Ok(()) };
+        let fatal = error.chain().any(|c| {
+            c.downcast_ref::<rdkafka::error::KafkaError>()
+                .is_some_and(|k| matches!(k, rdkafka::error::KafkaError::Transaction(e) if e.is_fatal()))
+        });
+        if fatal {
+            tracing::warn!(error = %error, "fatal transaction error: replacing the producer");
+            self.sink.recreate().context("cannot recreate the transactional producer")?;
+        } else if let Err(e) = self.sink.abort() {
+            tracing::warn!(error = %e, "abort failed: replacing the producer");
+            self.sink.recreate().context("cannot recreate the transactional producer")?;
+        }
+        Err(error)
+    }
+
     /// Logs a transient failure, marks the host not ready and sleeps; fails
     /// once a stop was requested more than [`STOP_GRACE`] ago.
-    async fn wait(
-        &mut self,
-        doing: &'static str,
-        why: &str,
-        backoff: &mut Backoff,
-    ) -> anyhow::Result<()> {
+    async fn wait(&mut self, doing: &'static str, why: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
         self.metrics.ready.store(false, Ordering::Relaxed);
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);
         let delay = backoff.next();
@@ -245,10 +312,7 @@ struct Backoff {
 
 impl Backoff {
     fn new() -> Self {
-        Self {
-            delay: MIN_BACKOFF,
-            waited: Duration::ZERO,
-        }
+        Self { delay: MIN_BACKOFF, waited: Duration::ZERO }
     }
 
     fn next(&mut self) -> Duration {

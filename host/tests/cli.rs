@@ -7,19 +7,8 @@ use std::path::Path;
 use std::process::Command;
 
 fn validate(pipeline: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("validate")
-        .arg(pipeline)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).arg("validate").arg(pipeline).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A copy of the default pipeline in `dir` whose `normalize` plugin is `plugin`
@@ -28,14 +17,8 @@ fn pipeline_with(dir: &Path, plugin: &str, categorize_rules: &str) -> std::path:
     let root = support::repo_root();
     let text = std::fs::read_to_string(root.join("pipeline.toml"))
         .unwrap()
-        .replace(
-            "plugins/dist/",
-            &format!("{}/plugins/dist/", root.display()),
-        )
-        .replace(
-            &format!("\"{}/plugins/dist/normalize.wasm\"", root.display()),
-            &format!("\"{plugin}\""),
-        )
+        .replace("plugins/dist/", &format!("{}/plugins/dist/", root.display()))
+        .replace(&format!("\"{}/plugins/dist/normalize.wasm\"", root.display()), &format!("\"{plugin}\""))
         .replace("default = \"Other\"", categorize_rules);
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();
@@ -58,16 +41,9 @@ fn validate_accepts_the_default_pipeline() {
 #[test]
 fn a_missing_plugin_is_named() {
     let dir = temp_dir("missing");
-    let (ok, out) = validate(&pipeline_with(
-        &dir,
-        "nowhere/normalize.wasm",
-        "default = \"Other\"",
-    ));
+    let (ok, out) = validate(&pipeline_with(&dir, "nowhere/normalize.wasm", "default = \"Other\""));
     assert!(!ok);
-    assert!(
-        out.contains("cannot read plugin") && out.contains("nowhere/normalize.wasm"),
-        "{out}"
-    );
+    assert!(out.contains("cannot read plugin") && out.contains("nowhere/normalize.wasm"), "{out}");
 }
 
 #[test]
@@ -81,21 +57,14 @@ fn a_file_that_is_not_a_component_is_named() {
     std::fs::write(dir.join("core.wasm"), b"\0asm\x01\0\0\0").unwrap();
     let (ok, out) = validate(&pipeline_with(&dir, "core.wasm", "default = \"Other\""));
     assert!(!ok);
-    assert!(
-        out.contains("core.wasm is a core WebAssembly module, not a component"),
-        "{out}"
-    );
+    assert!(out.contains("core.wasm is a core WebAssembly module, not a component"), "{out}");
 }
 
 #[test]
 fn a_plugin_init_error_names_the_stage() {
     let dir = temp_dir("init");
     let normalize = support::repo_root().join("plugins/dist/normalize.wasm");
-    let (ok, out) = validate(&pipeline_with(
-        &dir,
-        normalize.to_str().unwrap(),
-        "colour = \"blue\"",
-    ));
+    let (ok, out) = validate(&pipeline_with(&dir, normalize.to_str().unwrap(), "colour = \"blue\""));
     assert!(!ok);
     assert!(
         out.contains("stage `categorize`: the plugin's init refused its config")
@@ -108,18 +77,11 @@ fn a_plugin_init_error_names_the_stage() {
 fn a_bad_pipeline_names_file_line_and_key() {
     let dir = temp_dir("bad-config");
     let path = dir.join("pipeline.toml");
-    std::fs::write(
-        &path,
-        "[kafka]\nbrokers = \"b\"\ngroup = \"g\"\ncolour = 1\n",
-    )
-    .unwrap();
+    std::fs::write(&path, "[kafka]\nbrokers = \"b\"\ngroup = \"g\"\ncolour = 1\n").unwrap();
     let (ok, out) = validate(&path);
     assert!(!ok);
     assert!(
-        out.contains(&format!(
-            "{}: line 4, column 1: `kafka.colour`: unknown field `colour`",
-            path.display()
-        )),
+        out.contains(&format!("{}: line 4, column 1: `kafka.colour`: unknown field `colour`", path.display())),
         "{out}"
     );
 }

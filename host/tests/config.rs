@@ -13,11 +13,7 @@ fn invalid_configs_give_their_exact_error() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    assert!(
-        files.len() >= 10,
-        "expected the golden files in {}",
-        dir.display()
-    );
+    assert!(files.len() >= 10, "expected the golden files in {}", dir.display());
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
         let error = sluice::config::load_str(&text, |_| None)

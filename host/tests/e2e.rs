@@ -11,72 +11,39 @@ use support::model::{self, Expect, Summary, Tables};
 use support::process::{Host, HostEnv};
 use support::{RedisPrefix, data_dir};
 
-const EXAMPLES: [&str; 4] = [
-    "orders-webshop.jsonl",
-    "orders-grocery.jsonl",
-    "orders-delivery.jsonl",
-    "invalid.jsonl",
-];
+const EXAMPLES: [&str; 4] = ["orders-webshop.jsonl", "orders-grocery.jsonl", "orders-delivery.jsonl", "invalid.jsonl"];
 
 /// `sluice gen --print` output for a seed: the records as produced.
 fn generated(count: u64, seed: u64, invalid_ratio: f64) -> Vec<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "gen",
-            "--print",
-            "--count",
-            &count.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
+        .args(["gen", "--print", "--count", &count.to_string(), "--seed", &seed.to_string()])
         .args(["--invalid-ratio", &invalid_ratio.to_string()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
 }
 
 fn example_values() -> Vec<String> {
     EXAMPLES
         .iter()
         .flat_map(|f| {
-            std::fs::read_to_string(data_dir().join(f))
-                .unwrap()
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
+            std::fs::read_to_string(data_dir().join(f)).unwrap().lines().map(str::to_string).collect::<Vec<_>>()
         })
         .collect()
 }
 
 /// The generator's lookup tables merged with shared/data/lookups.json.
 fn all_tables() -> Tables {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["gen", "--print-lookups"])
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["gen", "--print-lookups"]).output().unwrap();
     let mut tables: Tables = serde_json::from_slice(&out.stdout).unwrap();
     let shared: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data_dir().join("lookups.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(data_dir().join("lookups.json")).unwrap()).unwrap();
     for (table, rows) in shared.as_object().unwrap() {
         for (id, fields) in rows.as_object().unwrap() {
             for (field, v) in fields.as_object().unwrap() {
                 let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                tables
-                    .entry(table.clone())
-                    .or_default()
-                    .entry(id.clone())
-                    .or_default()
-                    .insert(field.clone(), v);
+                tables.entry(table.clone()).or_default().entry(id.clone()).or_default().insert(field.clone(), v);
             }
         }
     }
@@ -85,16 +52,7 @@ fn all_tables() -> Tables {
 
 async fn load_lookups(prefix: &str) {
     let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "gen",
-            "--load-lookups",
-            "--count",
-            "0",
-            "--lookup-prefix",
-            prefix,
-            "--redis-url",
-            support::REDIS_URL,
-        ])
+        .args(["gen", "--load-lookups", "--count", "0", "--lookup-prefix", prefix, "--redis-url", support::REDIS_URL])
         .status()
         .unwrap();
     assert!(status.success());
@@ -102,10 +60,7 @@ async fn load_lookups(prefix: &str) {
 }
 
 fn keyed(values: &[String]) -> Vec<(Option<String>, Vec<u8>)> {
-    values
-        .iter()
-        .map(|v| (None, v.as_bytes().to_vec()))
-        .collect()
+    values.iter().map(|v| (None, v.as_bytes().to_vec())).collect()
 }
 
 struct Expected {
@@ -115,11 +70,7 @@ struct Expected {
 }
 
 fn expected(values: &[String], tables: &Tables) -> Expected {
-    let mut e = Expected {
-        orders: Vec::new(),
-        dead: BTreeMap::new(),
-        filtered: 0,
-    };
+    let mut e = Expected { orders: Vec::new(), dead: BTreeMap::new(), filtered: 0 };
     for v in values {
         match model::expect(v, tables) {
             Expect::Order(s) => e.orders.push(s),
@@ -131,56 +82,28 @@ fn expected(values: &[String], tables: &Tables) -> Expected {
 }
 
 fn order_ids(records: &[Consumed]) -> Vec<String> {
-    records
-        .iter()
-        .map(|r| r.json()["order_id"].as_str().unwrap().to_string())
-        .collect()
+    records.iter().map(|r| r.json()["order_id"].as_str().unwrap().to_string()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn examples_and_generated_orders_give_exact_outputs_dead_letters_and_counters() {
     let tansu = Tansu::start();
-    let (lookups, counters) = (
-        RedisPrefix::new("e2e-lookups"),
-        RedisPrefix::new("e2e-counters"),
-    );
+    let (lookups, counters) = (RedisPrefix::new("e2e-lookups"), RedisPrefix::new("e2e-counters"));
     load_lookups(&lookups.0).await;
     let mut values = example_values();
     values.extend(generated(10_000, 42, 0.05));
     let want = expected(&values, &all_tables());
-    assert!(
-        want.dead.len() >= 6 && want.filtered > 0,
-        "the input covers every outcome: {:?}",
-        want.dead
-    );
+    assert!(want.dead.len() >= 6 && want.filtered > 0, "the input covers every outcome: {:?}", want.dead);
 
     produce(&tansu.brokers(), "orders", &keyed(&values)).await;
-    let mut host = Host::start(&HostEnv::new(
-        &tansu.brokers(),
-        &lookups.0,
-        &counters.0,
-        "e2e",
-    ));
+    let mut host = Host::start(&HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "e2e"));
     host.wait_ready(Duration::from_secs(60));
 
     let dead_total: usize = want.dead.values().sum();
     let linger = Duration::from_secs(3);
-    let enriched = consume(
-        &tansu.brokers(),
-        "orders.enriched",
-        want.orders.len(),
-        Duration::from_secs(120),
-        linger,
-    )
-    .await;
-    let dlq = consume(
-        &tansu.brokers(),
-        "orders.dlq",
-        dead_total,
-        Duration::from_secs(60),
-        linger,
-    )
-    .await;
+    let enriched =
+        consume(&tansu.brokers(), "orders.enriched", want.orders.len(), Duration::from_secs(120), linger).await;
+    let dlq = consume(&tansu.brokers(), "orders.dlq", dead_total, Duration::from_secs(60), linger).await;
     host.wait_records_in(values.len() as u64, Duration::from_secs(30));
 
     // Outputs: exactly the valid orders, once each, keyed by order id.
@@ -211,10 +134,7 @@ async fn examples_and_generated_orders_give_exact_outputs_dead_letters_and_count
     assert_eq!(reasons, want.dead.iter().map(|(k, v)| (*k, *v)).collect());
 
     // Counters: equal to the sums of the independent model.
-    assert_eq!(
-        support::read_counters(&counters.0).await,
-        model::counters(&want.orders)
-    );
+    assert_eq!(support::read_counters(&counters.0).await, model::counters(&want.orders));
 
     // Metrics account for every record once.
     let metric = |n: &str| host.metric(n).unwrap() as usize;
@@ -242,27 +162,19 @@ fn model_reason(reason: &str) -> &'static str {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_stream_then_restart_loses_nothing() {
     let tansu = Tansu::start();
-    let (lookups, counters) = (
-        RedisPrefix::new("restart-lookups"),
-        RedisPrefix::new("restart-counters"),
-    );
+    let (lookups, counters) = (RedisPrefix::new("restart-lookups"), RedisPrefix::new("restart-counters"));
     load_lookups(&lookups.0).await;
     let values = generated(20_000, 7, 0.0);
     let want = expected(&values, &all_tables());
     produce(&tansu.brokers(), "orders", &keyed(&values)).await;
 
     // Small batches make the run long enough to stop it in the middle.
-    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "restart")
-        .set("SLUICE_BATCH_SIZE", "20");
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "restart").set("SLUICE_BATCH_SIZE", "20");
     let mut first = Host::start(&env);
     first.wait_ready(Duration::from_secs(60));
     first.wait_records_in(2_000, Duration::from_secs(60));
     let status = first.terminate();
-    assert!(
-        status.success(),
-        "SIGTERM exits 0, got {status}:\n{}",
-        first.log_text()
-    );
+    assert!(status.success(), "SIGTERM exits 0, got {status}:\n{}", first.log_text());
     let done_first = first.log_text();
     assert!(done_first.contains("stop requested"), "{done_first}");
 
@@ -279,10 +191,7 @@ async fn sigterm_mid_stream_then_restart_loses_nothing() {
     let ids: BTreeSet<String> = order_ids(&enriched).into_iter().collect();
     let want_ids: BTreeSet<String> = want.orders.iter().map(|o| o.order_id.clone()).collect();
     let missing: Vec<&String> = want_ids.difference(&ids).take(5).collect();
-    assert!(
-        missing.is_empty(),
-        "orders lost across the restart, e.g. {missing:?}"
-    );
+    assert!(missing.is_empty(), "orders lost across the restart, e.g. {missing:?}");
     let second_in = second.metric("sluice_records_in_total").unwrap();
     assert!(
         second_in > 0.0 && second_in < values.len() as f64,

@@ -10,18 +10,13 @@ mod support;
 use serde_json::{Value, json};
 use sluice::bindings::Header;
 use sluice::pipeline::{Chain, Record};
-use sluice::redis::{RedisEffects, RedisLookups, coalesce};
+use sluice::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use support::{RedisPrefix, data_dir, repo_root};
 
-const FILES: [&str; 4] = [
-    "orders-webshop.jsonl",
-    "orders-grocery.jsonl",
-    "orders-delivery.jsonl",
-    "invalid.jsonl",
-];
+const FILES: [&str; 4] = ["orders-webshop.jsonl", "orders-grocery.jsonl", "orders-delivery.jsonl", "invalid.jsonl"];
 
 fn records(file: &str) -> Vec<Record> {
     let text = std::fs::read_to_string(data_dir().join(file)).unwrap();
@@ -30,10 +25,7 @@ fn records(file: &str) -> Vec<Record> {
         .map(|(i, line)| Record {
             key: None,
             value: Some(line.as_bytes().to_vec()),
-            headers: vec![Header {
-                name: "origin".into(),
-                value: file.as_bytes().to_vec(),
-            }],
+            headers: vec![Header { name: "origin".into(), value: file.as_bytes().to_vec() }],
             topic: "orders".into(),
             partition: 0,
             offset: i as i64,
@@ -43,9 +35,7 @@ fn records(file: &str) -> Vec<Record> {
 }
 
 fn expected_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
 }
 
 fn check(name: &str, actual: &str) {
@@ -53,14 +43,8 @@ fn check(name: &str, actual: &str) {
     if std::env::var_os("SLUICE_BLESS").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
-    let expected =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert_eq!(
-        actual,
-        expected,
-        "{} differs (SLUICE_BLESS=1 rewrites it)",
-        path.display()
-    );
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(actual, expected, "{} differs (SLUICE_BLESS=1 rewrites it)", path.display());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -69,13 +53,9 @@ async fn shared_examples_through_the_default_chain() {
     let counters = RedisPrefix::new("golden-counters");
     support::load_shared_lookups(&lookups_prefix.0).await;
 
-    let env = support::env_of(&[
-        ("SLUICE_LOOKUP_PREFIX", &lookups_prefix.0),
-        ("SLUICE_REDIS_PREFIX", &counters.0),
-    ]);
+    let env = support::env_of(&[("SLUICE_LOOKUP_PREFIX", &lookups_prefix.0), ("SLUICE_REDIS_PREFIX", &counters.0)]);
     let pipeline = support::default_pipeline(&env);
-    let lookups =
-        Arc::new(RedisLookups::new(support::REDIS_URL, &pipeline.config.lookups).unwrap());
+    let lookups = Arc::new(RedisLookups::new(support::REDIS_URL, &pipeline.config.lookups).unwrap());
     let mut chain = tokio::task::spawn_blocking(move || {
         Chain::build(&sluice::engine::Engine::new().unwrap(), &pipeline, lookups).unwrap()
     })
@@ -96,11 +76,7 @@ async fn shared_examples_through_the_default_chain() {
         for out in &result.outputs {
             assert_eq!(&*out.topic, "orders.enriched");
             let value: Value = serde_json::from_slice(&out.value).unwrap();
-            assert_eq!(
-                out.key.as_deref(),
-                Some(value["order_id"].as_str().unwrap().as_bytes()),
-                "key = order_id"
-            );
+            assert_eq!(out.key.as_deref(), Some(value["order_id"].as_str().unwrap().as_bytes()), "key = order_id");
             enriched.push_str(std::str::from_utf8(&out.value).unwrap());
             enriched.push('\n');
         }
@@ -110,22 +86,10 @@ async fn shared_examples_through_the_default_chain() {
                 .record
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.name.as_str(),
-                        String::from_utf8_lossy(&h.value).into_owned(),
-                    )
-                })
+                .map(|h| (h.name.as_str(), String::from_utf8_lossy(&h.value).into_owned()))
                 .collect();
-            let original = records
-                .iter()
-                .find(|r| r.offset.to_string() == headers["sluice.source.offset"])
-                .unwrap();
-            assert_eq!(
-                Some(&d.record.value),
-                original.value.as_ref(),
-                "the value is kept as received"
-            );
+            let original = records.iter().find(|r| r.offset.to_string() == headers["sluice.source.offset"]).unwrap();
+            assert_eq!(Some(&d.record.value), original.value.as_ref(), "the value is kept as received");
             assert_eq!(headers["origin"], file, "the record's own headers are kept");
             assert_eq!(headers["sluice.source.topic"], "orders");
             assert_eq!(headers["sluice.source.partition"], "0");
@@ -138,13 +102,23 @@ async fn shared_examples_through_the_default_chain() {
             });
             dead.push_str(&format!("{line}\n"));
         }
-        effects.apply(&coalesce(result.effects)).await.unwrap();
+        let fence = Fence {
+            key: format!("{}fence", counters.0),
+            partitions: vec![(file.to_string(), records.len() as i64 - 1)],
+        };
+        let record_effects: Vec<RecordEffect> = result
+            .effects
+            .into_iter()
+            .map(|(origin, effect)| RecordEffect { partition: 0, offset: records[origin].offset, effect })
+            .collect();
+        effects.apply_fenced(&fence, &record_effects).await.unwrap();
+        // Applying the same batch again changes nothing: the fence holds.
+        assert_eq!(effects.apply_fenced(&fence, &record_effects).await.unwrap(), 0);
     }
     assert_eq!(filtered, 0, "no example is a cancelled order");
     check("enriched.jsonl", &enriched);
     check("dead-letters.jsonl", &dead);
-    let counters_json =
-        serde_json::to_string_pretty(&support::read_counters(&counters.0).await).unwrap() + "\n";
+    let counters_json = serde_json::to_string_pretty(&support::read_counters(&counters.0).await).unwrap() + "\n";
     check("counters.json", &counters_json);
 }
 
@@ -159,11 +133,7 @@ fn the_shipped_pipeline_parses() {
     assert_eq!(config.output.topic, "orders.enriched");
     assert_eq!(config.dead_letter.topic, "orders.dlq");
     assert_eq!(config.lookups["user"].key_prefix, "user:");
-    let names: Vec<&str> = config
-        .stages
-        .iter()
-        .map(|s| s.name.get_ref().as_str())
-        .collect();
+    let names: Vec<&str> = config.stages.iter().map(|s| s.name.get_ref().as_str()).collect();
     assert_eq!(names, ["normalize", "enrich", "categorize", "totals"]);
     assert_eq!(config.stages[3].config["prefix"].as_str(), Some("sluice:"));
 }

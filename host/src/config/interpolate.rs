@@ -6,10 +6,7 @@ use super::ConfigError;
 /// of the environment variable, as `env` returns it. `$${` stands for a
 /// literal `${`. An unset variable without a default is an error that names
 /// the variable and its line.
-pub fn interpolate(
-    text: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
+pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -27,29 +24,20 @@ pub fn interpolate(
         }
         let offset = text.len() - after.len();
         let Some(end) = after.find('}') else {
-            return Err(ConfigError::at(
-                text,
-                offset,
-                "unclosed `${`: expected `}`".into(),
-            ));
+            return Err(ConfigError::at(text, offset, "unclosed `${`: expected `}`".into()));
         };
         let body = &after[2..end];
         let (name, default) = match body.split_once(":-") {
             Some((name, default)) => (name, Some(default)),
             None => (body, None),
         };
-        let valid = name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid {
             return Err(ConfigError::at(
                 text,
                 offset,
-                format!(
-                    "`${{{body}}}` is not a variable: expected ${{NAME}} or ${{NAME:-default}}"
-                ),
+                format!("`${{{body}}}` is not a variable: expected ${{NAME}} or ${{NAME:-default}}"),
             ));
         }
         match (env(name), default) {
@@ -81,7 +69,8 @@ mod tests {
 
     #[test]
     fn substitutes_defaults_and_escapes() {
-        let text = "a = \"${SET}\"\nb = \"${UNSET:-fallback}\"\nc = \"${SET:-x}\"\nd = \"$${SET} $5\"\ne = \"${UNSET:-}\"";
+        let text =
+            "a = \"${SET}\"\nb = \"${UNSET:-fallback}\"\nc = \"${SET:-x}\"\nd = \"$${SET} $5\"\ne = \"${UNSET:-}\"";
         assert_eq!(
             interpolate(text, env).unwrap(),
             "a = \"value\"\nb = \"fallback\"\nc = \"value\"\nd = \"${SET} $5\"\ne = \"\""
@@ -100,11 +89,6 @@ mod tests {
             err.to_string(),
             "line 1, column 6: `${1X}` is not a variable: expected ${NAME} or ${NAME:-default}"
         );
-        assert!(
-            interpolate("a = \"${OPEN", env)
-                .unwrap_err()
-                .to_string()
-                .contains("unclosed")
-        );
+        assert!(interpolate("a = \"${OPEN", env).unwrap_err().to_string().contains("unclosed"));
     }
 }

@@ -29,10 +29,7 @@ impl ConfigError {
         let before = &text[..offset.min(text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        Self {
-            position: Some((line, column)),
-            message,
-        }
+        Self { position: Some((line, column)), message }
     }
 
     fn spanned<T>(text: &str, value: &Spanned<T>, message: String) -> Self {
@@ -96,6 +93,12 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties for the producer, e.g. `compression.type`.
     #[serde(default)]
     pub producer: BTreeMap<String, String>,
+    /// This instance's name in the group, stable across restarts; with
+    /// exactly-once, the transactional id is `{group}-{instance_id}`, so a
+    /// restarted instance fences its predecessor's open transaction. Default:
+    /// the host name.
+    #[serde(default)]
+    pub instance_id: String,
 }
 
 /// Redis connection settings.
@@ -104,6 +107,15 @@ pub struct KafkaConfig {
 pub struct RedisConfig {
     /// `redis://host:port[/db]`.
     pub url: String,
+    /// Prefix of the hash `{fence_prefix}{group}` that records, per source
+    /// partition, the last offset whose effects are applied, so that a
+    /// replayed record never applies its effects twice. Default `sluice:fence:`.
+    #[serde(default = "default_fence_prefix")]
+    pub fence_prefix: String,
+}
+
+fn default_fence_prefix() -> String {
+    "sluice:fence:".into()
 }
 
 /// Input topics and batching.
@@ -136,9 +148,14 @@ fn default_batch_timeout_ms() -> NonZeroU64 {
 #[serde(rename_all = "kebab-case")]
 pub enum Delivery {
     /// Offsets are committed after every output, dead letter and Redis effect
-    /// of the batch is confirmed. A crash may replay a batch.
+    /// of the batch is confirmed. A crash may replay a batch: its outputs may
+    /// appear twice (its Redis effects never apply twice).
     #[default]
     AtLeastOnce,
+    /// Outputs, dead letters and offsets are committed in one Kafka
+    /// transaction per batch; Redis effects are applied once, behind the
+    /// per-partition fence, before the transaction commits.
+    ExactlyOnce,
 }
 
 /// A Kafka topic to write to.
@@ -226,11 +243,7 @@ fn default_max_retries() -> u32 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            memory_mib: default_memory_mib(),
-            timeout_ms: default_timeout_ms(),
-            max_retries: default_max_retries(),
-        }
+        Self { memory_mib: default_memory_mib(), timeout_ms: default_timeout_ms(), max_retries: default_max_retries() }
     }
 }
 
@@ -244,9 +257,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            addr: "127.0.0.1:8080".into(),
-        }
+        Self { addr: "127.0.0.1:8080".into() }
     }
 }
 
@@ -269,20 +280,15 @@ impl Pipeline {
 
 /// Reads, interpolates, parses and validates a pipeline.toml file.
 pub fn load_file(path: &Path) -> Result<Pipeline, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        position: None,
-        message: format!("cannot read {}: {e}", path.display()),
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError { position: None, message: format!("cannot read {}: {e}", path.display()) })?;
     let config = load_str(&text, |name| std::env::var(name).ok())?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     Ok(Pipeline { config, base_dir })
 }
 
 /// Interpolates, parses and validates pipeline.toml text.
-pub fn load_str(
-    text: &str,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<PipelineConfig, ConfigError> {
+pub fn load_str(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<PipelineConfig, ConfigError> {
     let text = interpolate(text, env)?;
     let config: PipelineConfig = toml::from_str(&text).map_err(|e| {
         let message = e.message().trim_end();
@@ -291,10 +297,7 @@ pub fn load_str(
                 Some(key) => ConfigError::at(&text, span.start, format!("`{key}`: {message}")),
                 None => ConfigError::at(&text, span.start, message.to_string()),
             },
-            None => ConfigError {
-                position: None,
-                message: message.to_string(),
-            },
+            None => ConfigError { position: None, message: message.to_string() },
         }
     })?;
     config.validate(&text)?;
@@ -304,25 +307,16 @@ pub fn load_str(
 /// The dotted key (`section.key`) of the `key = value` line at `offset`,
 /// so that a type error names its key; `None` when the line is no such line.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    let start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
+    let start = text[..offset.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
     let line = text[start..].lines().next()?;
     let (key, _) = line.split_once('=')?;
     let key = key.trim().trim_matches('"');
     if key.is_empty() || key.starts_with(['[', '#']) {
         return None;
     }
-    let section = text[..start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['));
+    let section = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
     Some(match section {
-        Some(header) => format!(
-            "{}.{key}",
-            header.trim_matches(|c| c == '[' || c == ']').trim()
-        ),
+        Some(header) => format!("{}.{key}", header.trim_matches(|c| c == '[' || c == ']').trim()),
         None => key.to_string(),
     })
 }
@@ -331,16 +325,9 @@ impl PipelineConfig {
     /// Checks what parsing alone cannot: names, references and non-empty
     /// values. `text` is the interpolated file, for line numbers.
     pub fn validate(&self, text: &str) -> Result<(), ConfigError> {
-        let whole = |message: String| ConfigError {
-            position: None,
-            message,
-        };
+        let whole = |message: String| ConfigError { position: None, message };
         let non_empty = |what: &str, value: &str| {
-            if value.trim().is_empty() {
-                Err(whole(format!("`{what}` must not be empty")))
-            } else {
-                Ok(())
-            }
+            if value.trim().is_empty() { Err(whole(format!("`{what}` must not be empty"))) } else { Ok(()) }
         };
         non_empty("kafka.brokers", &self.kafka.brokers)?;
         non_empty("kafka.group", &self.kafka.group)?;
@@ -357,33 +344,22 @@ impl PipelineConfig {
             non_empty(&format!("routes.{name}.topic"), &route.topic)?;
         }
         if self.stages.is_empty() {
-            return Err(whole(
-                "the pipeline has no stages: add at least one [[stages]]".into(),
-            ));
+            return Err(whole("the pipeline has no stages: add at least one [[stages]]".into()));
         }
         let mut seen = BTreeMap::new();
         for (i, stage) in self.stages.iter().enumerate() {
             let name = stage.name.get_ref();
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !valid {
-                let message =
-                    format!("stages[{i}].name `{name}` must be letters, digits, `-` or `_`");
+                let message = format!("stages[{i}].name `{name}` must be letters, digits, `-` or `_`");
                 return Err(ConfigError::spanned(text, &stage.name, message));
             }
             if let Some(first) = seen.insert(name.clone(), i) {
-                let message =
-                    format!("stages[{i}].name `{name}` is already the name of stages[{first}]");
+                let message = format!("stages[{i}].name `{name}` is already the name of stages[{first}]");
                 return Err(ConfigError::spanned(text, &stage.name, message));
             }
             if stage.plugin.as_os_str().is_empty() {
-                return Err(ConfigError::spanned(
-                    text,
-                    &stage.name,
-                    format!("stages[{i}].plugin must not be empty"),
-                ));
+                return Err(ConfigError::spanned(text, &stage.name, format!("stages[{i}].plugin must not be empty")));
             }
             for table in &stage.lookups {
                 if !self.lookups.contains_key(table.get_ref()) {

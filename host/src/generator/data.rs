@@ -8,19 +8,8 @@ use std::collections::BTreeMap;
 /// Lookup tables as `{table: {id: {field: value}}}`, the layout of lookups.json.
 pub type Tables = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
 
-const FIRST: [&str; 10] = [
-    "Ana", "Marc", "Zoé", "Lena", "Omar", "Ivan", "Sofia", "Jonas", "Mei", "Tariq",
-];
-const LAST: [&str; 8] = [
-    "Dupont",
-    "Peeters",
-    "Костина",
-    "Janssens",
-    "Haddad",
-    "Novak",
-    "Rossi",
-    "Kim",
-];
+const FIRST: [&str; 10] = ["Ana", "Marc", "Zoé", "Lena", "Omar", "Ivan", "Sofia", "Jonas", "Mei", "Tariq"];
+const LAST: [&str; 8] = ["Dupont", "Peeters", "Костина", "Janssens", "Haddad", "Novak", "Rossi", "Kim"];
 const CITIES: [&str; 4] = ["Brussels", "Ghent", "Moscow", "Antwerp"];
 /// Grocery store names: their ids in the store table are the slugs.
 const GROCERY_STORES: [(&str, &str, &str); 4] = [
@@ -61,40 +50,23 @@ const RESTAURANTS: usize = 6;
 /// The lookup tables the generated orders refer to.
 pub fn tables() -> Tables {
     let mut tables = Tables::new();
-    let row = |pairs: &[(&str, String)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    };
+    let row = |pairs: &[(&str, String)]| pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let users = tables.entry("user".into()).or_default();
     for i in 0..USERS {
         let name = format!("{} {}", FIRST[i % FIRST.len()], LAST[i % LAST.len()]);
-        users.insert(
-            user_id(i),
-            row(&[("name", name), ("login", format!("user{i:02}"))]),
-        );
+        users.insert(user_id(i), row(&[("name", name), ("login", format!("user{i:02}"))]));
     }
     let stores = tables.entry("store".into()).or_default();
     for i in 0..RESTAURANTS {
         let city = CITIES[i % CITIES.len()].to_string();
-        stores.insert(
-            restaurant_id(i),
-            row(&[("name", format!("Restaurant {i}")), ("city", city)]),
-        );
+        stores.insert(restaurant_id(i), row(&[("name", format!("Restaurant {i}")), ("city", city)]));
     }
     for (name, id, city) in GROCERY_STORES {
-        stores.insert(
-            id.into(),
-            row(&[("name", format!("Delhaize {name}")), ("city", city.into())]),
-        );
+        stores.insert(id.into(), row(&[("name", format!("Delhaize {name}")), ("city", city.into())]));
     }
     let products = tables.entry("product".into()).or_default();
     for (id, name, price) in PRODUCTS {
-        products.insert(
-            id.into(),
-            row(&[("name", name.into()), ("price", price.into())]),
-        );
+        products.insert(id.into(), row(&[("name", name.into()), ("price", price.into())]));
     }
     tables
 }
@@ -158,10 +130,7 @@ pub fn record(rng: &mut Rng, seed: u64, n: u64, invalid_ratio: f64) -> Generated
             let (product, _, _) = PRODUCTS[rng.below(PRODUCTS.len())];
             let ts = match rng.below(3) {
                 0 => format!("2025-03-{day:02}T{hour:02}:{minute:02}:{second:02}Z"),
-                1 => format!(
-                    "2025-03-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}",
-                    rng.below(1000)
-                ),
+                1 => format!("2025-03-{day:02}T{hour:02}:{minute:02}:{second:02}.{:03}", rng.below(1000)),
                 _ => format!("2025-03-{day:02}T{hour:02}:{minute:02}:{second:02}+01:00"),
             };
             let value = json!({"order_id": id, "product_id": product, "quantity": 1 + rng.below(5), "timestamp": ts});
@@ -196,11 +165,7 @@ pub fn record(rng: &mut Rng, seed: u64, n: u64, invalid_ratio: f64) -> Generated
                     item
                 })
                 .collect();
-            let status = if rng.chance(0.05) {
-                "CANCELLED"
-            } else {
-                "CLOSED"
-            };
+            let status = if rng.chance(0.05) { "CANCELLED" } else { "CLOSED" };
             let value = json!({
                 "object_id": object_id,
                 "object_type": "order",
@@ -216,19 +181,12 @@ pub fn record(rng: &mut Rng, seed: u64, n: u64, invalid_ratio: f64) -> Generated
             (object_id.to_string(), value)
         }
     };
-    Generated {
-        key: Some(key),
-        value: value.to_string(),
-    }
+    Generated { key: Some(key), value: value.to_string() }
 }
 
 /// A price in cents as a JSON number with its exact decimal text.
 fn money(cents: i64) -> Value {
-    if cents % 100 == 0 {
-        json!(cents / 100)
-    } else {
-        json!(cents as f64 / 100.0)
-    }
+    if cents % 100 == 0 { json!(cents / 100) } else { json!(cents as f64 / 100.0) }
 }
 
 fn invalid(rng: &mut Rng, n: u64) -> Generated {
@@ -242,10 +200,7 @@ fn invalid(rng: &mut Rng, n: u64) -> Generated {
         5 => json!({"id": id, "store": "Brussels", "date": "2025-03-01", "products": [{"id": "P-1", "name": "Banana", "price": -1}]}).to_string(),
         _ => json!({"order_id": id, "product_id": "WHEY001", "quantity": 2}).to_string(),
     };
-    Generated {
-        key: Some(id),
-        value,
-    }
+    Generated { key: Some(id), value }
 }
 
 #[cfg(test)]
@@ -256,9 +211,7 @@ mod tests {
     fn a_seed_always_gives_the_same_records() {
         let run = |seed| {
             let mut rng = Rng::new(seed);
-            (0..50)
-                .map(|n| record(&mut rng, seed, n, 0.1).value)
-                .collect::<Vec<_>>()
+            (0..50).map(|n| record(&mut rng, seed, n, 0.1).value).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));

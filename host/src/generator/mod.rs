@@ -57,10 +57,7 @@ pub struct GenArgs {
 
 /// Runs the generator.
 pub async fn run(args: GenArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&args.invalid_ratio),
-        "--invalid-ratio must be between 0 and 1"
-    );
+    anyhow::ensure!((0.0..=1.0).contains(&args.invalid_ratio), "--invalid-ratio must be between 0 and 1");
     if args.print_lookups {
         println!("{}", serde_json::to_string_pretty(&tables())?);
         return Ok(());
@@ -71,10 +68,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             None => tables(),
         };
         let rows = load_lookups(&args.redis_url, &args.lookup_prefix, &tables).await?;
-        eprintln!(
-            "loaded {rows} lookup rows into {} (prefix {:?})",
-            args.redis_url, args.lookup_prefix
-        );
+        eprintln!("loaded {rows} lookup rows into {} (prefix {:?})", args.redis_url, args.lookup_prefix);
     }
     if args.count == 0 {
         return Ok(());
@@ -83,11 +77,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
     if args.print {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
         for n in 0..args.count {
-            writeln!(
-                out,
-                "{}",
-                record(&mut rng, args.seed, n, args.invalid_ratio).value
-            )?;
+            writeln!(out, "{}", record(&mut rng, args.seed, n, args.invalid_ratio).value)?;
         }
         return Ok(());
     }
@@ -119,10 +109,7 @@ async fn produce(args: &GenArgs, rng: &mut Rng) -> anyhow::Result<()> {
             if let Some(key) = &generated.key {
                 record = record.key(key);
             }
-            producer
-                .send(record, Timeout::After(Duration::from_secs(60)))
-                .await
-                .map_err(|(e, _)| e)
+            producer.send(record, Timeout::After(Duration::from_secs(60))).await.map_err(|(e, _)| e)
         });
         while pending.len() >= window {
             next_ack(&mut pending).await?;
@@ -161,11 +148,7 @@ struct Progress {
 
 impl Progress {
     fn new(total: u64) -> Self {
-        Self {
-            total,
-            tty: std::io::stderr().is_terminal(),
-            last: std::cell::Cell::new(Instant::now()),
-        }
+        Self { total, tty: std::io::stderr().is_terminal(), last: std::cell::Cell::new(Instant::now()) }
     }
 
     fn show(&self, done: u64, started: Instant) {
@@ -173,12 +156,7 @@ impl Progress {
             return;
         }
         self.last.set(Instant::now());
-        self.print(
-            done,
-            started,
-            if self.tty { "\r" } else { "" },
-            if self.tty { "" } else { "\n" },
-        );
+        self.print(done, started, if self.tty { "\r" } else { "" }, if self.tty { "" } else { "\n" });
     }
 
     fn finish(&self, done: u64, started: Instant) {
@@ -188,24 +166,17 @@ impl Progress {
     fn print(&self, done: u64, started: Instant, start: &str, end: &str) {
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let pct = done as f64 * 100.0 / self.total.max(1) as f64;
-        eprint!(
-            "{start}gen: {done}/{} records ({pct:.0}%), {:.0} records/s{end}",
-            self.total,
-            done as f64 / secs
-        );
+        eprint!("{start}gen: {done}/{} records ({pct:.0}%), {:.0} records/s{end}", self.total, done as f64 / secs);
     }
 }
 
 fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let mut tables = Tables::new();
     let as_object = |v: &serde_json::Value, what: String| {
-        v.as_object()
-            .cloned()
-            .with_context(|| format!("{what} must be an object"))
+        v.as_object().cloned().with_context(|| format!("{what} must be an object"))
     };
     for (table, rows) in as_object(&raw, path.display().to_string())? {
         for (id, fields) in as_object(&rows, format!("table `{table}`"))? {
@@ -214,12 +185,7 @@ fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
                 };
-                tables
-                    .entry(table.clone())
-                    .or_default()
-                    .entry(id.clone())
-                    .or_default()
-                    .insert(field, text);
+                tables.entry(table.clone()).or_default().entry(id.clone()).or_default().insert(field, text);
             }
         }
     }
@@ -229,24 +195,17 @@ fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
 /// Writes `tables` as Redis hashes `{prefix}{table}:{id}`; returns the rows.
 pub async fn load_lookups(url: &str, prefix: &str, tables: &Tables) -> anyhow::Result<usize> {
     let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("cannot connect to Redis at {url}"))?;
+    let mut connection =
+        client.get_multiplexed_async_connection().await.with_context(|| format!("cannot connect to Redis at {url}"))?;
     let mut pipe = redis::pipe();
     let mut rows = 0;
     for (table, entries) in tables {
         for (id, fields) in entries {
             let pairs: Vec<(&String, &String)> = fields.iter().collect();
-            pipe.cmd("HSET")
-                .arg(format!("{prefix}{table}:{id}"))
-                .arg(pairs)
-                .ignore();
+            pipe.cmd("HSET").arg(format!("{prefix}{table}:{id}")).arg(pairs).ignore();
             rows += 1;
         }
     }
-    pipe.query_async::<()>(&mut connection)
-        .await
-        .context("cannot write the lookup tables")?;
+    pipe.query_async::<()>(&mut connection).await.context("cannot write the lookup tables")?;
     Ok(rows)
 }

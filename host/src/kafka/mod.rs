@@ -27,10 +27,7 @@ impl ClientContext for LogContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let role = self.role;
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(role, facility, "kafka: {message}")
             }
             RDKafkaLogLevel::Warning => tracing::warn!(role, facility, "kafka: {message}"),
@@ -50,11 +47,8 @@ impl ConsumerContext for LogContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let partitions: Vec<String> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
-                    .collect();
+                let partitions: Vec<String> =
+                    tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
                 tracing::info!(partitions = %partitions.join(","), "partitions assigned");
                 if let Some(m) = &self.metrics {
                     m.assigned.store(tpl.count() > 0, Ordering::Relaxed);

@@ -5,9 +5,11 @@ use crate::config::PipelineConfig;
 use crate::pipeline::Produce;
 use futures::future::join_all;
 use rdkafka::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::util::Timeout;
 use std::time::Duration;
 
@@ -15,15 +17,24 @@ use std::time::Duration;
 /// when the broker is gone for longer, the batch fails and is sent again.
 pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a transaction call (init, offsets, commit, abort) may block.
+/// Default 30 s: longer than a broker fail-over, shorter than the
+/// transaction timeout, so a stuck call fails before the broker aborts.
+pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Writes outputs and dead letters.
 pub struct Sink {
     producer: FutureProducer<LogContext>,
+    client: ClientConfig,
+    transactional: bool,
 }
 
 impl Sink {
     /// An idempotent producer (`acks=all`), with the pipeline's extra
-    /// producer properties applied last.
-    pub fn new(config: &PipelineConfig) -> KafkaResult<Self> {
+    /// producer properties applied last. With a transactional id, the
+    /// producer is transactional and its transactions are initialised
+    /// (fencing any earlier producer with the same id).
+    pub fn new(config: &PipelineConfig, transactional_id: Option<&str>) -> KafkaResult<Self> {
         let mut client = ClientConfig::new();
         client
             .set("bootstrap.servers", &config.kafka.brokers)
@@ -31,15 +42,50 @@ impl Sink {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "60000");
+        if let Some(id) = transactional_id {
+            client.set("transactional.id", id).set("transaction.timeout.ms", "60000");
+        }
         for (key, value) in &config.kafka.producer {
             client.set(key, value);
         }
-        Ok(Self {
-            producer: client.create_with_context(LogContext {
-                role: "producer",
-                metrics: None,
-            })?,
-        })
+        let sink = Self {
+            producer: client.create_with_context(LogContext { role: "producer", metrics: None })?,
+            client,
+            transactional: transactional_id.is_some(),
+        };
+        if sink.transactional {
+            blocking(|| sink.producer.init_transactions(TXN_TIMEOUT))?;
+        }
+        Ok(sink)
+    }
+
+    /// Replaces the producer by a new one (after a fatal transaction error).
+    pub fn recreate(&mut self) -> KafkaResult<()> {
+        self.producer = self.client.create_with_context(LogContext { role: "producer", metrics: None })?;
+        if self.transactional {
+            blocking(|| self.producer.init_transactions(TXN_TIMEOUT))?;
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction.
+    pub fn begin(&self) -> KafkaResult<()> {
+        self.producer.begin_transaction()
+    }
+
+    /// Adds the consumer's offsets to the open transaction.
+    pub fn send_offsets(&self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> KafkaResult<()> {
+        blocking(|| self.producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT))
+    }
+
+    /// Commits the open transaction.
+    pub fn commit(&self) -> KafkaResult<()> {
+        blocking(|| self.producer.commit_transaction(TXN_TIMEOUT))
+    }
+
+    /// Aborts the open transaction.
+    pub fn abort(&self) -> KafkaResult<()> {
+        blocking(|| self.producer.abort_transaction(TXN_TIMEOUT))
     }
 
     /// Sends every record and waits for all acknowledgements. Returns the
@@ -49,14 +95,9 @@ impl Sink {
         let sends = records.iter().map(|r| {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for h in &r.headers {
-                headers = headers.insert(Header {
-                    key: &h.name,
-                    value: Some(&h.value),
-                });
+                headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
             }
-            let mut record = FutureRecord::to(&r.topic)
-                .payload(&r.value)
-                .headers(headers);
+            let mut record = FutureRecord::to(&r.topic).payload(&r.value).headers(headers);
             if let Some(key) = &r.key {
                 record = record.key(key);
             }
@@ -81,4 +122,9 @@ impl Sink {
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.producer.flush(Timeout::After(timeout))
     }
+}
+
+/// Runs a blocking librdkafka call without stalling the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }

@@ -6,7 +6,7 @@ use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::Record;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerGroupMetadata, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -39,10 +39,8 @@ impl Source {
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }
-        let consumer: StreamConsumer<LogContext> = client.create_with_context(LogContext {
-            role: "consumer",
-            metrics: Some(metrics),
-        })?;
+        let consumer: StreamConsumer<LogContext> =
+            client.create_with_context(LogContext { role: "consumer", metrics: Some(metrics) })?;
         let topics: Vec<&str> = config.source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {
@@ -78,15 +76,10 @@ impl Source {
     pub fn commit(&self, batch: &[Record], mode: CommitMode) -> KafkaResult<()> {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for r in batch {
-            let slot = next
-                .entry((r.topic.clone(), r.partition))
-                .or_insert(r.offset + 1);
+            let slot = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
             *slot = (*slot).max(r.offset + 1);
         }
-        self.positions
-            .lock()
-            .expect("positions lock")
-            .extend(next.clone());
+        self.positions.lock().expect("positions lock").extend(next.clone());
         self.commit_offsets(&next, mode)
     }
 
@@ -99,16 +92,41 @@ impl Source {
         self.commit_offsets(&positions, mode)
     }
 
-    fn commit_offsets(
-        &self,
-        offsets: &BTreeMap<(String, i32), i64>,
-        mode: CommitMode,
-    ) -> KafkaResult<()> {
-        let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), offset) in offsets {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    fn commit_offsets(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) -> KafkaResult<()> {
+        self.consumer.commit(&tpl(offsets)?, mode)
+    }
+
+    /// The offsets after `batch`, per partition, for a transaction.
+    pub fn offsets_after(batch: &[Record]) -> KafkaResult<TopicPartitionList> {
+        tpl(&next_offsets(batch))
+    }
+
+    /// The group's metadata, for committing offsets in a transaction.
+    pub fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
+    }
+
+    /// Moves every partition of `batch` back to the group's committed
+    /// offset (or to the batch's first record when nothing is committed), so
+    /// that an uncommitted batch is read again.
+    pub fn rewind(&self, batch: &[Record]) -> KafkaResult<()> {
+        let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let slot = first.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
+            *slot = (*slot).min(r.offset);
         }
-        self.consumer.commit(&tpl, mode)
+        let committed =
+            tokio::task::block_in_place(|| self.consumer.committed_offsets(tpl(&first)?, Duration::from_secs(10)))?;
+        for ((topic, partition), first_offset) in first {
+            let offset = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => first_offset,
+            };
+            if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+                tracing::warn!(topic, partition, error = %e, "cannot rewind the partition (no longer assigned?)");
+            }
+        }
+        Ok(())
     }
 
     /// Leaves the consumer group.
@@ -117,15 +135,30 @@ impl Source {
     }
 }
 
+/// Per partition, the offset after the last record of `batch`.
+fn next_offsets(batch: &[Record]) -> BTreeMap<(String, i32), i64> {
+    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for r in batch {
+        let slot = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
+        *slot = (*slot).max(r.offset + 1);
+    }
+    next
+}
+
+fn tpl(offsets: &BTreeMap<(String, i32), i64>) -> KafkaResult<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    Ok(tpl)
+}
+
 fn record(message: &BorrowedMessage<'_>) -> Record {
     let headers = message
         .headers()
         .map(|hs| {
             hs.iter()
-                .map(|h| Header {
-                    name: h.key.to_string(),
-                    value: h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                })
+                .map(|h| Header { name: h.key.to_string(), value: h.value.map(<[u8]>::to_vec).unwrap_or_default() })
                 .collect()
         })
         .unwrap_or_default();

@@ -8,9 +8,7 @@
 
 mod stage;
 
-pub use stage::{
-    LookupSource, LookupUnavailable, Row, Stage, StageError, StageSpec, StageState, linker,
-};
+pub use stage::{LookupSource, LookupUnavailable, Row, Stage, StageError, StageSpec, StageState, linker};
 
 use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome};
 use crate::config;
@@ -86,8 +84,9 @@ pub struct BatchResult {
     pub outputs: Vec<Produce>,
     /// Dead letters, at most one per input record.
     pub dead_letters: Vec<DeadLetter>,
-    /// Redis effects of the records that were not dead-lettered.
-    pub effects: Vec<Effect>,
+    /// Redis effects of the records that were not dead-lettered, each with
+    /// the index of its input record.
+    pub effects: Vec<(usize, Effect)>,
     /// Input records that produced neither output nor dead letter.
     pub filtered: u64,
     /// Per stage, in chain order.
@@ -136,31 +135,21 @@ impl Chain {
         let config = &pipeline.config;
         let mut stages = Vec::with_capacity(config.stages.len());
         for stage in &config.stages {
-            let component = engine
-                .load(&pipeline.plugin_path(stage))
-                .map_err(BuildError::Load)?;
+            let component = engine.load(&pipeline.plugin_path(stage)).map_err(BuildError::Load)?;
             let spec = StageSpec {
                 name: Arc::from(stage.name.get_ref().as_str()),
                 component,
-                config_json: serde_json::to_string(&stage.config)
-                    .expect("a TOML table is valid JSON"),
+                config_json: serde_json::to_string(&stage.config).expect("a TOML table is valid JSON"),
                 tables: stage.lookups.iter().map(|t| t.get_ref().clone()).collect(),
                 limits: stage.limits.clone(),
             };
-            stages.push(
-                Stage::new(engine, &linker, Arc::new(spec), lookups.clone())
-                    .map_err(BuildError::Stage)?,
-            );
+            stages.push(Stage::new(engine, &linker, Arc::new(spec), lookups.clone()).map_err(BuildError::Stage)?);
         }
         Ok(Self {
             stages,
             output: Arc::from(config.output.topic.as_str()),
             dead_letter: Arc::from(config.dead_letter.topic.as_str()),
-            routes: config
-                .routes
-                .iter()
-                .map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str())))
-                .collect(),
+            routes: config.routes.iter().map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str()))).collect(),
         })
     }
 
@@ -182,10 +171,7 @@ impl Chain {
         for (index, stage) in self.stages.iter_mut().enumerate() {
             let started = Instant::now();
             let outcomes = run_stage(stage, &batch)?;
-            let mut st = StageStats {
-                records_in: batch.len() as u64,
-                ..StageStats::default()
-            };
+            let mut st = StageStats { records_in: batch.len() as u64, ..StageStats::default() };
             let mut next_origins = Vec::with_capacity(batch.len());
             let mut next = Vec::with_capacity(batch.len());
             for ((origin, input), outcome) in origins.iter().zip(&batch).zip(outcomes) {
@@ -212,24 +198,16 @@ impl Chain {
                                     None => {
                                         let info = ErrorInfo {
                                             reason: "unknown_route".into(),
-                                            message: format!(
-                                                "route `{route}` is not declared in [routes]"
-                                            ),
+                                            message: format!("route `{route}` is not declared in [routes]"),
                                         };
-                                        rejected[origin]
-                                            .get_or_insert((stage.name().clone(), info));
+                                        rejected[origin].get_or_insert((stage.name().clone(), info));
                                         continue;
                                     }
                                 },
                             };
                             outputs.push((
                                 origin,
-                                Produce {
-                                    topic,
-                                    key: out.key,
-                                    value: out.value,
-                                    headers: out.headers,
-                                },
+                                Produce { topic, key: out.key, value: out.value, headers: out.headers },
                             ));
                         }
                     }
@@ -246,10 +224,7 @@ impl Chain {
             batch = next;
         }
 
-        let mut result = BatchResult {
-            stages: stats,
-            ..BatchResult::default()
-        };
+        let mut result = BatchResult { stages: stats, ..BatchResult::default() };
         let mut has_output = vec![false; records.len()];
         for (origin, produce) in outputs {
             if rejected[origin].is_none() {
@@ -257,11 +232,7 @@ impl Chain {
                 result.outputs.push(produce);
             }
         }
-        result.effects = effects
-            .into_iter()
-            .filter(|(o, _)| rejected[*o].is_none())
-            .map(|(_, e)| e)
-            .collect();
+        result.effects = effects.into_iter().filter(|(o, _)| rejected[*o].is_none()).collect();
         for (origin, record) in records.iter().enumerate() {
             match &rejected[origin] {
                 Some((stage, info)) => result.dead_letters.push(DeadLetter {
@@ -304,31 +275,16 @@ fn source_of(input: &Message) -> Message {
 
 /// The dead-letter record of `record`: key, value and headers as received,
 /// plus the `sluice.error.*` and `sluice.source.*` headers.
-pub fn dead_letter_record(
-    topic: &Arc<str>,
-    record: &Record,
-    stage: &str,
-    info: &ErrorInfo,
-) -> Produce {
+pub fn dead_letter_record(topic: &Arc<str>, record: &Record, stage: &str, info: &ErrorInfo) -> Produce {
     let mut headers = record.headers.clone();
-    let mut add = |name: &str, value: String| {
-        headers.push(Header {
-            name: name.into(),
-            value: value.into_bytes(),
-        })
-    };
+    let mut add = |name: &str, value: String| headers.push(Header { name: name.into(), value: value.into_bytes() });
     add("sluice.error.stage", stage.to_string());
     add("sluice.error.reason", info.reason.clone());
     add("sluice.error.message", info.message.clone());
     add("sluice.source.topic", record.topic.clone());
     add("sluice.source.partition", record.partition.to_string());
     add("sluice.source.offset", record.offset.to_string());
-    Produce {
-        topic: topic.clone(),
-        key: record.key.clone(),
-        value: record.value.clone().unwrap_or_default(),
-        headers,
-    }
+    Produce { topic: topic.clone(), key: record.key.clone(), value: record.value.clone().unwrap_or_default(), headers }
 }
 
 /// Calls a stage, then retries the records it asked to retry, with backoff,
@@ -336,9 +292,7 @@ pub fn dead_letter_record(
 fn run_stage(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, LookupUnavailable> {
     let mut outcomes = call_isolating(stage, batch)?;
     for attempt in 0..stage.spec().limits.max_retries {
-        let retry: Vec<usize> = (0..outcomes.len())
-            .filter(|&i| matches!(outcomes[i], Outcome::Retry(_)))
-            .collect();
+        let retry: Vec<usize> = (0..outcomes.len()).filter(|&i| matches!(outcomes[i], Outcome::Retry(_))).collect();
         if retry.is_empty() {
             break;
         }
@@ -360,10 +314,7 @@ fn call_isolating(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, 
         Err(CallError::Unavailable(e)) => Err(e),
         Err(CallError::Plugin { reason, message }) if batch.len() == 1 => {
             tracing::warn!(stage = %stage.name(), reason, offset = batch[0].offset, error = %message, "plugin failed on a record");
-            Ok(vec![Outcome::Reject(ErrorInfo {
-                reason: reason.into(),
-                message,
-            })])
+            Ok(vec![Outcome::Reject(ErrorInfo { reason: reason.into(), message })])
         }
         Err(CallError::Plugin { reason, message }) => {
             tracing::warn!(stage = %stage.name(), reason, records = batch.len(), error = %message, "plugin failed on a batch; retrying record by record");

@@ -58,10 +58,7 @@ pub struct StageState {
 
 impl WasiView for StageState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -73,9 +70,7 @@ impl bindings::sluice::plugin::host::Host for StageState {
             tracing::warn!(stage = %self.stage, table, "lookup of a table the stage did not declare");
             return Ok(None);
         }
-        self.lookups
-            .lookup(&table, &key)
-            .map_err(wasmtime::Error::new)
+        self.lookups.lookup(&table, &key).map_err(wasmtime::Error::new)
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
@@ -120,10 +115,7 @@ impl fmt::Display for StageError {
             Self::Instantiate(stage, error) => {
                 write!(f, "stage `{stage}`: cannot instantiate the plugin: {error}")
             }
-            Self::Init(stage, error) => write!(
-                f,
-                "stage `{stage}`: the plugin's init refused its config: {error}"
-            ),
+            Self::Init(stage, error) => write!(f, "stage `{stage}`: the plugin's init refused its config: {error}"),
         }
     }
 }
@@ -137,10 +129,7 @@ pub enum CallError {
     Unavailable(LookupUnavailable),
     /// The plugin trapped, ran out of time or memory: the records of the
     /// call are at fault (or the plugin is).
-    Plugin {
-        reason: &'static str,
-        message: String,
-    },
+    Plugin { reason: &'static str, message: String },
 }
 
 /// A live stage: the instance and the means to recreate it.
@@ -162,25 +151,11 @@ impl Stage {
         spec: Arc<StageSpec>,
         lookups: Arc<dyn LookupSource>,
     ) -> Result<Self, StageError> {
-        let pre = linker
-            .instantiate_pre(&spec.component.component)
-            .and_then(TransformPre::new)
-            .map_err(|e| {
-                StageError::World(
-                    spec.name.to_string(),
-                    spec.component.path.display().to_string(),
-                    format!("{e:#}"),
-                )
-            })?;
+        let pre = linker.instantiate_pre(&spec.component.component).and_then(TransformPre::new).map_err(|e| {
+            StageError::World(spec.name.to_string(), spec.component.path.display().to_string(), format!("{e:#}"))
+        })?;
         let (store, instance) = instantiate(engine, &pre, &spec, &lookups)?;
-        Ok(Self {
-            spec,
-            pre,
-            lookups,
-            engine: engine.clone(),
-            store,
-            instance,
-        })
+        Ok(Self { spec, pre, lookups, engine: engine.clone(), store, instance })
     }
 
     /// The stage name.
@@ -197,18 +172,13 @@ impl Stage {
     /// fresh one, since a trapped instance cannot be trusted again.
     pub fn call(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, CallError> {
         let timeout = Duration::from_millis(self.spec.limits.timeout_ms.get());
-        self.store
-            .set_epoch_deadline(Engine::deadline_ticks(timeout));
+        self.store.set_epoch_deadline(Engine::deadline_ticks(timeout));
         let result = self.instance.call_process(&mut self.store, batch);
         let error = match result {
             Ok(outcomes) if outcomes.len() == batch.len() => return Ok(outcomes),
             Ok(outcomes) => CallError::Plugin {
                 reason: "plugin_contract",
-                message: format!(
-                    "process returned {} outcomes for {} records",
-                    outcomes.len(),
-                    batch.len()
-                ),
+                message: format!("process returned {} outcomes for {} records", outcomes.len(), batch.len()),
             },
             Err(e) => classify(&e, timeout),
         };
@@ -235,16 +205,9 @@ fn instantiate(
     let memory_bytes = spec.limits.memory_mib.get() as usize * 1024 * 1024;
     let state = StageState {
         stage: spec.name.clone(),
-        wasi: WasiCtx::builder()
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build(),
+        wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new()
-            .memory_size(memory_bytes)
-            .trap_on_grow_failure(true)
-            .build(),
+        limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
         lookups: lookups.clone(),
         tables: spec.tables.clone(),
     };
@@ -253,9 +216,7 @@ fn instantiate(
     let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
     store.set_epoch_deadline(Engine::deadline_ticks(timeout));
     let stage = spec.name.to_string();
-    let instance = pre
-        .instantiate(&mut store)
-        .map_err(|e| StageError::Instantiate(stage.clone(), format!("{e:#}")))?;
+    let instance = pre.instantiate(&mut store).map_err(|e| StageError::Instantiate(stage.clone(), format!("{e:#}")))?;
     match instance.call_init(&mut store, &spec.config_json) {
         Ok(Ok(())) => Ok((store, instance)),
         Ok(Err(error)) => Err(StageError::Init(stage, error)),
@@ -270,10 +231,7 @@ fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
         return CallError::Plugin {
             reason: "plugin_timeout",
-            message: format!(
-                "the call did not finish within its deadline of {} ms",
-                timeout.as_millis()
-            ),
+            message: format!("the call did not finish within its deadline of {} ms", timeout.as_millis()),
         };
     }
     let text = format!("{error:#}");
@@ -282,8 +240,5 @@ fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
     } else {
         "plugin_trap"
     };
-    CallError::Plugin {
-        reason,
-        message: text,
-    }
+    CallError::Plugin { reason, message: text }
 }

@@ -15,9 +15,7 @@ pub fn coalesce(effects: Vec<Effect>) -> Vec<Effect> {
         };
         match index.get(&(key.clone(), field.clone(), is_incr)) {
             Some(&i) => match (&mut out[i], effect) {
-                (Effect::HashIncr((_, _, total)), Effect::HashIncr((_, _, delta))) => {
-                    *total += delta
-                }
+                (Effect::HashIncr((_, _, total)), Effect::HashIncr((_, _, delta))) => *total += delta,
                 (slot, set) => *slot = set,
             },
             None => {
@@ -29,49 +27,128 @@ pub fn coalesce(effects: Vec<Effect>) -> Vec<Effect> {
     out
 }
 
+/// Applies effects and moves the fences, atomically, if the fences still
+/// hold the values the host read (else returns -1 and changes nothing).
+/// KEYS[1]: the fence hash. ARGV: the number of partitions; per partition
+/// its field, the expected current offset (-1 for none) and the new one;
+/// then per effect `i` (HINCRBY) or `s` (HSET), key, field, value.
+const APPLY_FENCED: &str = r"
+local fence = KEYS[1]
+local np = tonumber(ARGV[1])
+local i = 2
+for p = 1, np do
+  local current = redis.call('HGET', fence, ARGV[i]) or '-1'
+  if current ~= ARGV[i + 1] then return -1 end
+  i = i + 3
+end
+local applied = 0
+local e = 2 + 3 * np
+while e <= #ARGV do
+  if ARGV[e] == 'i' then
+    redis.call('HINCRBY', ARGV[e + 1], ARGV[e + 2], ARGV[e + 3])
+  else
+    redis.call('HSET', ARGV[e + 1], ARGV[e + 2], ARGV[e + 3])
+  end
+  applied = applied + 1
+  e = e + 4
+end
+i = 2
+for p = 1, np do
+  if tonumber(ARGV[i + 2]) > tonumber(ARGV[i + 1]) then redis.call('HSET', fence, ARGV[i], ARGV[i + 2]) end
+  i = i + 3
+end
+return applied
+";
+
+/// How often a fenced apply is attempted when another writer moved a fence
+/// between the read and the write (a zombie instance after a rebalance).
+const FENCE_ATTEMPTS: usize = 5;
+
+/// The last offset whose effects are applied, per source partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The Redis hash holding the fences of one consumer group.
+    pub key: String,
+    /// Per partition: its field in the hash (`topic:partition`) and the
+    /// last offset of the batch in that partition.
+    pub partitions: Vec<(String, i64)>,
+}
+
+/// An effect of the record at `offset` of partition `partition` (an index
+/// into [`Fence::partitions`]).
+#[derive(Debug, Clone)]
+pub struct RecordEffect {
+    /// Index into [`Fence::partitions`].
+    pub partition: usize,
+    /// The record's offset.
+    pub offset: i64,
+    /// The effect.
+    pub effect: Effect,
+}
+
 /// Writes effects to Redis over a multiplexed connection, reconnecting
 /// after an error.
 pub struct RedisEffects {
     client: redis::Client,
     connection: Option<redis::aio::MultiplexedConnection>,
+    script: redis::Script,
 }
 
 impl RedisEffects {
     /// Effects for the Redis at `url`. Connects lazily.
     pub fn new(url: &str) -> Result<Self, redis::RedisError> {
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            connection: None,
-        })
+        Ok(Self { client: redis::Client::open(url)?, connection: None, script: redis::Script::new(APPLY_FENCED) })
     }
 
-    /// Applies `effects` (already coalesced) in one MULTI/EXEC pipeline: all
-    /// of a batch's effects land, or none do.
-    pub async fn apply(&mut self, effects: &[Effect]) -> Result<(), redis::RedisError> {
-        if effects.is_empty() {
-            return Ok(());
-        }
+    async fn connection(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, redis::RedisError> {
         if self.connection.is_none() {
             self.connection = Some(self.client.get_multiplexed_async_connection().await?);
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for effect in effects {
-            match effect {
-                Effect::HashIncr((key, field, delta)) => {
-                    pipe.cmd("HINCRBY").arg(key).arg(field).arg(*delta).ignore()
-                }
-                Effect::HashSet((key, field, value)) => {
-                    pipe.cmd("HSET").arg(key).arg(field).arg(value).ignore()
-                }
-            };
+        Ok(self.connection.as_mut().expect("connected above"))
+    }
+
+    /// Applies the effects of the records past each partition's fence, and
+    /// moves the fences to the batch's last offsets, in one atomic script.
+    /// A batch replayed after a crash therefore never counts twice. Returns
+    /// how many (coalesced) effects were applied.
+    pub async fn apply_fenced(&mut self, fence: &Fence, effects: &[RecordEffect]) -> Result<usize, redis::RedisError> {
+        if fence.partitions.is_empty() {
+            return Ok(0);
         }
-        let connection = self.connection.as_mut().expect("connected above");
-        let result = pipe.query_async::<()>(connection).await;
+        let result = self.try_apply_fenced(fence, effects).await;
         if result.is_err() {
             self.connection = None;
         }
         result
+    }
+
+    async fn try_apply_fenced(&mut self, fence: &Fence, effects: &[RecordEffect]) -> Result<usize, redis::RedisError> {
+        let fields: Vec<&str> = fence.partitions.iter().map(|(f, _)| f.as_str()).collect();
+        let script = self.script.clone();
+        let connection = self.connection().await?;
+        for _ in 0..FENCE_ATTEMPTS {
+            let current: Vec<Option<i64>> =
+                redis::cmd("HMGET").arg(&fence.key).arg(&fields).query_async(connection).await?;
+            let current: Vec<i64> = current.into_iter().map(|c| c.unwrap_or(-1)).collect();
+            let fresh = effects.iter().filter(|e| e.offset > current[e.partition]).map(|e| e.effect.clone()).collect();
+            let mut invocation = script.key(&fence.key);
+            invocation.arg(fence.partitions.len());
+            for ((field, last), current) in fence.partitions.iter().zip(&current) {
+                invocation.arg(field).arg(current).arg(last);
+            }
+            for effect in coalesce(fresh) {
+                match effect {
+                    Effect::HashIncr((key, field, delta)) => invocation.arg("i").arg(key).arg(field).arg(delta),
+                    Effect::HashSet((key, field, value)) => invocation.arg("s").arg(key).arg(field).arg(value),
+                };
+            }
+            let applied: i64 = invocation.invoke_async(connection).await?;
+            if applied >= 0 {
+                return Ok(applied as usize);
+            }
+            tracing::warn!(fence = %fence.key, "a fence moved while applying effects (another instance?); reading it again");
+        }
+        Err(redis::RedisError::from((redis::ErrorKind::Client, "fences kept moving", fence.key.clone())))
     }
 }
 
@@ -86,13 +163,7 @@ mod tests {
     #[test]
     fn increments_sum_and_sets_keep_the_last() {
         let set = |v: &str| Effect::HashSet(("k".into(), "f".into(), v.into()));
-        let got = coalesce(vec![
-            incr("k", "a", 1),
-            set("x"),
-            incr("k", "b", 2),
-            incr("k", "a", 5),
-            set("y"),
-        ]);
+        let got = coalesce(vec![incr("k", "a", 1), set("x"), incr("k", "b", 2), incr("k", "a", 5), set("y")]);
         let want = [incr("k", "a", 6), set("y"), incr("k", "b", 2)];
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
     }

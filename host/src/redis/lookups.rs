@@ -28,10 +28,7 @@ pub struct RedisLookups {
 
 impl RedisLookups {
     /// Lookups for the declared tables. Connects lazily.
-    pub fn new(
-        url: &str,
-        tables: &BTreeMap<String, LookupConfig>,
-    ) -> Result<Self, redis::RedisError> {
+    pub fn new(url: &str, tables: &BTreeMap<String, LookupConfig>) -> Result<Self, redis::RedisError> {
         let tables = tables
             .iter()
             .map(|(name, t)| {
@@ -44,11 +41,7 @@ impl RedisLookups {
                 (name.clone(), table)
             })
             .collect();
-        Ok(Self {
-            client: redis::Client::open(url)?,
-            connection: Mutex::new(None),
-            tables: Mutex::new(tables),
-        })
+        Ok(Self { client: redis::Client::open(url)?, connection: Mutex::new(None), tables: Mutex::new(tables) })
     }
 
     fn fetch(&self, redis_key: &str) -> Result<Option<Row>, redis::RedisError> {
@@ -60,9 +53,7 @@ impl RedisLookups {
             *slot = Some(connection);
         }
         let connection = slot.as_mut().expect("connected above");
-        let result = redis::cmd("HGETALL")
-            .arg(redis_key)
-            .query::<Vec<(String, String)>>(connection);
+        let result = redis::cmd("HGETALL").arg(redis_key).query::<Vec<(String, String)>>(connection);
         if result.is_err() {
             *slot = None;
         }
@@ -84,16 +75,13 @@ impl LookupSource for RedisLookups {
             }
             format!("{}{key}", t.key_prefix)
         };
-        let row = self
-            .fetch(&redis_key)
-            .map_err(|e| LookupUnavailable(format!("HGETALL {redis_key}: {e}")))?;
+        let row = self.fetch(&redis_key).map_err(|e| LookupUnavailable(format!("HGETALL {redis_key}: {e}")))?;
         let mut tables = self.tables.lock().expect("lookup cache lock");
         if let Some(t) = tables.get_mut(table) {
             if t.rows.len() >= t.max_rows {
                 t.rows.clear();
             }
-            t.rows
-                .insert(key.to_string(), (Instant::now(), row.clone()));
+            t.rows.insert(key.to_string(), (Instant::now(), row.clone()));
         }
         Ok(row)
     }
@@ -105,8 +93,6 @@ pub struct Offline;
 
 impl LookupSource for Offline {
     fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, LookupUnavailable> {
-        Err(LookupUnavailable(format!(
-            "no Redis while validating (lookup {table}/{key})"
-        )))
+        Err(LookupUnavailable(format!("no Redis while validating (lookup {table}/{key})")))
     }
 }

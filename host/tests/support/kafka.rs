@@ -14,15 +14,8 @@ fn tansu_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("TANSU_BIN") {
         return path.into();
     }
-    let out = Command::new("bash")
-        .arg(super::repo_root().join("scripts/tansu.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "scripts/tansu.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("bash").arg(super::repo_root().join("scripts/tansu.sh")).output().unwrap();
+    assert!(out.status.success(), "scripts/tansu.sh failed: {}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -45,16 +38,9 @@ impl Tansu {
     /// Starts a broker on `port`, with no topics.
     pub fn start_on(port: u16) -> Self {
         let url = format!("tcp://127.0.0.1:{port}");
-        let log =
-            std::fs::File::create(std::env::temp_dir().join(format!("tansu-{port}.log"))).unwrap();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("tansu-{port}.log"))).unwrap();
         let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -65,10 +51,7 @@ impl Tansu {
             assert!(Instant::now() < deadline, "tansu did not listen on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self {
-            child: Some(child),
-            port,
-        }
+        Self { child: Some(child), port }
     }
 
     /// `host:port` for clients.
@@ -79,13 +62,7 @@ impl Tansu {
     /// Creates a topic.
     pub fn create_topic(&self, name: &str, partitions: u32) {
         let status = Command::new(tansu_bin())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
+            .args(["topic", "create", name, "--broker", &format!("tcp://127.0.0.1:{}", self.port)])
             .args(["--partitions", &partitions.to_string()])
             .stdout(Stdio::null())
             .status()
@@ -96,13 +73,7 @@ impl Tansu {
     /// Sends a signal to the broker process (e.g. STOP, CONT).
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([&format!("-{signal}"), &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
     }
 }
 
@@ -132,11 +103,8 @@ impl Consumed {
 
 /// Produces `values` (key, value) to `topic` and waits for every ack.
 pub async fn produce(brokers: &str, topic: &str, records: &[(Option<String>, Vec<u8>)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
+    let producer: FutureProducer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap();
     let sends = records.iter().map(|(key, value)| {
         let mut record = FutureRecord::to(topic).payload(value);
         if let Some(key) = key {
@@ -152,13 +120,7 @@ pub async fn produce(brokers: &str, topic: &str, records: &[(Option<String>, Vec
 /// Reads `topic` from the beginning until `expect` records arrived, then
 /// `linger` longer to catch any extra (duplicate) record, or fails after
 /// `timeout`.
-pub async fn consume(
-    brokers: &str,
-    topic: &str,
-    expect: usize,
-    timeout: Duration,
-    linger: Duration,
-) -> Vec<Consumed> {
+pub async fn consume(brokers: &str, topic: &str, expect: usize, timeout: Duration, linger: Duration) -> Vec<Consumed> {
     let group = format!("test-reader-{}-{}", std::process::id(), super::free_port());
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -185,11 +147,7 @@ pub async fn consume(
                     .map(|hs| {
                         hs.iter()
                             .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
+                                (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
                             })
                             .collect()
                     })
@@ -200,10 +158,6 @@ pub async fn consume(
             Err(_) => break,
         }
     }
-    assert!(
-        out.len() >= expect,
-        "{topic}: got {} records, expected {expect} within {timeout:?}",
-        out.len()
-    );
+    assert!(out.len() >= expect, "{topic}: got {} records, expected {expect} within {timeout:?}", out.len());
     out
 }

@@ -15,30 +15,19 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// The shared example data (../shared/data beside the repository).
 pub fn data_dir() -> PathBuf {
     let dir = repo_root().join("../shared/data");
-    assert!(
-        dir.is_dir(),
-        "{} is missing: the shared data must sit beside the repository",
-        dir.display()
-    );
+    assert!(dir.is_dir(), "{} is missing: the shared data must sit beside the repository", dir.display());
     dir
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A Redis key prefix unique to this test run; its keys are deleted on
@@ -62,10 +51,7 @@ impl Drop for RedisPrefix {
 fn delete_prefix(prefix: &str) {
     let client = redis::Client::open(REDIS_URL).unwrap();
     let mut con = client.get_connection().unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query(&mut con)
-        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query(&mut con).unwrap();
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query(&mut con).unwrap();
     }
@@ -79,39 +65,23 @@ pub async fn load_shared_lookups(prefix: &str) {
     for (table, rows) in raw.as_object().unwrap() {
         for (id, fields) in rows.as_object().unwrap() {
             for (field, value) in fields.as_object().unwrap() {
-                let text = value
-                    .as_str()
-                    .map_or_else(|| value.to_string(), str::to_string);
-                tables
-                    .entry(table.clone())
-                    .or_default()
-                    .entry(id.clone())
-                    .or_default()
-                    .insert(field.clone(), text);
+                let text = value.as_str().map_or_else(|| value.to_string(), str::to_string);
+                tables.entry(table.clone()).or_default().entry(id.clone()).or_default().insert(field.clone(), text);
             }
         }
     }
-    sluice::generator::load_lookups(REDIS_URL, prefix, &tables)
-        .await
-        .unwrap();
+    sluice::generator::load_lookups(REDIS_URL, prefix, &tables).await.unwrap();
 }
 
-/// Every hash under `prefix` as {key without prefix: {field: value}}.
+/// Every counter hash under `prefix` as {key without prefix: {field: value}}
+/// (the offset fences excluded).
 pub async fn read_counters(prefix: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
     let client = redis::Client::open(REDIS_URL).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut con)
-        .await
-        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut con).await.unwrap();
     let mut out = BTreeMap::new();
-    for key in keys {
-        let fields: BTreeMap<String, i64> = redis::cmd("HGETALL")
-            .arg(&key)
-            .query_async(&mut con)
-            .await
-            .unwrap();
+    for key in keys.into_iter().filter(|k| !k[prefix.len()..].starts_with("fence")) {
+        let fields: BTreeMap<String, i64> = redis::cmd("HGETALL").arg(&key).query_async(&mut con).await.unwrap();
         out.insert(key[prefix.len()..].to_string(), fields);
     }
     out
@@ -119,18 +89,12 @@ pub async fn read_counters(prefix: &str) -> BTreeMap<String, BTreeMap<String, i6
 
 /// An environment lookup from pairs.
 pub fn env_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 /// The repository's pipeline.toml with `env` as its environment.
 pub fn default_pipeline(env: &BTreeMap<String, String>) -> sluice::config::Pipeline {
     let text = std::fs::read_to_string(repo_root().join("pipeline.toml")).unwrap();
     let config = sluice::config::load_str(&text, |name| env.get(name).cloned()).unwrap();
-    sluice::config::Pipeline {
-        config,
-        base_dir: repo_root(),
-    }
+    sluice::config::Pipeline { config, base_dir: repo_root() }
 }

@@ -41,11 +41,7 @@ fn category(own: Option<&str>, name: &str) -> String {
         return c.to_string();
     }
     let name = name.to_lowercase();
-    RULES
-        .iter()
-        .find(|(_, ks)| ks.iter().any(|k| name.contains(k)))
-        .map_or("Other", |(c, _)| c)
-        .to_string()
+    RULES.iter().find(|(_, ks)| ks.iter().any(|k| name.contains(k))).map_or("Other", |(c, _)| c).to_string()
 }
 
 fn cents(v: &Value) -> i64 {
@@ -63,19 +59,10 @@ fn day(ts: &str) -> String {
     if !late_offset {
         return date.to_string();
     }
-    let (y, m, d): (i32, u32, u32) = (
-        date[..4].parse().unwrap(),
-        date[5..7].parse().unwrap(),
-        date[8..10].parse().unwrap(),
-    );
-    let (m, d) = if d > 1 {
-        (m, d - 1)
-    } else {
-        (
-            m - 1,
-            [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m as usize - 2],
-        )
-    };
+    let (y, m, d): (i32, u32, u32) =
+        (date[..4].parse().unwrap(), date[5..7].parse().unwrap(), date[8..10].parse().unwrap());
+    let (m, d) =
+        if d > 1 { (m, d - 1) } else { (m - 1, [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][m as usize - 2]) };
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -85,11 +72,7 @@ pub fn expect(value: &str, tables: &Tables) -> Expect {
         return Expect::Dead("invalid_json");
     };
     let Some(o) = json.as_object() else {
-        return Expect::Dead(if json.is_null() {
-            "invalid_json"
-        } else {
-            "unknown_shape"
-        });
+        return Expect::Dead(if json.is_null() { "invalid_json" } else { "unknown_shape" });
     };
     if o.contains_key("order_id") && o.contains_key("product_id") {
         let Some(ts) = o.get("timestamp").and_then(Value::as_str) else {
@@ -105,13 +88,7 @@ pub fn expect(value: &str, tables: &Tables) -> Expect {
         };
         let unit = (row["price"].parse::<f64>().unwrap() * 100.0).round() as i64;
         let items = vec![(product, category(None, &row["name"]), unit, quantity)];
-        Expect::Order(Summary {
-            order_id: id(&o["order_id"]),
-            day: day(ts),
-            user: None,
-            store: None,
-            items,
-        })
+        Expect::Order(Summary { order_id: id(&o["order_id"]), day: day(ts), user: None, store: None, items })
     } else if o.contains_key("id") && o.contains_key("products") {
         let products = o["products"].as_array().unwrap();
         if products.is_empty() {
@@ -124,12 +101,7 @@ pub fn expect(value: &str, tables: &Tables) -> Expect {
             .iter()
             .map(|p| {
                 let q = p.get("quantity").and_then(Value::as_i64).unwrap_or(1);
-                (
-                    id(&p["id"]),
-                    category(None, p["name"].as_str().unwrap()),
-                    cents(&p["price"]),
-                    q,
-                )
+                (id(&p["id"]), category(None, p["name"].as_str().unwrap()), cents(&p["price"]), q)
             })
             .collect();
         let store: String = o["store"]
@@ -140,13 +112,7 @@ pub fn expect(value: &str, tables: &Tables) -> Expect {
             .collect::<Vec<_>>()
             .join("-");
         let day = o["date"].as_str().unwrap()[..10].to_string();
-        Expect::Order(Summary {
-            order_id: id(&o["id"]),
-            day,
-            user: None,
-            store: Some(store),
-            items,
-        })
+        Expect::Order(Summary { order_id: id(&o["id"]), day, user: None, store: Some(store), items })
     } else if o.contains_key("object_id") && o.contains_key("payload") {
         let p = &o["payload"];
         if p["final_status"] == "CANCELLED" {
@@ -157,16 +123,8 @@ pub fn expect(value: &str, tables: &Tables) -> Expect {
             .unwrap()
             .iter()
             .map(|i| {
-                let c = category(
-                    i.get("category").and_then(Value::as_str),
-                    i["name"].as_str().unwrap(),
-                );
-                (
-                    id(&i["id"]),
-                    c,
-                    cents(&i["price"]),
-                    i["quantity"].as_i64().unwrap(),
-                )
+                let c = category(i.get("category").and_then(Value::as_str), i["name"].as_str().unwrap());
+                (id(&i["id"]), c, cents(&i["price"]), i["quantity"].as_i64().unwrap())
             })
             .collect();
         Expect::Order(Summary {
@@ -183,16 +141,10 @@ pub fn expect(value: &str, tables: &Tables) -> Expect {
 
 /// The counters of a set of valid orders, as {key: {field: value}} without
 /// the prefix.
-pub fn counters<'a>(
-    orders: impl IntoIterator<Item = &'a Summary>,
-) -> BTreeMap<String, BTreeMap<String, i64>> {
+pub fn counters<'a>(orders: impl IntoIterator<Item = &'a Summary>) -> BTreeMap<String, BTreeMap<String, i64>> {
     let mut c: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    let mut add = |key: String, field: &str, n: i64| {
-        *c.entry(key)
-            .or_default()
-            .entry(field.to_string())
-            .or_default() += n
-    };
+    let mut add =
+        |key: String, field: &str, n: i64| *c.entry(key).or_default().entry(field.to_string()).or_default() += n;
     for o in orders {
         let total: i64 = o.items.iter().map(|(_, _, unit, q)| unit * q).sum();
         let count: i64 = o.items.iter().map(|(_, _, _, q)| q).sum();

@@ -45,10 +45,7 @@ impl Host {
     /// Starts `sluice run pipeline.toml`.
     pub fn start(env: &HostEnv) -> Self {
         let http_port = super::free_port();
-        let log = std::env::temp_dir().join(format!(
-            "sluice-host-{}-{http_port}.log",
-            std::process::id()
-        ));
+        let log = std::env::temp_dir().join(format!("sluice-host-{}-{http_port}.log", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("run")
             .arg(super::repo_root().join("pipeline.toml"))
@@ -61,11 +58,7 @@ impl Host {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Self {
-            child: Some(child),
-            http_port,
-            log,
-        }
+        Self { child: Some(child), http_port, log }
     }
 
     /// Waits until `GET /ready` answers 200.
@@ -78,11 +71,7 @@ impl Host {
             if self.get("/ready").is_some_and(|(code, _)| code == 200) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "sluice not ready within {timeout:?}:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "sluice not ready within {timeout:?}:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -95,18 +84,14 @@ impl Host {
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let code = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         Some((code, body))
     }
 
     /// The value of an unlabelled metric.
     pub fn metric(&self, name: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics")?;
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// Waits until `sluice_records_in_total` reaches `n`.
@@ -117,11 +102,7 @@ impl Host {
             if got >= n {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {got} of {n} records in within {timeout:?}:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "only {got} of {n} records in within {timeout:?}:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -129,13 +110,7 @@ impl Host {
     /// Sends SIGTERM and waits for the exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -143,10 +118,7 @@ impl Host {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "sluice did not stop within 60 s of SIGTERM:\n{}",
-                    self.log_text()
-                );
+                panic!("sluice did not stop within 60 s of SIGTERM:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -15,29 +15,19 @@ struct Categorize;
 impl Guest for Categorize {
     fn init(config_json: String) -> Result<(), String> {
         let categorizer = Categorizer::from_json(&config_json)?;
-        CATEGORIZER
-            .set(categorizer)
-            .map_err(|_| "categorize was initialised twice".to_string())
+        CATEGORIZER.set(categorizer).map_err(|_| "categorize was initialised twice".to_string())
     }
 
     fn process(batch: Vec<Message>) -> Vec<Outcome> {
         let Some(categorizer) = CATEGORIZER.get() else {
-            return batch
-                .iter()
-                .map(|_| reject("not_initialised", "categorize was not initialised"))
-                .collect();
+            return batch.iter().map(|_| reject("not_initialised", "categorize was not initialised")).collect();
         };
         batch
             .iter()
             .map(|message| match stage::parse("categorize", &message.value) {
                 Ok(mut order) => {
                     categorizer.categorize(&mut order);
-                    emit(
-                        message.key.clone(),
-                        stage::to_json(&order),
-                        headers_of(message),
-                        Vec::new(),
-                    )
+                    emit(message.key.clone(), stage::to_json(&order), headers_of(message), Vec::new())
                 }
                 Err(r) => reject(r.reason, r.message),
             })

@@ -39,27 +39,18 @@ pub struct Categorizer {
 impl Categorizer {
     /// Parses and checks the stage config (a JSON object).
     pub fn from_json(config: &str) -> Result<Self, String> {
-        let config: Config =
-            serde_json::from_str(config).map_err(|e| format!("categorize config: {e}"))?;
+        let config: Config = serde_json::from_str(config).map_err(|e| format!("categorize config: {e}"))?;
         let mut rules = Vec::with_capacity(config.rules.len());
         for (i, rule) in config.rules.into_iter().enumerate() {
             if rule.category.is_empty() {
                 return Err(format!("categorize config: rules[{i}].category is empty"));
             }
             if let Some(k) = rule.keywords.iter().position(String::is_empty) {
-                return Err(format!(
-                    "categorize config: rules[{i}].keywords[{k}] is empty"
-                ));
+                return Err(format!("categorize config: rules[{i}].keywords[{k}] is empty"));
             }
-            rules.push((
-                rule.category,
-                rule.keywords.iter().map(|k| k.to_lowercase()).collect(),
-            ));
+            rules.push((rule.category, rule.keywords.iter().map(|k| k.to_lowercase()).collect()));
         }
-        Ok(Self {
-            rules,
-            default: config.default,
-        })
+        Ok(Self { rules, default: config.default })
     }
 
     /// The category of a product named `name`.
@@ -96,11 +87,7 @@ mod tests {
     #[test]
     fn first_matching_rule_wins() {
         let c = Categorizer::from_json(DEFAULT_RULES).unwrap();
-        assert_eq!(
-            c.category_of("Orange juice"),
-            "Drinks",
-            "juice comes before orange"
-        );
+        assert_eq!(c.category_of("Orange juice"), "Drinks", "juice comes before orange");
         assert_eq!(c.category_of("Whey Protein Vanilla"), "Protein");
         assert_eq!(c.category_of("BANANA"), "Fruit");
         assert_eq!(c.category_of("Грибной СУП"), "Soups");
@@ -109,25 +96,12 @@ mod tests {
 
     #[test]
     fn bad_config_is_explained() {
-        assert!(
-            Categorizer::from_json("{}")
-                .unwrap_err()
-                .contains("missing field `rules`")
-        );
-        assert!(
-            Categorizer::from_json(r#"{"rules":[],"colour":1}"#)
-                .unwrap_err()
-                .contains("unknown field `colour`")
-        );
+        assert!(Categorizer::from_json("{}").unwrap_err().contains("missing field `rules`"));
+        assert!(Categorizer::from_json(r#"{"rules":[],"colour":1}"#).unwrap_err().contains("unknown field `colour`"));
         assert_eq!(
             Categorizer::from_json(r#"{"rules":[{"category":"A","keywords":[""]}]}"#).unwrap_err(),
             "categorize config: rules[0].keywords[0] is empty"
         );
-        assert_eq!(
-            Categorizer::from_json(r#"{"rules":[],"default":"Misc"}"#)
-                .unwrap()
-                .category_of("x"),
-            "Misc"
-        );
+        assert_eq!(Categorizer::from_json(r#"{"rules":[],"default":"Misc"}"#).unwrap().category_of("x"), "Misc");
     }
 }

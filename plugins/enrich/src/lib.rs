@@ -20,16 +20,10 @@ impl Guest for Enrich {
         batch
             .iter()
             .map(|message| {
-                let enriched = stage::parse("enrich", &message.value).and_then(|mut order| {
-                    logic::enrich(&mut order, &mut |t, k| lookup(t, k)).map(|()| order)
-                });
+                let enriched = stage::parse("enrich", &message.value)
+                    .and_then(|mut order| logic::enrich(&mut order, &mut |t, k| lookup(t, k)).map(|()| order));
                 match enriched {
-                    Ok(order) => emit(
-                        message.key.clone(),
-                        stage::to_json(&order),
-                        headers_of(message),
-                        Vec::new(),
-                    ),
+                    Ok(order) => emit(message.key.clone(), stage::to_json(&order), headers_of(message), Vec::new()),
                     Err(r) => reject(r.reason, r.message),
                 }
             })

@@ -20,10 +20,7 @@ fn field(row: &[(String, String)], name: &str) -> Option<String> {
 /// not an error (its fields stay null); a web-shop line whose product is
 /// unknown is `unknown_product`, and one without a usable price is
 /// `invalid_price`.
-pub fn enrich(
-    order: &mut Order,
-    lookup: &mut dyn FnMut(&str, &str) -> Row,
-) -> Result<(), Rejection> {
+pub fn enrich(order: &mut Order, lookup: &mut dyn FnMut(&str, &str) -> Row) -> Result<(), Rejection> {
     if let Some(user) = &mut order.user {
         if let Some(row) = lookup(USER, &user.id) {
             user.name = field(&row, "name");
@@ -43,26 +40,17 @@ pub fn enrich(
         let Some(row) = lookup(PRODUCT, &item.product_id) else {
             return Err(Rejection::new(
                 reason::UNKNOWN_PRODUCT,
-                format!(
-                    "product `{}` of items[{i}] is not in the product table",
-                    item.product_id
-                ),
+                format!("product `{}` of items[{i}] is not in the product table", item.product_id),
             ));
         };
         let price = field(&row, "price").ok_or_else(|| {
             Rejection::new(
                 reason::INVALID_PRICE,
-                format!(
-                    "product `{}` has no price in the product table",
-                    item.product_id
-                ),
+                format!("product `{}` has no price in the product table", item.product_id),
             )
         })?;
         let cents = sluice_order::decimal_to_cents(&price).map_err(|e| {
-            Rejection::new(
-                reason::INVALID_PRICE,
-                format!("product `{}` has an invalid price: {e}", item.product_id),
-            )
+            Rejection::new(reason::INVALID_PRICE, format!("product `{}` has an invalid price: {e}", item.product_id))
         })?;
         if cents < 0 {
             return Err(Rejection::new(
@@ -83,12 +71,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn tables() -> HashMap<(&'static str, &'static str), Vec<(String, String)>> {
-        let row = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
+        let row = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         HashMap::from([
             ((USER, "u1"), row(&[("name", "Ann"), ("login", "ann")])),
             ((STORE, "s1"), row(&[("name", "Shop")])),
@@ -103,16 +86,8 @@ mod tests {
             order_id: "o".into(),
             source: "x".into(),
             ts: "2025-01-01T00:00:00Z".into(),
-            user: Some(User {
-                id: user.into(),
-                name: None,
-                login: None,
-            }),
-            store: Some(Store {
-                id: store.into(),
-                name: None,
-                city: None,
-            }),
+            user: Some(User { id: user.into(), name: None, login: None }),
+            store: Some(Store { id: store.into(), name: None, city: None }),
             items: vec![Item {
                 product_id: product.into(),
                 name: None,
@@ -128,37 +103,17 @@ mod tests {
 
     fn run(mut o: Order) -> Result<Order, Rejection> {
         let t = tables();
-        let mut lookup = |table: &str, key: &str| {
-            t.iter()
-                .find(|((tb, k), _)| *tb == table && *k == key)
-                .map(|(_, r)| r.clone())
-        };
+        let mut lookup =
+            |table: &str, key: &str| t.iter().find(|((tb, k), _)| *tb == table && *k == key).map(|(_, r)| r.clone());
         enrich(&mut o, &mut lookup).map(|()| o)
     }
 
     #[test]
     fn fills_known_rows_and_leaves_unknown_null() {
         let o = run(order("W", "u1", "s1")).unwrap();
-        assert_eq!(
-            o.user.unwrap(),
-            User {
-                id: "u1".into(),
-                name: Some("Ann".into()),
-                login: Some("ann".into())
-            }
-        );
-        assert_eq!(
-            o.store.unwrap(),
-            Store {
-                id: "s1".into(),
-                name: Some("Shop".into()),
-                city: None
-            }
-        );
-        assert_eq!(
-            (o.items[0].name.as_deref(), o.items[0].unit_price_cents),
-            (Some("Whey"), Some(3990))
-        );
+        assert_eq!(o.user.unwrap(), User { id: "u1".into(), name: Some("Ann".into()), login: Some("ann".into()) });
+        assert_eq!(o.store.unwrap(), Store { id: "s1".into(), name: Some("Shop".into()), city: None });
+        assert_eq!((o.items[0].name.as_deref(), o.items[0].unit_price_cents), (Some("Whey"), Some(3990)));
         let o = run(order("W", "nobody", "nowhere")).unwrap();
         assert_eq!(o.user.unwrap().name, None);
         assert_eq!(o.store.unwrap().city, None);
@@ -166,17 +121,8 @@ mod tests {
 
     #[test]
     fn product_errors() {
-        assert_eq!(
-            run(order("NOPE", "u1", "s1")).unwrap_err().reason,
-            "unknown_product"
-        );
-        assert_eq!(
-            run(order("FREE", "u1", "s1")).unwrap_err().reason,
-            "invalid_price"
-        );
-        assert_eq!(
-            run(order("NEG", "u1", "s1")).unwrap_err().reason,
-            "invalid_price"
-        );
+        assert_eq!(run(order("NOPE", "u1", "s1")).unwrap_err().reason, "unknown_product");
+        assert_eq!(run(order("FREE", "u1", "s1")).unwrap_err().reason, "invalid_price");
+        assert_eq!(run(order("NEG", "u1", "s1")).unwrap_err().reason, "invalid_price");
     }
 }

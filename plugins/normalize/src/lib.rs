@@ -24,12 +24,7 @@ impl Guest for Normalize {
             .map(|message| match logic::normalize(&message.value) {
                 Ok(Normalized::Order(order)) => {
                     let value = serde_json::to_vec(&order).expect("an order always serializes");
-                    emit(
-                        Some(order.order_id.into_bytes()),
-                        value,
-                        headers_of(message),
-                        Vec::new(),
-                    )
+                    emit(Some(order.order_id.into_bytes()), value, headers_of(message), Vec::new())
                 }
                 Ok(Normalized::Filtered) => Outcome::Filtered,
                 Err(r) => reject(r.reason, r.message),

@@ -18,31 +18,18 @@ type Obj = Map<String, Value>;
 /// Maps one record value to a canonical order, or says why it cannot.
 pub fn normalize(value: &[u8]) -> Result<Normalized, Rejection> {
     if value.iter().all(u8::is_ascii_whitespace) {
-        return Err(Rejection::new(
-            reason::INVALID_JSON,
-            "the record value is empty",
-        ));
+        return Err(Rejection::new(reason::INVALID_JSON, "the record value is empty"));
     }
-    let json: Value = serde_json::from_slice(value).map_err(|e| {
-        Rejection::new(
-            reason::INVALID_JSON,
-            format!("the record value is not JSON: {e}"),
-        )
-    })?;
+    let json: Value = serde_json::from_slice(value)
+        .map_err(|e| Rejection::new(reason::INVALID_JSON, format!("the record value is not JSON: {e}")))?;
     let obj = match json {
         Value::Object(obj) => obj,
         Value::Null => {
-            return Err(Rejection::new(
-                reason::INVALID_JSON,
-                "the record value is JSON null",
-            ));
+            return Err(Rejection::new(reason::INVALID_JSON, "the record value is JSON null"));
         }
         other => {
             let kind = kind_of(&other);
-            return Err(Rejection::new(
-                reason::UNKNOWN_SHAPE,
-                format!("expected a JSON object, got {kind}"),
-            ));
+            return Err(Rejection::new(reason::UNKNOWN_SHAPE, format!("expected a JSON object, got {kind}")));
         }
     };
     if obj.contains_key("order_id") && obj.contains_key("product_id") {
@@ -99,11 +86,7 @@ fn grocery(obj: &Obj) -> Result<Order, Rejection> {
         source: "grocery".into(),
         ts,
         user: None,
-        store: Some(Store {
-            id: slug(&store_name),
-            name: None,
-            city: None,
-        }),
+        store: Some(Store { id: slug(&store_name), name: None, city: None }),
         items,
         item_count: 0,
         total_cents: 0,
@@ -118,36 +101,18 @@ fn delivery(obj: &Obj) -> Result<Normalized, Rejection> {
     }
     let ts = timestamp(payload, "date", "payload.")?;
     let user_id = id(object(payload, "user", "payload.")?, "id", "payload.user.")?;
-    let store_id = id(
-        object(payload, "restaurant", "payload.")?,
-        "id",
-        "payload.restaurant.",
-    )?;
+    let store_id = id(object(payload, "restaurant", "payload.")?, "id", "payload.restaurant.")?;
     let items = lines(payload, "order_items", "payload.", |item, path| {
-        let quantity = quantity(
-            required(item, "quantity", &format!("{path}."))?,
-            &format!("{path}.quantity"),
-        )?;
-        let category = item
-            .get("category")
-            .and_then(Value::as_str)
-            .filter(|c| !c.is_empty());
+        let quantity = quantity(required(item, "quantity", &format!("{path}."))?, &format!("{path}.quantity"))?;
+        let category = item.get("category").and_then(Value::as_str).filter(|c| !c.is_empty());
         line(item, path, quantity, category.map(str::to_string))
     })?;
     Ok(Normalized::Order(Order {
         order_id,
         source: "delivery".into(),
         ts,
-        user: Some(User {
-            id: user_id,
-            name: None,
-            login: None,
-        }),
-        store: Some(Store {
-            id: store_id,
-            name: None,
-            city: None,
-        }),
+        user: Some(User { id: user_id, name: None, login: None }),
+        store: Some(Store { id: store_id, name: None, city: None }),
         items,
         item_count: 0,
         total_cents: 0,
@@ -163,16 +128,10 @@ fn lines(
 ) -> Result<Vec<Item>, Rejection> {
     let path = format!("{prefix}{key}");
     let Value::Array(values) = required(obj, key, prefix)? else {
-        return Err(Rejection::new(
-            reason::MISSING_FIELD,
-            format!("`{path}` must be an array"),
-        ));
+        return Err(Rejection::new(reason::MISSING_FIELD, format!("`{path}` must be an array")));
     };
     if values.is_empty() {
-        return Err(Rejection::new(
-            reason::NO_ITEMS,
-            format!("`{path}` is empty"),
-        ));
+        return Err(Rejection::new(reason::NO_ITEMS, format!("`{path}` is empty")));
     }
     values
         .iter()
@@ -180,10 +139,7 @@ fn lines(
         .map(|(i, v)| {
             let item_path = format!("{path}[{i}]");
             let obj = v.as_object().ok_or_else(|| {
-                Rejection::new(
-                    reason::MISSING_FIELD,
-                    format!("`{item_path}` must be an object, got {}", kind_of(v)),
-                )
+                Rejection::new(reason::MISSING_FIELD, format!("`{item_path}` must be an object, got {}", kind_of(v)))
             })?;
             each(obj, &item_path)
         })
@@ -206,14 +162,7 @@ fn required<'a>(obj: &'a Obj, key: &str, prefix: &str) -> Result<&'a Value, Reje
     match obj.get(key) {
         None | Some(Value::Null) => Err(Rejection::new(
             reason::MISSING_FIELD,
-            format!(
-                "`{prefix}{key}` is {}",
-                if obj.contains_key(key) {
-                    "null"
-                } else {
-                    "missing"
-                }
-            ),
+            format!("`{prefix}{key}` is {}", if obj.contains_key(key) { "null" } else { "missing" }),
         )),
         Some(v) => Ok(v),
     }
@@ -222,20 +171,16 @@ fn required<'a>(obj: &'a Obj, key: &str, prefix: &str) -> Result<&'a Value, Reje
 fn object<'a>(obj: &'a Obj, key: &str, prefix: &str) -> Result<&'a Obj, Rejection> {
     let v = required(obj, key, prefix)?;
     v.as_object().ok_or_else(|| {
-        Rejection::new(
-            reason::MISSING_FIELD,
-            format!("`{prefix}{key}` must be an object, got {}", kind_of(v)),
-        )
+        Rejection::new(reason::MISSING_FIELD, format!("`{prefix}{key}` must be an object, got {}", kind_of(v)))
     })
 }
 
 fn string(obj: &Obj, key: &str, prefix: &str) -> Result<String, Rejection> {
     match required(obj, key, prefix)? {
         Value::String(s) => Ok(s.clone()),
-        v => Err(Rejection::new(
-            reason::MISSING_FIELD,
-            format!("`{prefix}{key}` must be a string, got {}", kind_of(v)),
-        )),
+        v => {
+            Err(Rejection::new(reason::MISSING_FIELD, format!("`{prefix}{key}` must be a string, got {}", kind_of(v))))
+        }
     }
 }
 
@@ -246,10 +191,7 @@ fn id(obj: &Obj, key: &str, prefix: &str) -> Result<String, Rejection> {
         Value::Number(n) => Ok(n.to_string()),
         v => Err(Rejection::new(
             reason::MISSING_FIELD,
-            format!(
-                "`{prefix}{key}` must be a string or a number, got {}",
-                kind_of(v)
-            ),
+            format!("`{prefix}{key}` must be a string or a number, got {}", kind_of(v)),
         )),
     }
 }
@@ -262,10 +204,7 @@ fn timestamp(obj: &Obj, key: &str, prefix: &str) -> Result<String, Rejection> {
 fn quantity(v: &Value, path: &str) -> Result<i64, Rejection> {
     match v.as_i64() {
         Some(q) if q > 0 => Ok(q),
-        _ => Err(Rejection::new(
-            reason::INVALID_QUANTITY,
-            format!("`{path}` is {v}: expected a positive integer"),
-        )),
+        _ => Err(Rejection::new(reason::INVALID_QUANTITY, format!("`{path}` is {v}: expected a positive integer"))),
     }
 }
 
@@ -334,20 +273,15 @@ mod tests {
 
     #[test]
     fn webshop_order() {
-        let o = order(
-            r#"{"order_id":"a","product_id":"WHEY001","quantity":3,"timestamp":"2025-03-01T10:16:30.250000"}"#,
-        );
+        let o =
+            order(r#"{"order_id":"a","product_id":"WHEY001","quantity":3,"timestamp":"2025-03-01T10:16:30.250000"}"#);
         assert_eq!(
             (o.source.as_str(), o.ts.as_str(), o.user, o.store),
             ("webshop", "2025-03-01T10:16:30.25Z", None, None)
         );
         assert_eq!(o.items.len(), 1);
         assert_eq!(
-            (
-                o.items[0].product_id.as_str(),
-                o.items[0].quantity,
-                o.items[0].unit_price_cents
-            ),
+            (o.items[0].product_id.as_str(), o.items[0].quantity, o.items[0].unit_price_cents),
             ("WHEY001", 3, None)
         );
     }
@@ -359,16 +293,9 @@ mod tests {
         );
         assert_eq!(o.store.unwrap().id, "liège-centre");
         assert_eq!(o.ts, "2020-01-01T00:00:00Z");
+        assert_eq!((o.items[0].unit_price_cents, o.items[0].quantity), (Some(150), 1));
         assert_eq!(
-            (o.items[0].unit_price_cents, o.items[0].quantity),
-            (Some(150), 1)
-        );
-        assert_eq!(
-            (
-                o.items[1].product_id.as_str(),
-                o.items[1].unit_price_cents,
-                o.items[1].quantity
-            ),
+            (o.items[1].product_id.as_str(), o.items[1].unit_price_cents, o.items[1].quantity),
             ("7", Some(99), 2)
         );
     }
@@ -380,10 +307,7 @@ mod tests {
         );
         assert_eq!(o.order_id, "7608298");
         assert_eq!(o.items[0].category.as_deref(), Some("Супы"));
-        assert_eq!(
-            o.items[1].category, None,
-            "an empty category is no category"
-        );
+        assert_eq!(o.items[1].category, None, "an empty category is no category");
         assert_eq!(o.items[0].unit_price_cents, Some(64100));
         let cancelled = r#"{"object_id":1,"payload":{"final_status":"CANCELLED"}}"#;
         assert_eq!(normalize(cancelled.as_bytes()), Ok(Normalized::Filtered));
@@ -394,28 +318,14 @@ mod tests {
         assert_eq!(rejected("").0, "invalid_json");
         assert_eq!(rejected("null").1, "the record value is JSON null");
         assert_eq!(rejected("not json at all").0, "invalid_json");
-        assert_eq!(
-            rejected("[1]"),
-            (
-                "unknown_shape",
-                "expected a JSON object, got an array".into()
-            )
-        );
+        assert_eq!(rejected("[1]"), ("unknown_shape", "expected a JSON object, got an array".into()));
         assert_eq!(rejected(r#"{"hello":"world"}"#).0, "unknown_shape");
         assert_eq!(
-            rejected(
-                r#"{"order_id":"x1","product_id":"W","quantity":0,"timestamp":"2025-03-01T10:15:00Z"}"#
-            ),
-            (
-                "invalid_quantity",
-                "`quantity` is 0: expected a positive integer".into()
-            )
+            rejected(r#"{"order_id":"x1","product_id":"W","quantity":0,"timestamp":"2025-03-01T10:15:00Z"}"#),
+            ("invalid_quantity", "`quantity` is 0: expected a positive integer".into())
         );
         assert_eq!(
-            rejected(
-                r#"{"order_id":"x","product_id":"W","quantity":1.5,"timestamp":"2025-03-01"}"#
-            )
-            .0,
+            rejected(r#"{"order_id":"x","product_id":"W","quantity":1.5,"timestamp":"2025-03-01"}"#).0,
             "invalid_quantity"
         );
         assert_eq!(
@@ -434,15 +344,10 @@ mod tests {
             rejected(
                 r#"{"id":"x4","store":"B","date":"2020-01-01","products":[{"id":"P-1","name":"Banana","price":-1}]}"#
             ),
-            (
-                "invalid_price",
-                "`products[0].price` is -1: a price cannot be negative".into()
-            )
+            ("invalid_price", "`products[0].price` is -1: a price cannot be negative".into())
         );
         assert_eq!(
-            rejected(
-                r#"{"id":"x","store":"B","date":"2020-01-01","products":[{"id":"P-1","name":"Banana"}]}"#
-            ),
+            rejected(r#"{"id":"x","store":"B","date":"2020-01-01","products":[{"id":"P-1","name":"Banana"}]}"#),
             ("invalid_price", "`products[0].price` is missing".into())
         );
         assert_eq!(
@@ -455,10 +360,7 @@ mod tests {
             rejected(
                 r#"{"object_id":1,"payload":{"restaurant":{"id":"r"},"date":"2025-02-22","user":{"id":"u"},"order_items":[{"id":"p","name":"n","price":1}]}}"#
             ),
-            (
-                "missing_field",
-                "`payload.order_items[0].quantity` is missing".into()
-            )
+            ("missing_field", "`payload.order_items[0].quantity` is missing".into())
         );
         assert_eq!(
             rejected(r#"{"order_id":"x","product_id":"W","quantity":1,"timestamp":"soon"}"#).0,

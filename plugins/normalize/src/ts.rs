@@ -9,9 +9,7 @@ pub fn to_utc_rfc3339(text: &str) -> Result<String, String> {
     let b = text.as_bytes();
     let num = |from: usize, len: usize| -> Option<i64> {
         let s = b.get(from..from + len)?;
-        s.iter()
-            .all(u8::is_ascii_digit)
-            .then(|| std::str::from_utf8(s).ok()?.parse().ok())?
+        s.iter().all(u8::is_ascii_digit).then(|| std::str::from_utf8(s).ok()?.parse().ok())?
     };
     let (year, month, day) = match (num(0, 4), b.get(4), num(5, 2), b.get(7), num(8, 2)) {
         (Some(y), Some(b'-'), Some(m), Some(b'-'), Some(d)) => (y, m, d),
@@ -36,10 +34,7 @@ pub fn to_utc_rfc3339(text: &str) -> Result<String, String> {
             second = num(pos + 1, 2).ok_or_else(|| bad("expected seconds SS"))?;
             pos += 3;
             if b.get(pos) == Some(&b'.') {
-                let digits = b[pos + 1..]
-                    .iter()
-                    .take_while(|c| c.is_ascii_digit())
-                    .count();
+                let digits = b[pos + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
                 if digits == 0 {
                     return Err(bad("expected digits after `.`"));
                 }
@@ -56,9 +51,7 @@ pub fn to_utc_rfc3339(text: &str) -> Result<String, String> {
             Some(&sign @ (b'+' | b'-')) => {
                 let (h, m) = match (num(pos + 1, 2), b.get(pos + 3), b.len() - pos) {
                     (Some(h), None, 3) => (h, 0),
-                    (Some(h), Some(b':'), 6) => {
-                        (h, num(pos + 4, 2).ok_or_else(|| bad("bad offset"))?)
-                    }
+                    (Some(h), Some(b':'), 6) => (h, num(pos + 4, 2).ok_or_else(|| bad("bad offset"))?),
                     (Some(h), Some(_), 5) => (h, num(pos + 3, 2).ok_or_else(|| bad("bad offset"))?),
                     _ => return Err(bad("bad offset")),
                 };
@@ -74,12 +67,7 @@ pub fn to_utc_rfc3339(text: &str) -> Result<String, String> {
     let utc = local - offset_seconds;
     let (days, secs) = (utc.div_euclid(86_400), utc.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    let mut out = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    );
+    let mut out = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
     if !fraction.is_empty() {
         out.push('.');
         out.push_str(fraction);
@@ -129,61 +117,28 @@ mod tests {
 
     #[test]
     fn contract_examples() {
-        assert_eq!(
-            ts("2025-02-22T08:56:14.049848+00:00").unwrap(),
-            "2025-02-22T08:56:14.049848Z"
-        );
+        assert_eq!(ts("2025-02-22T08:56:14.049848+00:00").unwrap(), "2025-02-22T08:56:14.049848Z");
         assert_eq!(ts("2025-03-01T10:15:00Z").unwrap(), "2025-03-01T10:15:00Z");
-        assert_eq!(
-            ts("2025-03-01T10:16:30.250000").unwrap(),
-            "2025-03-01T10:16:30.25Z"
-        );
-        assert_eq!(
-            ts("2025-03-01T10:17:05+01:00").unwrap(),
-            "2025-03-01T09:17:05Z"
-        );
+        assert_eq!(ts("2025-03-01T10:16:30.250000").unwrap(), "2025-03-01T10:16:30.25Z");
+        assert_eq!(ts("2025-03-01T10:17:05+01:00").unwrap(), "2025-03-01T09:17:05Z");
         assert_eq!(ts("2020-01-01").unwrap(), "2020-01-01T00:00:00Z");
-        assert_eq!(
-            ts("2020-01-01T00:00:00.000Z").unwrap(),
-            "2020-01-01T00:00:00Z"
-        );
+        assert_eq!(ts("2020-01-01T00:00:00.000Z").unwrap(), "2020-01-01T00:00:00Z");
     }
 
     #[test]
     fn offsets_cross_days_months_and_years() {
-        assert_eq!(
-            ts("2025-01-01T00:30:00+01:00").unwrap(),
-            "2024-12-31T23:30:00Z"
-        );
-        assert_eq!(
-            ts("2024-02-28T23:00:00-02:00").unwrap(),
-            "2024-02-29T01:00:00Z"
-        );
+        assert_eq!(ts("2025-01-01T00:30:00+01:00").unwrap(), "2024-12-31T23:30:00Z");
+        assert_eq!(ts("2024-02-28T23:00:00-02:00").unwrap(), "2024-02-29T01:00:00Z");
         assert_eq!(ts("2025-03-01 10:15").unwrap(), "2025-03-01T10:15:00Z");
-        assert_eq!(
-            ts("2025-03-01T10:15:00+0530").unwrap(),
-            "2025-03-01T04:45:00Z"
-        );
-        assert_eq!(
-            ts("2025-03-01T10:15:00-07").unwrap(),
-            "2025-03-01T17:15:00Z"
-        );
+        assert_eq!(ts("2025-03-01T10:15:00+0530").unwrap(), "2025-03-01T04:45:00Z");
+        assert_eq!(ts("2025-03-01T10:15:00-07").unwrap(), "2025-03-01T17:15:00Z");
     }
 
     #[test]
     fn bad_timestamps_say_why() {
-        assert_eq!(
-            ts("yesterday").unwrap_err(),
-            "`yesterday` is not a timestamp: expected a date YYYY-MM-DD"
-        );
-        assert_eq!(
-            ts("2025-02-30").unwrap_err(),
-            "`2025-02-30` is not a timestamp: no such date"
-        );
-        assert_eq!(
-            ts("2025-02-03T25:00:00Z").unwrap_err(),
-            "`2025-02-03T25:00:00Z` is not a timestamp: no such time"
-        );
+        assert_eq!(ts("yesterday").unwrap_err(), "`yesterday` is not a timestamp: expected a date YYYY-MM-DD");
+        assert_eq!(ts("2025-02-30").unwrap_err(), "`2025-02-30` is not a timestamp: no such date");
+        assert_eq!(ts("2025-02-03T25:00:00Z").unwrap_err(), "`2025-02-03T25:00:00Z` is not a timestamp: no such time");
         assert!(ts("2025-02-03T10:00:00Zjunk").is_err());
         assert!(ts("2025-02-03T10:00:00.Z").is_err());
         assert!(ts("2025-02-03X").is_err());

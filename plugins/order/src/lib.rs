@@ -43,10 +43,7 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection with `reason` and `message`.
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-        }
+        Self { reason, message: message.into() }
     }
 }
 
@@ -136,10 +133,7 @@ pub fn decimal_to_cents(text: &str) -> Result<i64, String> {
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if int_part.is_empty() && frac_part.is_empty()
-        || !int_part
-            .bytes()
-            .chain(frac_part.bytes())
-            .all(|b| b.is_ascii_digit())
+        || !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit())
     {
         return Err(bad());
     }
@@ -148,11 +142,7 @@ pub fn decimal_to_cents(text: &str) -> Result<i64, String> {
     let digits = digits.trim_start_matches('0');
     let scale = exponent + 2 - frac_part.len() as i32;
     let too_large = || format!("`{text}` is too large an amount");
-    let mut cents: i64 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().map_err(|_| too_large())?
-    };
+    let mut cents: i64 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| too_large())? };
     if scale >= 0 {
         for _ in 0..scale {
             cents = cents.checked_mul(10).ok_or_else(too_large)?;
@@ -193,27 +183,11 @@ mod tests {
 
     #[test]
     fn cents_refuse_to_round() {
-        assert_eq!(
-            decimal_to_cents("0.999").unwrap_err(),
-            "`0.999` is not a whole number of cents"
-        );
-        assert_eq!(
-            decimal_to_cents("abc").unwrap_err(),
-            "`abc` is not a decimal number"
-        );
-        assert_eq!(
-            decimal_to_cents("").unwrap_err(),
-            "`` is not a decimal number"
-        );
-        assert_eq!(
-            decimal_to_cents(".").unwrap_err(),
-            "`.` is not a decimal number"
-        );
-        assert!(
-            decimal_to_cents("99999999999999999999")
-                .unwrap_err()
-                .contains("too large")
-        );
+        assert_eq!(decimal_to_cents("0.999").unwrap_err(), "`0.999` is not a whole number of cents");
+        assert_eq!(decimal_to_cents("abc").unwrap_err(), "`abc` is not a decimal number");
+        assert_eq!(decimal_to_cents("").unwrap_err(), "`` is not a decimal number");
+        assert_eq!(decimal_to_cents(".").unwrap_err(), "`.` is not a decimal number");
+        assert!(decimal_to_cents("99999999999999999999").unwrap_err().contains("too large"));
         assert!(decimal_to_cents("1e30").unwrap_err().contains("too large"));
     }
 

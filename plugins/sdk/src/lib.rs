@@ -20,9 +20,7 @@ mod bindings {
 }
 
 pub use bindings::sluice::plugin::host::{log, lookup};
-pub use bindings::sluice::plugin::types::{
-    Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output,
-};
+pub use bindings::sluice::plugin::types::{Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output};
 pub use bindings::{Guest, export};
 
 #[doc(hidden)]
@@ -30,39 +28,16 @@ pub use bindings::*;
 
 /// An outcome that dead-letters the record with `reason` and `message`.
 pub fn reject(reason: &str, message: impl Into<String>) -> Outcome {
-    Outcome::Reject(ErrorInfo {
-        reason: reason.to_string(),
-        message: message.into(),
-    })
+    Outcome::Reject(ErrorInfo { reason: reason.to_string(), message: message.into() })
 }
 
 /// An outcome that sends one record on to the next stage (route none) and
 /// applies `effects`.
-pub fn emit(
-    key: Option<Vec<u8>>,
-    value: Vec<u8>,
-    headers: Vec<Header>,
-    effects: Vec<Effect>,
-) -> Outcome {
-    Outcome::Emit((
-        vec![Output {
-            route: None,
-            key,
-            value,
-            headers,
-        }],
-        effects,
-    ))
+pub fn emit(key: Option<Vec<u8>>, value: Vec<u8>, headers: Vec<Header>, effects: Vec<Effect>) -> Outcome {
+    Outcome::Emit((vec![Output { route: None, key, value, headers }], effects))
 }
 
 /// The headers of `message`, to carry them over to its outputs.
 pub fn headers_of(message: &Message) -> Vec<Header> {
-    message
-        .headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.clone(),
-            value: h.value.clone(),
-        })
-        .collect()
+    message.headers.iter().map(|h| Header { name: h.name.clone(), value: h.value.clone() }).collect()
 }

@@ -23,11 +23,8 @@ struct Totals;
 
 impl Guest for Totals {
     fn init(config_json: String) -> Result<(), String> {
-        let config: Config =
-            serde_json::from_str(&config_json).map_err(|e| format!("totals config: {e}"))?;
-        PREFIX
-            .set(config.prefix)
-            .map_err(|_| "totals was initialised twice".to_string())
+        let config: Config = serde_json::from_str(&config_json).map_err(|e| format!("totals config: {e}"))?;
+        PREFIX.set(config.prefix).map_err(|_| "totals was initialised twice".to_string())
     }
 
     fn process(batch: Vec<Message>) -> Vec<Outcome> {
@@ -35,15 +32,11 @@ impl Guest for Totals {
         batch
             .iter()
             .map(|message| {
-                let totalled = stage::parse("totals", &message.value).and_then(|mut order| {
-                    logic::total(&mut order, prefix).map(|incrs| (order, incrs))
-                });
+                let totalled = stage::parse("totals", &message.value)
+                    .and_then(|mut order| logic::total(&mut order, prefix).map(|incrs| (order, incrs)));
                 match totalled {
                     Ok((order, incrs)) => {
-                        let effects = incrs
-                            .into_iter()
-                            .map(|i| Effect::HashIncr((i.key, i.field, i.delta)))
-                            .collect();
+                        let effects = incrs.into_iter().map(|i| Effect::HashIncr((i.key, i.field, i.delta))).collect();
                         let key = Some(order.order_id.clone().into_bytes());
                         emit(key, stage::to_json(&order), headers_of(message), effects)
                     }

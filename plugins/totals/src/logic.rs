@@ -16,12 +16,7 @@ pub struct Incr {
 /// Sets every line total, the item count and the order total, and returns
 /// the counter increments the order causes. Overflowing sums are rejected.
 pub fn total(order: &mut Order, prefix: &str) -> Result<Vec<Incr>, Rejection> {
-    let overflow = |what: &str| {
-        Rejection::new(
-            reason::INVALID_PRICE,
-            format!("the order's {what} overflows"),
-        )
-    };
+    let overflow = |what: &str| Rejection::new(reason::INVALID_PRICE, format!("the order's {what} overflows"));
     let (mut count, mut total) = (0i64, 0i64);
     for (i, item) in order.items.iter_mut().enumerate() {
         let unit = item.unit_price_cents.ok_or_else(|| {
@@ -30,27 +25,15 @@ pub fn total(order: &mut Order, prefix: &str) -> Result<Vec<Incr>, Rejection> {
                 format!("items[{i}] has no unit price (is `enrich` before `totals`?)"),
             )
         })?;
-        item.line_total_cents = unit
-            .checked_mul(item.quantity)
-            .ok_or_else(|| overflow("line total"))?;
-        count = count
-            .checked_add(item.quantity)
-            .ok_or_else(|| overflow("item count"))?;
-        total = total
-            .checked_add(item.line_total_cents)
-            .ok_or_else(|| overflow("total"))?;
+        item.line_total_cents = unit.checked_mul(item.quantity).ok_or_else(|| overflow("line total"))?;
+        count = count.checked_add(item.quantity).ok_or_else(|| overflow("item count"))?;
+        total = total.checked_add(item.line_total_cents).ok_or_else(|| overflow("total"))?;
     }
     order.item_count = count;
     order.total_cents = total;
 
     let mut incrs = Vec::with_capacity(6 + 3 * order.items.len());
-    let mut add = |key: String, field: &str, delta: i64| {
-        incrs.push(Incr {
-            key,
-            field: field.to_string(),
-            delta,
-        })
-    };
+    let mut add = |key: String, field: &str, delta: i64| incrs.push(Incr { key, field: field.to_string(), delta });
     let totals = format!("{prefix}totals");
     add(totals.clone(), "orders", 1);
     add(totals.clone(), "items", count);
@@ -65,22 +48,10 @@ pub fn total(order: &mut Order, prefix: &str) -> Result<Vec<Incr>, Rejection> {
     }
     for item in &order.items {
         let category = item.category.as_deref().unwrap_or("Other");
-        add(
-            format!("{prefix}revenue:category"),
-            category,
-            item.line_total_cents,
-        );
-        add(
-            format!("{prefix}units:product"),
-            &item.product_id,
-            item.quantity,
-        );
+        add(format!("{prefix}revenue:category"), category, item.line_total_cents);
+        add(format!("{prefix}units:product"), &item.product_id, item.quantity);
         if let Some(user) = &order.user {
-            add(
-                format!("{prefix}units:user:{}", user.id),
-                category,
-                item.quantity,
-            );
+            add(format!("{prefix}units:user:{}", user.id), category, item.quantity);
         }
     }
     Ok(incrs)
@@ -108,16 +79,8 @@ mod tests {
             order_id: "1".into(),
             source: "delivery".into(),
             ts: "2025-02-22T08:56:14.049848Z".into(),
-            user: Some(User {
-                id: "u".into(),
-                name: None,
-                login: None,
-            }),
-            store: Some(Store {
-                id: "s".into(),
-                name: None,
-                city: None,
-            }),
+            user: Some(User { id: "u".into(), name: None, login: None }),
+            store: Some(Store { id: "s".into(), name: None, city: None }),
             items: vec![item("a", "Супы", 64100, 5), item("b", "Супы", 16900, 5)],
             item_count: 0,
             total_cents: 0,
@@ -125,10 +88,7 @@ mod tests {
         let incrs = total(&mut order, "p:").unwrap();
         assert_eq!((order.item_count, order.total_cents), (10, 405000));
         assert_eq!(order.items[0].line_total_cents, 320500);
-        let got: Vec<(String, String, i64)> = incrs
-            .into_iter()
-            .map(|i| (i.key, i.field, i.delta))
-            .collect();
+        let got: Vec<(String, String, i64)> = incrs.into_iter().map(|i| (i.key, i.field, i.delta)).collect();
         let want = [
             ("p:totals", "orders", 1),
             ("p:totals", "items", 10),
@@ -144,10 +104,8 @@ mod tests {
             ("p:units:product", "b", 5),
             ("p:units:user:u", "Супы", 5),
         ];
-        let want: Vec<(String, String, i64)> = want
-            .iter()
-            .map(|(k, f, d)| (k.to_string(), f.to_string(), *d))
-            .collect();
+        let want: Vec<(String, String, i64)> =
+            want.iter().map(|(k, f, d)| (k.to_string(), f.to_string(), *d)).collect();
         assert_eq!(got, want);
     }
 
@@ -164,11 +122,7 @@ mod tests {
             total_cents: 0,
         };
         let incrs = total(&mut order, "").unwrap();
-        assert!(
-            incrs
-                .iter()
-                .all(|i| !i.key.contains("user") && !i.key.contains("store"))
-        );
+        assert!(incrs.iter().all(|i| !i.key.contains("user") && !i.key.contains("store")));
         assert_eq!(incrs.len(), 6);
     }
 

@@ -3,6 +3,7 @@
 //! when dropped; Redis keys live under a per-test prefix that is deleted.
 #![allow(dead_code)]
 
+pub mod inputs;
 pub mod kafka;
 pub mod model;
 pub mod process;
@@ -57,6 +58,50 @@ fn delete_prefix(prefix: &str) {
     }
 }
 
+/// A redis-server of the test's own, on its own port, keeping nothing on disk.
+pub struct OwnRedis {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl OwnRedis {
+    pub fn start(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start on {port}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a signal (STOP, CONT) to the server.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(std::process::Command::new("kill").args([&format!("-{signal}"), &pid]).status().unwrap().success());
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Loads shared/data/lookups.json into Redis under `prefix`.
 pub async fn load_shared_lookups(prefix: &str) {
     let text = std::fs::read_to_string(data_dir().join("lookups.json")).unwrap();
@@ -76,7 +121,12 @@ pub async fn load_shared_lookups(prefix: &str) {
 /// Every counter hash under `prefix` as {key without prefix: {field: value}}
 /// (the offset fences excluded).
 pub async fn read_counters(prefix: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
-    let client = redis::Client::open(REDIS_URL).unwrap();
+    read_counters_at(REDIS_URL, prefix).await
+}
+
+/// [`read_counters`] from the Redis at `url`.
+pub async fn read_counters_at(url: &str, prefix: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
+    let client = redis::Client::open(url).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut con).await.unwrap();
     let mut out = BTreeMap::new();

@@ -1,5 +1,5 @@
 # Sluice: `make demo` runs the default pipeline locally, `make test` runs every test.
-PLUGINS := normalize enrich categorize totals
+PLUGINS := normalize enrich categorize totals testguest
 WASM_TARGET := wasm32-wasip2
 DIST := plugins/dist
 

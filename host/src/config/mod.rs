@@ -207,6 +207,22 @@ pub struct StageConfig {
     /// Sandbox limits.
     #[serde(default)]
     pub limits: Limits,
+    /// While the stage's circuit breaker is open (it failed 5 calls in a
+    /// row): `dead-letter` its records with reason `circuit_open` (default),
+    /// or `halt` the pipeline, retrying until a trial call succeeds.
+    #[serde(default)]
+    pub on_failure: FailurePolicy,
+}
+
+/// What a stage whose circuit breaker is open does with records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// Dead-letter them with reason `circuit_open`.
+    #[default]
+    DeadLetter,
+    /// Stop processing (nothing is committed) until a trial call succeeds.
+    Halt,
 }
 
 /// Per-stage sandbox limits.

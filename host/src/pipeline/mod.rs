@@ -8,10 +8,10 @@
 
 mod stage;
 
-pub use stage::{LookupSource, LookupUnavailable, Row, Stage, StageError, StageSpec, StageState, linker};
+pub use stage::{LookupSource, Row, Stage, StageError, StageSpec, StageState, Unavailable, linker};
 
 use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome};
-use crate::config;
+use crate::config::{self, FailurePolicy};
 use crate::engine::{Engine, LoadError};
 use stage::CallError;
 use std::collections::HashMap;
@@ -142,6 +142,7 @@ impl Chain {
                 config_json: serde_json::to_string(&stage.config).expect("a TOML table is valid JSON"),
                 tables: stage.lookups.iter().map(|t| t.get_ref().clone()).collect(),
                 limits: stage.limits.clone(),
+                on_failure: stage.on_failure,
             };
             stages.push(Stage::new(engine, &linker, Arc::new(spec), lookups.clone()).map_err(BuildError::Stage)?);
         }
@@ -160,7 +161,7 @@ impl Chain {
 
     /// Runs a batch through the chain. Fails only when a lookup could not
     /// be served; the batch can then be processed again from the start.
-    pub fn process(&mut self, records: &[Record]) -> Result<BatchResult, LookupUnavailable> {
+    pub fn process(&mut self, records: &[Record]) -> Result<BatchResult, Unavailable> {
         let mut origins: Vec<usize> = (0..records.len()).collect();
         let mut batch: Vec<Message> = records.iter().map(first_message).collect();
         let mut rejected: Vec<Option<(Arc<str>, ErrorInfo)>> = vec![None; records.len()];
@@ -289,7 +290,7 @@ pub fn dead_letter_record(topic: &Arc<str>, record: &Record, stage: &str, info: 
 
 /// Calls a stage, then retries the records it asked to retry, with backoff,
 /// up to the stage's `max_retries`.
-fn run_stage(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, LookupUnavailable> {
+fn run_stage(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, Unavailable> {
     let mut outcomes = call_isolating(stage, batch)?;
     for attempt in 0..stage.spec().limits.max_retries {
         let retry: Vec<usize> = (0..outcomes.len()).filter(|&i| matches!(outcomes[i], Outcome::Retry(_))).collect();
@@ -308,7 +309,18 @@ fn run_stage(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, Looku
 /// Calls a stage; when the call fails for the plugin's sake (trap, deadline,
 /// memory), calls it again record by record so that only the records that
 /// make it fail are rejected.
-fn call_isolating(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, LookupUnavailable> {
+fn call_isolating(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, Unavailable> {
+    if let Some(until) = stage.breaker_open_until() {
+        let wait = until.saturating_duration_since(std::time::Instant::now()).as_millis();
+        let message = format!("stage `{}` keeps failing; its circuit breaker is open for {wait} ms more", stage.name());
+        return match stage.spec().on_failure {
+            FailurePolicy::DeadLetter => Ok(batch
+                .iter()
+                .map(|_| Outcome::Reject(ErrorInfo { reason: "circuit_open".into(), message: message.clone() }))
+                .collect()),
+            FailurePolicy::Halt => Err(Unavailable(message)),
+        };
+    }
     match stage.call(batch) {
         Ok(outcomes) => Ok(outcomes),
         Err(CallError::Unavailable(e)) => Err(e),

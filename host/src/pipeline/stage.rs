@@ -2,11 +2,11 @@
 //! host imports it may call and the limits it runs under.
 
 use crate::bindings::{self, LogLevel, Message, Outcome, Transform, TransformPre};
-use crate::config::Limits;
+use crate::config::{FailurePolicy, Limits};
 use crate::engine::{Engine, LoadedComponent};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -17,20 +17,21 @@ pub type Row = Vec<(String, String)>;
 /// Where lookups are served from (Redis with a cache, in production).
 pub trait LookupSource: Send + Sync {
     /// The row `key` of `table`; `Ok(None)` when it does not exist.
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, LookupUnavailable>;
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable>;
 }
 
-/// The lookup backend could not answer; the batch must be retried later.
+/// A stage cannot run now (a lookup backend is down, or the stage is halted
+/// by its circuit breaker); the batch must be retried later.
 #[derive(Debug, Clone)]
-pub struct LookupUnavailable(pub String);
+pub struct Unavailable(pub String);
 
-impl fmt::Display for LookupUnavailable {
+impl fmt::Display for Unavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "lookup unavailable: {}", self.0)
+        f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for LookupUnavailable {}
+impl std::error::Error for Unavailable {}
 
 /// What a stage is made of, as loaded from pipeline.toml.
 pub struct StageSpec {
@@ -44,6 +45,8 @@ pub struct StageSpec {
     pub tables: Arc<[String]>,
     /// Sandbox limits.
     pub limits: Limits,
+    /// What to do while the stage's circuit breaker is open.
+    pub on_failure: FailurePolicy,
 }
 
 /// Per-instance host state: WASI with nothing granted, limits, lookups.
@@ -126,10 +129,27 @@ impl std::error::Error for StageError {}
 #[derive(Debug)]
 pub enum CallError {
     /// A lookup could not be served: retry the batch later.
-    Unavailable(LookupUnavailable),
+    Unavailable(Unavailable),
     /// The plugin trapped, ran out of time or memory: the records of the
     /// call are at fault (or the plugin is).
     Plugin { reason: &'static str, message: String },
+}
+
+/// Consecutive failed calls (traps, deadlines, memory) that open a stage's
+/// circuit breaker. Default 5: one poison record fails one call, a broken
+/// plugin fails every call.
+pub const BREAKER_THRESHOLD: u32 = 5;
+/// First time the breaker stays open; it doubles on every failed trial.
+pub const BREAKER_MIN_OPEN: Duration = Duration::from_secs(1);
+/// Longest time the breaker stays open before the next trial call.
+pub const BREAKER_MAX_OPEN: Duration = Duration::from_secs(30);
+
+/// A circuit breaker: open after [`BREAKER_THRESHOLD`] consecutive failed
+/// calls, for 1 s doubling to 30 s; the first call after that is a trial.
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    open_for: Duration,
 }
 
 /// A live stage: the instance and the means to recreate it.
@@ -140,6 +160,7 @@ pub struct Stage {
     engine: Engine,
     store: Store<StageState>,
     instance: Transform,
+    breaker: Breaker,
 }
 
 impl Stage {
@@ -155,7 +176,30 @@ impl Stage {
             StageError::World(spec.name.to_string(), spec.component.path.display().to_string(), format!("{e:#}"))
         })?;
         let (store, instance) = instantiate(engine, &pre, &spec, &lookups)?;
-        Ok(Self { spec, pre, lookups, engine: engine.clone(), store, instance })
+        let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
+        Ok(Self { spec, pre, lookups, engine: engine.clone(), store, instance, breaker })
+    }
+
+    /// When the circuit breaker is open, until when.
+    pub fn breaker_open_until(&self) -> Option<Instant> {
+        self.breaker.open_until.filter(|until| Instant::now() < *until)
+    }
+
+    fn note_call(&mut self, failed: bool) {
+        let b = &mut self.breaker;
+        if !failed {
+            *b = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
+            return;
+        }
+        b.failures += 1;
+        if b.failures >= BREAKER_THRESHOLD {
+            b.open_until = Some(Instant::now() + b.open_for);
+            tracing::error!(
+                stage = %self.spec.name, failures = b.failures, open_ms = b.open_for.as_millis() as u64,
+                policy = ?self.spec.on_failure, "stage keeps failing: circuit breaker open"
+            );
+            b.open_for = (b.open_for * 2).min(BREAKER_MAX_OPEN);
+        }
     }
 
     /// The stage name.
@@ -175,13 +219,19 @@ impl Stage {
         self.store.set_epoch_deadline(Engine::deadline_ticks(timeout));
         let result = self.instance.call_process(&mut self.store, batch);
         let error = match result {
-            Ok(outcomes) if outcomes.len() == batch.len() => return Ok(outcomes),
+            Ok(outcomes) if outcomes.len() == batch.len() => {
+                self.note_call(false);
+                return Ok(outcomes);
+            }
             Ok(outcomes) => CallError::Plugin {
                 reason: "plugin_contract",
                 message: format!("process returned {} outcomes for {} records", outcomes.len(), batch.len()),
             },
             Err(e) => classify(&e, timeout),
         };
+        if matches!(error, CallError::Plugin { .. }) {
+            self.note_call(true);
+        }
         if let Err(e) = self.recreate() {
             tracing::error!(stage = %self.spec.name, error = %e, "cannot recreate the plugin instance");
         }
@@ -224,8 +274,11 @@ fn instantiate(
     }
 }
 
+/// Longest error message kept for a dead letter's header, in characters.
+const MAX_MESSAGE: usize = 1000;
+
 fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
-    if let Some(unavailable) = error.downcast_ref::<LookupUnavailable>() {
+    if let Some(unavailable) = error.downcast_ref::<Unavailable>() {
         return CallError::Unavailable(unavailable.clone());
     }
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
@@ -240,5 +293,10 @@ fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
     } else {
         "plugin_trap"
     };
-    CallError::Plugin { reason, message: text }
+    // The trap itself, not the wasm backtrace that follows it in the chain.
+    let message = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    CallError::Plugin { reason, message: message.chars().take(MAX_MESSAGE).collect() }
 }

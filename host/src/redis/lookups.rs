@@ -1,7 +1,7 @@
 //! Lookup tables served from Redis hashes through an in-process cache.
 
 use crate::config::LookupConfig;
-use crate::pipeline::{LookupSource, LookupUnavailable, Row};
+use crate::pipeline::{LookupSource, Row, Unavailable};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ impl RedisLookups {
 }
 
 impl LookupSource for RedisLookups {
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, LookupUnavailable> {
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
         let redis_key = {
             let tables = self.tables.lock().expect("lookup cache lock");
             let Some(t) = tables.get(table) else {
@@ -75,7 +75,8 @@ impl LookupSource for RedisLookups {
             }
             format!("{}{key}", t.key_prefix)
         };
-        let row = self.fetch(&redis_key).map_err(|e| LookupUnavailable(format!("HGETALL {redis_key}: {e}")))?;
+        let row =
+            self.fetch(&redis_key).map_err(|e| Unavailable(format!("lookup unavailable: HGETALL {redis_key}: {e}")))?;
         let mut tables = self.tables.lock().expect("lookup cache lock");
         if let Some(t) = tables.get_mut(table) {
             if t.rows.len() >= t.max_rows {
@@ -92,7 +93,7 @@ impl LookupSource for RedisLookups {
 pub struct Offline;
 
 impl LookupSource for Offline {
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, LookupUnavailable> {
-        Err(LookupUnavailable(format!("no Redis while validating (lookup {table}/{key})")))
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
+        Err(Unavailable(format!("lookup unavailable: no Redis while validating (lookup {table}/{key})")))
     }
 }

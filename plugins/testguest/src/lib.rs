@@ -1,0 +1,73 @@
+//! A test plugin: each record's value is a command that makes the plugin
+//! misbehave (or not), so that tests can check what the host does about it.
+//!
+//! `ok` emits the record; `loop` never returns; `alloc N` allocates N MiB;
+//! `panic` panics; `recurse` overflows the stack; `open-file`, `connect` and
+//! `getenv` try a capability and emit `allowed: ...` or `denied: ...`;
+//! `retry` and `reject` return those decisions; `drop` filters; `route R`
+//! emits to route R.
+
+use sluice_sdk::{ErrorInfo, Guest, Message, Outcome, Output, emit, reject};
+
+struct TestGuest;
+
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + frame[3]
+}
+
+fn verdict<T, E: std::fmt::Display>(result: Result<T, E>) -> String {
+    match result {
+        Ok(_) => "allowed".to_string(),
+        Err(e) => format!("denied: {e}"),
+    }
+}
+
+fn run(message: &Message) -> Outcome {
+    let command = String::from_utf8_lossy(&message.value).into_owned();
+    let (verb, arg) = command.split_once(' ').unwrap_or((command.as_str(), ""));
+    let say = |text: String| emit(None, text.into_bytes(), Vec::new(), Vec::new());
+    match verb {
+        "ok" => emit(message.key.clone(), message.value.clone(), Vec::new(), Vec::new()),
+        "loop" => {
+            let mut n = 0u64;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mib: usize = arg.parse().unwrap_or(1);
+            let mut block = vec![0u8; mib << 20];
+            for i in (0..block.len()).step_by(4096) {
+                block[i] = 1;
+            }
+            say(format!("allocated {}", std::hint::black_box(block).len()))
+        }
+        "panic" => panic!("asked to panic"),
+        "recurse" => say(format!("{}", recurse(0))),
+        "open-file" => say(verdict(std::fs::read("/etc/hostname"))),
+        "connect" => say(verdict(std::net::TcpStream::connect("127.0.0.1:6379"))),
+        "getenv" => say(verdict(std::env::var("PATH"))),
+        "retry" => Outcome::Retry(ErrorInfo { reason: "asked_to_retry".into(), message: "retry".into() }),
+        "reject" => reject("asked_to_reject", "reject"),
+        "drop" => Outcome::Filtered,
+        "route" => Outcome::Emit((
+            vec![Output { route: Some(arg.to_string()), key: None, value: message.value.clone(), headers: Vec::new() }],
+            Vec::new(),
+        )),
+        other => reject("unknown_command", format!("unknown command `{other}`")),
+    }
+}
+
+impl Guest for TestGuest {
+    fn init(_config_json: String) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn process(batch: Vec<Message>) -> Vec<Outcome> {
+        batch.iter().map(run).collect()
+    }
+}
+
+sluice_sdk::export!(TestGuest with_types_in sluice_sdk);

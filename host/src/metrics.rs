@@ -26,6 +26,8 @@ pub struct Metrics {
     pub records_out: AtomicU64,
     /// Input records that were filtered.
     pub filtered: AtomicU64,
+    /// Input records that produced at least one output.
+    pub completed: AtomicU64,
     /// Batches handled.
     pub batches: AtomicU64,
     /// Transient failures (lookups, produce, Redis effects) that were retried.
@@ -44,6 +46,7 @@ impl Metrics {
         self.records_in.fetch_add(records as u64, Ordering::Relaxed);
         self.records_out.fetch_add(result.outputs.len() as u64, Ordering::Relaxed);
         self.filtered.fetch_add(result.filtered, Ordering::Relaxed);
+        self.completed.fetch_add(result.completed, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
         let mut dead = self.dead_letters.lock().expect("metrics lock");
         for d in &result.dead_letters {
@@ -79,6 +82,11 @@ impl Metrics {
         counter("sluice_records_in_total", "Records read and fully handled.", self.records_in.load(Ordering::Relaxed));
         counter("sluice_records_out_total", "Records written to outputs.", self.records_out.load(Ordering::Relaxed));
         counter("sluice_filtered_total", "Input records filtered by a stage.", self.filtered.load(Ordering::Relaxed));
+        counter(
+            "sluice_records_completed_total",
+            "Input records that produced output. records_in = completed + dead_letters + filtered.",
+            self.completed.load(Ordering::Relaxed),
+        );
         counter("sluice_batches_total", "Batches handled.", self.batches.load(Ordering::Relaxed));
         counter("sluice_retries_total", "Transient failures retried.", self.retries.load(Ordering::Relaxed));
         out.push_str("# HELP sluice_dead_letters_total Records dead-lettered, by stage and reason.\n");

@@ -141,6 +141,18 @@ async fn examples_and_generated_orders_give_exact_outputs_dead_letters_and_count
     assert_eq!(metric("sluice_records_in_total"), values.len());
     assert_eq!(metric("sluice_filtered_total"), want.filtered);
     assert_eq!(metric("sluice_records_out_total"), want.orders.len());
+    assert_eq!(metric("sluice_records_completed_total"), want.orders.len());
+    let (_, body) = host.get("/metrics").unwrap();
+    let dead: f64 = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("sluice_dead_letters_total{")?.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(dead as usize, dead_total);
+    assert_eq!(
+        metric("sluice_records_completed_total") + dead as usize + metric("sluice_filtered_total"),
+        metric("sluice_records_in_total"),
+        "the accounting invariant"
+    );
     assert!(host.terminate().success());
 }
 

@@ -89,6 +89,9 @@ pub struct BatchResult {
     pub effects: Vec<(usize, Effect)>,
     /// Input records that produced neither output nor dead letter.
     pub filtered: u64,
+    /// Input records that produced at least one output. With `filtered` and
+    /// the dead letters, accounts for every input record exactly once.
+    pub completed: u64,
     /// Per stage, in chain order.
     pub stages: Vec<StageStats>,
 }
@@ -242,7 +245,7 @@ impl Chain {
                     record: dead_letter_record(&self.dead_letter, record, stage, info),
                 }),
                 None if !has_output[origin] => result.filtered += 1,
-                None => {}
+                None => result.completed += 1,
             }
         }
         Ok(result)

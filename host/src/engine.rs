@@ -13,9 +13,10 @@ use wasmtime::{Cache, CacheConfig, Config, OptLevel};
 /// so a deadline is enforced to within one tick (10 ms).
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Most wasm stack one call may use. Default 1 MiB, wasmtime's own default:
-/// deep enough for any reasonable JSON recursion.
-pub const MAX_WASM_STACK: usize = 1 << 20;
+/// Most wasm stack one call may use, unless a stage sets `stack_kib`.
+/// Default 512 KiB, wasmtime's own default: deep enough for any reasonable
+/// JSON recursion.
+pub const MAX_WASM_STACK: usize = 512 << 10;
 
 /// Why a plugin file could not be loaded.
 #[derive(Debug)]
@@ -71,6 +72,8 @@ impl LoadedComponent {
 #[derive(Clone)]
 pub struct Engine {
     inner: wasmtime::Engine,
+    config: Config,
+    stack: usize,
 }
 
 impl Engine {
@@ -81,7 +84,6 @@ impl Engine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        config.max_wasm_stack(MAX_WASM_STACK);
         config.cranelift_opt_level(OptLevel::Speed);
         if let Some(dir) = cache_dir() {
             match Cache::new(CacheConfig::new().with_directory(&dir).clone()) {
@@ -93,9 +95,21 @@ impl Engine {
                 }
             }
         }
+        Self::build(config, MAX_WASM_STACK)
+    }
+
+    fn build(mut config: Config, stack: usize) -> anyhow::Result<Self> {
+        config.max_wasm_stack(stack);
         let inner = wasmtime::Engine::new(&config)?;
         start_ticker(&inner);
-        Ok(Self { inner })
+        Ok(Self { inner, config, stack })
+    }
+
+    /// This engine, or a sibling with the same settings but a wasm stack of
+    /// `stack` bytes (the stack limit is per engine in wasmtime, so stages
+    /// with their own `stack_kib` get their own engine).
+    pub fn with_stack(&self, stack: usize) -> anyhow::Result<Self> {
+        if stack == self.stack { Ok(self.clone()) } else { Self::build(self.config.clone(), stack) }
     }
 
     /// The wasmtime engine.

@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn guest_chain(on_failure: &str) -> Chain {
+    guest_chain_with(on_failure, "")
+}
+
+fn guest_chain_with(on_failure: &str, extra_limits: &str) -> Chain {
     let text = format!(
         r#"
         kafka = {{ brokers = "unused:9092", group = "g" }}
@@ -25,7 +29,7 @@ fn guest_chain(on_failure: &str) -> Chain {
         name = "guest"
         plugin = "plugins/dist/testguest.wasm"
         on_failure = "{on_failure}"
-        limits = {{ memory_mib = 16, timeout_ms = 200, max_retries = 2 }}
+        limits = {{ memory_mib = 16, timeout_ms = 200, max_retries = 2{extra_limits} }}
         "#
     );
     let config = config::load_str(&text, |_| None).unwrap();
@@ -147,4 +151,14 @@ fn a_stage_that_keeps_failing_opens_its_circuit_breaker() {
         error.to_string().contains("circuit breaker is open"),
         "the batch waits, nothing is dead-lettered: {error}"
     );
+}
+
+#[test]
+fn the_wasm_stack_is_limited_per_stage() {
+    let mut roomy = guest_chain("dead-letter");
+    assert_eq!(values(&roomy.process(&records(&["depth 4000"])).unwrap()), ["depth 4000"]);
+    let mut tight = guest_chain_with("dead-letter", ", stack_kib = 16");
+    let result = tight.process(&records(&["depth 4000", "depth 10"])).unwrap();
+    assert_eq!(reasons(&result), [("0".to_string(), "plugin_trap".to_string())]);
+    assert_eq!(values(&result), ["depth 10"]);
 }

@@ -243,6 +243,14 @@ pub struct Limits {
     /// is dead-lettered. Default 3.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Most wasm stack one call may use, in KiB. Default 512 (wasmtime's
+    /// default); deeper recursion traps and dead-letters the record.
+    #[serde(default = "default_stack_kib")]
+    pub stack_kib: NonZeroU32,
+}
+
+fn default_stack_kib() -> NonZeroU32 {
+    NonZeroU32::new(512).expect("non-zero")
 }
 
 fn default_memory_mib() -> NonZeroU32 {
@@ -259,7 +267,12 @@ fn default_max_retries() -> u32 {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { memory_mib: default_memory_mib(), timeout_ms: default_timeout_ms(), max_retries: default_max_retries() }
+        Self {
+            memory_mib: default_memory_mib(),
+            timeout_ms: default_timeout_ms(),
+            max_retries: default_max_retries(),
+            stack_kib: default_stack_kib(),
+        }
     }
 }
 

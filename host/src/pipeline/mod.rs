@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wasmtime::component::Linker;
 
 /// A record as read from the source topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,10 +135,17 @@ impl Chain {
         pipeline: &config::Pipeline,
         lookups: Arc<dyn LookupSource>,
     ) -> Result<Self, BuildError> {
-        let linker = linker(engine).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
         let config = &pipeline.config;
+        let mut engines: HashMap<usize, (Engine, Linker<StageState>)> = HashMap::new();
         let mut stages = Vec::with_capacity(config.stages.len());
         for stage in &config.stages {
+            let stack = stage.limits.stack_kib.get() as usize * 1024;
+            if !engines.contains_key(&stack) {
+                let engine = engine.with_stack(stack).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
+                let linker = linker(&engine).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
+                engines.insert(stack, (engine, linker));
+            }
+            let (engine, linker) = &engines[&stack];
             let component = engine.load(&pipeline.plugin_path(stage)).map_err(BuildError::Load)?;
             let spec = StageSpec {
                 name: Arc::from(stage.name.get_ref().as_str()),
@@ -147,7 +155,7 @@ impl Chain {
                 limits: stage.limits.clone(),
                 on_failure: stage.on_failure,
             };
-            stages.push(Stage::new(engine, &linker, Arc::new(spec), lookups.clone()).map_err(BuildError::Stage)?);
+            stages.push(Stage::new(engine, linker, Arc::new(spec), lookups.clone()).map_err(BuildError::Stage)?);
         }
         Ok(Self {
             stages,

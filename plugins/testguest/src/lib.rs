@@ -2,7 +2,8 @@
 //! misbehave (or not), so that tests can check what the host does about it.
 //!
 //! `ok` emits the record; `loop` never returns; `alloc N` allocates N MiB;
-//! `panic` panics; `recurse` overflows the stack; `open-file`, `connect` and
+//! `panic` panics; `recurse` overflows the stack; `depth N` recurses N calls
+//! deep on the wasm stack; `open-file`, `connect` and
 //! `getenv` try a capability and emit `allowed: ...` or `denied: ...`;
 //! `retry` and `reject` return those decisions; `drop` filters; `route R`
 //! emits to route R.
@@ -15,6 +16,16 @@ struct TestGuest;
 fn recurse(depth: u64) -> u64 {
     let frame = std::hint::black_box([depth; 64]);
     recurse(depth + 1) + frame[3]
+}
+
+/// Recursion that uses the wasm stack (not the shadow stack in memory).
+#[inline(never)]
+fn depth(n: u32) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    let below = depth(std::hint::black_box(n - 1));
+    std::hint::black_box(below) + 1
 }
 
 fn verdict<T, E: std::fmt::Display>(result: Result<T, E>) -> String {
@@ -46,6 +57,7 @@ fn run(message: &Message) -> Outcome {
         }
         "panic" => panic!("asked to panic"),
         "recurse" => say(format!("{}", recurse(0))),
+        "depth" => say(format!("depth {}", depth(arg.parse().unwrap_or(1)))),
         "open-file" => say(verdict(std::fs::read("/etc/hostname"))),
         "connect" => say(verdict(std::net::TcpStream::connect("127.0.0.1:6379"))),
         "getenv" => say(verdict(std::env::var("PATH"))),

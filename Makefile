@@ -3,7 +3,7 @@ PLUGINS := normalize enrich categorize totals testguest
 WASM_TARGET := wasm32-wasip2
 DIST := plugins/dist
 
-.PHONY: all build host plugins demo test setup fmt clean
+.PHONY: all build host plugins demo test setup fmt clean image
 
 all: build
 
@@ -25,7 +25,7 @@ demo: setup build
 
 test: setup build
 	cargo fmt --all -- --check
-	docker-compose -f docker-compose.yml config -q
+	bash scripts/check-deploy.sh
 	cargo test --release --workspace
 
 fmt:
@@ -34,3 +34,7 @@ fmt:
 clean:
 	cargo clean
 	rm -rf $(DIST)
+
+# The host container (needs a Docker engine).
+image:
+	docker build -t sluice:0.1.0 .

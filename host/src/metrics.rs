@@ -36,6 +36,8 @@ pub struct Metrics {
     pub ready: AtomicBool,
     /// True while the consumer has partitions assigned.
     pub assigned: AtomicBool,
+    /// Assignment changes (revocations and assignments) seen so far.
+    pub rebalances: AtomicU64,
     dead_letters: Mutex<BTreeMap<(String, String), u64>>,
     stages: Mutex<BTreeMap<String, StageTotals>>,
 }
@@ -89,6 +91,7 @@ impl Metrics {
         );
         counter("sluice_batches_total", "Batches handled.", self.batches.load(Ordering::Relaxed));
         counter("sluice_retries_total", "Transient failures retried.", self.retries.load(Ordering::Relaxed));
+        counter("sluice_rebalances_total", "Partition assignment changes.", self.rebalances.load(Ordering::Relaxed));
         out.push_str("# HELP sluice_dead_letters_total Records dead-lettered, by stage and reason.\n");
         out.push_str("# TYPE sluice_dead_letters_total counter\n");
         for ((stage, reason), n) in self.dead_letters.lock().expect("metrics lock").iter() {

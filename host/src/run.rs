@@ -86,6 +86,7 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
                 batch = source.next_batch() => batch,
             };
             let records = match batch {
+                Ok(records) if records.is_empty() => continue,
                 Ok(records) => Arc::new(records),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read from Kafka; retrying");

@@ -17,7 +17,7 @@ fn pipeline_with(dir: &Path, plugin: &str, categorize_rules: &str) -> std::path:
     let root = support::repo_root();
     let text = std::fs::read_to_string(root.join("pipeline.toml"))
         .unwrap()
-        .replace("plugins/dist/", &format!("{}/plugins/dist/", root.display()))
+        .replace("${SLUICE_PLUGIN_DIR:-plugins/dist}/", &format!("{}/plugins/dist/", root.display()))
         .replace(&format!("\"{}/plugins/dist/normalize.wasm\"", root.display()), &format!("\"{plugin}\""))
         .replace("default = \"Other\"", categorize_rules);
     let path = dir.join("pipeline.toml");

@@ -45,6 +45,9 @@ impl ClientContext for LogContext {
 
 impl ConsumerContext for LogContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Some(m) = &self.metrics {
+            m.rebalances.fetch_add(1, Ordering::Relaxed);
+        }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<String> =

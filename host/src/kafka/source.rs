@@ -12,6 +12,7 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ pub struct Source {
     batch_timeout: Duration,
     /// The next offset to read, per partition, of every batch handled.
     positions: Mutex<BTreeMap<(String, i32), i64>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Source {
@@ -40,7 +42,7 @@ impl Source {
             client.set(key, value);
         }
         let consumer: StreamConsumer<LogContext> =
-            client.create_with_context(LogContext { role: "consumer", metrics: Some(metrics) })?;
+            client.create_with_context(LogContext { role: "consumer", metrics: Some(metrics.clone()) })?;
         let topics: Vec<&str> = config.source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         Ok(Self {
@@ -48,26 +50,43 @@ impl Source {
             batch_size: config.source.batch_size.get(),
             batch_timeout: Duration::from_millis(config.source.batch_timeout_ms.get()),
             positions: Mutex::new(BTreeMap::new()),
+            metrics,
         })
     }
 
     /// Waits for a record, then gathers more until the batch is full or the
-    /// batch timeout has passed since the first one.
+    /// batch timeout has passed since the first one. A batch never spans a
+    /// rebalance: records read under the previous assignment are dropped
+    /// (the new assignment reads them again from the committed offsets), so
+    /// no batch commits offsets for partitions another member now owns.
     pub async fn next_batch(&self) -> KafkaResult<Vec<Record>> {
+        let rebalances = || self.metrics.rebalances.load(Ordering::Relaxed);
         let first = self.consumer.recv().await?;
+        let mut epoch = rebalances();
         let mut batch = Vec::with_capacity(self.batch_size);
         batch.push(record(&first));
         drop(first);
         let deadline = tokio::time::Instant::now() + self.batch_timeout;
         while batch.len() < self.batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(record(&message)),
+                Ok(Ok(message)) => {
+                    if rebalances() != epoch {
+                        tracing::info!(dropped = batch.len(), "rebalance while filling a batch: reading those records again");
+                        batch.clear();
+                        epoch = rebalances();
+                    }
+                    batch.push(record(&message));
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "consumer error while filling a batch");
                     break;
                 }
                 Err(_) => break,
             }
+        }
+        if rebalances() != epoch {
+            tracing::info!(dropped = batch.len(), "rebalance after filling a batch: reading those records again");
+            batch.clear();
         }
         Ok(batch)
     }

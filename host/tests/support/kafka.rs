@@ -28,9 +28,15 @@ pub struct Tansu {
 impl Tansu {
     /// Starts a broker with the default pipeline's topics.
     pub fn start() -> Self {
+        Self::start_with_partitions(3)
+    }
+
+    /// Starts a broker with the default pipeline's topics, `orders` and
+    /// `orders.enriched` having `partitions` partitions.
+    pub fn start_with_partitions(partitions: u32) -> Self {
         let tansu = Self::start_on(super::free_port());
-        tansu.create_topic("orders", 3);
-        tansu.create_topic("orders.enriched", 3);
+        tansu.create_topic("orders", partitions);
+        tansu.create_topic("orders.enriched", partitions);
         tansu.create_topic("orders.dlq", 1);
         tansu
     }
@@ -117,10 +123,22 @@ pub async fn produce(brokers: &str, topic: &str, records: &[(Option<String>, Vec
     }
 }
 
-/// Reads `topic` from the beginning until `expect` records arrived, then
-/// `linger` longer to catch any extra (duplicate) record, or fails after
+/// Reads `topic` from the beginning until `expect` records arrived and then
+/// nothing more for `linger` (to catch any extra record), or fails after
 /// `timeout`.
 pub async fn consume(brokers: &str, topic: &str, expect: usize, timeout: Duration, linger: Duration) -> Vec<Consumed> {
+    consume_with(brokers, topic, expect, timeout, linger, "read_committed").await
+}
+
+/// [`consume`] with an explicit `isolation.level`.
+pub async fn consume_with(
+    brokers: &str,
+    topic: &str,
+    expect: usize,
+    timeout: Duration,
+    linger: Duration,
+    isolation: &str,
+) -> Vec<Consumed> {
     let group = format!("test-reader-{}-{}", std::process::id(), super::free_port());
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -128,14 +146,18 @@ pub async fn consume(brokers: &str, topic: &str, expect: usize, timeout: Duratio
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "6000")
+        .set("isolation.level", isolation)
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut until = deadline;
+    let mut seen = 0;
     loop {
-        if out.len() >= expect && until == deadline {
+        // Once `expect` records are in, wait until the topic is quiet for `linger`.
+        if out.len() >= expect && out.len() != seen {
+            seen = out.len();
             until = tokio::time::Instant::now() + linger;
         }
         match tokio::time::timeout_at(until, consumer.recv()).await {

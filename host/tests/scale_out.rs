@@ -1,0 +1,82 @@
+//! Scale-out: several hosts in one consumer group on a 6-partition topic
+//! share the partitions; when one is killed its partitions move to the
+//! others and the results stay exact.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::RedisPrefix;
+use support::inputs::{
+    Expected, Outputs, SHARED_REDIS, assert_exact, broker_hides_aborted_transactions, generated, keyed, load_lookups,
+};
+use support::kafka::{Tansu, produce};
+use support::process::{Host, HostEnv};
+
+fn env(tansu: &Tansu, lookups: &str, counters: &str, group: &str) -> HostEnv {
+    HostEnv::new(&tansu.brokers(), lookups, counters, group).set("SLUICE_DELIVERY", "exactly-once")
+}
+
+fn records_in(hosts: &[Host]) -> u64 {
+    hosts.iter().map(|h| h.metric("sluice_records_in_total").unwrap_or(0.0) as u64).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_two_and_three_instances_share_six_partitions() {
+    let tansu = Tansu::start_with_partitions(6);
+    let lookups = RedisPrefix::new("scale-lookups");
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let count = 60_000;
+    produce(&tansu.brokers(), "orders", &keyed(&generated(count, 21, 0.02))).await;
+    for n in 1..=3 {
+        let counters = RedisPrefix::new(&format!("scale-counters-{n}"));
+        let env = env(&tansu, &lookups.0, &counters.0, &format!("scale-{n}"));
+        let mut hosts: Vec<Host> =
+            (0..n).map(|i| Host::start(&env.clone().set("SLUICE_INSTANCE_ID", &format!("i{i}")))).collect();
+        for h in &mut hosts {
+            h.wait_ready(Duration::from_secs(90));
+        }
+        let started = Instant::now();
+        let base = records_in(&hosts);
+        while records_in(&hosts) < count {
+            assert!(started.elapsed() < Duration::from_secs(180), "{n} instances: stalled at {}", records_in(&hosts));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let busy: Vec<u64> = hosts.iter().map(|h| h.metric("sluice_records_in_total").unwrap_or(0.0) as u64).collect();
+        eprintln!(
+            "scale-out: {n} instance(s): {count} records, {:.0} records/s after all joined (records per instance {busy:?})",
+            (count - base) as f64 / secs
+        );
+        if n > 1 {
+            assert!(busy.iter().all(|b| *b > 0), "every instance got partitions: {busy:?}");
+        }
+        for h in &mut hosts {
+            assert!(h.terminate().success());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_one_of_three_instances_keeps_everything_exact() {
+    let tansu = Tansu::start_with_partitions(6);
+    let (lookups, counters) = (RedisPrefix::new("kill3-lookups"), RedisPrefix::new("kill3-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let values = generated(100_000, 22, 0.02);
+    let want = Expected::of(&values);
+    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+
+    let env = env(&tansu, &lookups.0, &counters.0, "kill3").set("SLUICE_BATCH_SIZE", "100");
+    let mut hosts: Vec<Host> =
+        (0..3).map(|i| Host::start(&env.clone().set("SLUICE_INSTANCE_ID", &format!("k{i}")))).collect();
+    for h in &mut hosts {
+        h.wait_ready(Duration::from_secs(90));
+    }
+    hosts[0].wait_records_in(2_000, Duration::from_secs(60));
+    hosts[0].kill();
+    let outputs =
+        if broker_hides_aborted_transactions(&tansu).await { Outputs::ExactlyOnce } else { Outputs::AbortsVisible };
+    assert_exact(&tansu.brokers(), &want, SHARED_REDIS, &counters.0, outputs).await;
+    for h in &mut hosts[1..] {
+        assert!(h.terminate().success());
+    }
+}

@@ -105,16 +105,23 @@ async fn a_second_host_joining_and_leaving_keeps_everything_exact() {
     load_lookups(SHARED_REDIS, &lookups.0).await;
     let values = generated(100_000, 13, 0.02);
     let want = Expected::of(&values);
-    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+    let (early, late) = values.split_at(40_000);
+    produce(&tansu.brokers(), "orders", &keyed(early)).await;
 
     let env = env(&tansu, &lookups.0, &counters.0, "rebalance");
     let mut first = Host::start(&env);
     first.wait_ready(Duration::from_secs(90));
     first.wait_records_in(5_000, Duration::from_secs(60));
 
+    // The second host joins, records keep coming, and it leaves mid-stream.
     let mut second = Host::start(&env.clone().set("SLUICE_INSTANCE_ID", "two"));
     let joined = Instant::now();
-    second.wait_records_in(1, Duration::from_secs(90));
+    second.wait_ready(Duration::from_secs(90));
+    let (brokers, late) = (tansu.brokers(), keyed(late));
+    let producing = produce(&brokers, "orders", &late);
+    let (_, ()) = tokio::join!(producing, async {
+        tokio::task::block_in_place(|| second.wait_records_in(1, Duration::from_secs(90)));
+    });
     eprintln!("second host consuming after {:?}", joined.elapsed());
     assert!(second.terminate().success(), "{}", second.log_text());
 

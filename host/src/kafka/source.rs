@@ -12,8 +12,8 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Consumes the input topics in the pipeline's consumer group. Offsets are
@@ -71,7 +71,10 @@ impl Source {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(message)) => {
                     if rebalances() != epoch {
-                        tracing::info!(dropped = batch.len(), "rebalance while filling a batch: reading those records again");
+                        tracing::info!(
+                            dropped = batch.len(),
+                            "rebalance while filling a batch: reading those records again"
+                        );
                         batch.clear();
                         epoch = rebalances();
                     }

@@ -4,95 +4,21 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
-use support::kafka::{Consumed, Tansu, consume, produce};
-use support::model::{self, Expect, Summary, Tables};
+use support::RedisPrefix;
+use support::inputs::{Expected, SHARED_REDIS, example_values, generated, keyed, load_lookups, order_ids};
+use support::kafka::{Tansu, consume, produce};
+use support::model;
 use support::process::{Host, HostEnv};
-use support::{RedisPrefix, data_dir};
-
-const EXAMPLES: [&str; 4] = ["orders-webshop.jsonl", "orders-grocery.jsonl", "orders-delivery.jsonl", "invalid.jsonl"];
-
-/// `sluice gen --print` output for a seed: the records as produced.
-fn generated(count: u64, seed: u64, invalid_ratio: f64) -> Vec<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["gen", "--print", "--count", &count.to_string(), "--seed", &seed.to_string()])
-        .args(["--invalid-ratio", &invalid_ratio.to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
-}
-
-fn example_values() -> Vec<String> {
-    EXAMPLES
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(data_dir().join(f)).unwrap().lines().map(str::to_string).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-/// The generator's lookup tables merged with shared/data/lookups.json.
-fn all_tables() -> Tables {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["gen", "--print-lookups"]).output().unwrap();
-    let mut tables: Tables = serde_json::from_slice(&out.stdout).unwrap();
-    let shared: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data_dir().join("lookups.json")).unwrap()).unwrap();
-    for (table, rows) in shared.as_object().unwrap() {
-        for (id, fields) in rows.as_object().unwrap() {
-            for (field, v) in fields.as_object().unwrap() {
-                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                tables.entry(table.clone()).or_default().entry(id.clone()).or_default().insert(field.clone(), v);
-            }
-        }
-    }
-    tables
-}
-
-async fn load_lookups(prefix: &str) {
-    let status = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["gen", "--load-lookups", "--count", "0", "--lookup-prefix", prefix, "--redis-url", support::REDIS_URL])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    support::load_shared_lookups(prefix).await;
-}
-
-fn keyed(values: &[String]) -> Vec<(Option<String>, Vec<u8>)> {
-    values.iter().map(|v| (None, v.as_bytes().to_vec())).collect()
-}
-
-struct Expected {
-    orders: Vec<Summary>,
-    dead: BTreeMap<&'static str, usize>,
-    filtered: usize,
-}
-
-fn expected(values: &[String], tables: &Tables) -> Expected {
-    let mut e = Expected { orders: Vec::new(), dead: BTreeMap::new(), filtered: 0 };
-    for v in values {
-        match model::expect(v, tables) {
-            Expect::Order(s) => e.orders.push(s),
-            Expect::Dead(reason) => *e.dead.entry(reason).or_default() += 1,
-            Expect::Filtered => e.filtered += 1,
-        }
-    }
-    e
-}
-
-fn order_ids(records: &[Consumed]) -> Vec<String> {
-    records.iter().map(|r| r.json()["order_id"].as_str().unwrap().to_string()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn examples_and_generated_orders_give_exact_outputs_dead_letters_and_counters() {
     let tansu = Tansu::start();
     let (lookups, counters) = (RedisPrefix::new("e2e-lookups"), RedisPrefix::new("e2e-counters"));
-    load_lookups(&lookups.0).await;
+    load_lookups(SHARED_REDIS, &lookups.0).await;
     let mut values = example_values();
     values.extend(generated(10_000, 42, 0.05));
-    let want = expected(&values, &all_tables());
+    let want = Expected::of(&values);
     assert!(want.dead.len() >= 6 && want.filtered > 0, "the input covers every outcome: {:?}", want.dead);
 
     produce(&tansu.brokers(), "orders", &keyed(&values)).await;
@@ -175,9 +101,9 @@ fn model_reason(reason: &str) -> &'static str {
 async fn sigterm_mid_stream_then_restart_loses_nothing() {
     let tansu = Tansu::start();
     let (lookups, counters) = (RedisPrefix::new("restart-lookups"), RedisPrefix::new("restart-counters"));
-    load_lookups(&lookups.0).await;
+    load_lookups(SHARED_REDIS, &lookups.0).await;
     let values = generated(20_000, 7, 0.0);
-    let want = expected(&values, &all_tables());
+    let want = Expected::of(&values);
     produce(&tansu.brokers(), "orders", &keyed(&values)).await;
 
     // Small batches make the run long enough to stop it in the middle.

@@ -118,10 +118,8 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
     }
     .await;
     metrics.ready.store(false, Ordering::Relaxed);
-    if !exactly_once {
-        if let Err(e) = source.commit_all(CommitMode::Sync) {
-            tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
-        }
+    if !exactly_once && let Err(e) = source.commit_all(CommitMode::Sync) {
+        tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
     }
     source.unsubscribe();
     if let Err(e) = loop_.sink.flush(Duration::from_secs(5)) {
@@ -296,10 +294,8 @@ impl Loop<'_> {
             error = why,
             "transient failure while {doing}; retrying"
         );
-        if *self.stop.borrow() {
-            if backoff.waited >= STOP_GRACE {
-                return Err(Abandoned(doing).into());
-            }
+        if *self.stop.borrow() && backoff.waited >= STOP_GRACE {
+            return Err(Abandoned(doing).into());
         }
         tokio::time::sleep(delay).await;
         Ok(())

@@ -12,9 +12,9 @@ pub fn interpolate(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<S
     while let Some(start) = rest.find('$') {
         out.push_str(&rest[..start]);
         let after = &rest[start..];
-        if after.starts_with("$${") {
+        if let Some(escaped) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = escaped;
             continue;
         }
         if !after.starts_with("${") {

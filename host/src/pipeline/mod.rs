@@ -15,6 +15,7 @@ use crate::config::{self, FailurePolicy};
 use crate::engine::{Engine, LoadError};
 use stage::CallError;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,10 +141,10 @@ impl Chain {
         let mut stages = Vec::with_capacity(config.stages.len());
         for stage in &config.stages {
             let stack = stage.limits.stack_kib.get() as usize * 1024;
-            if !engines.contains_key(&stack) {
+            if let Entry::Vacant(e) = engines.entry(stack) {
                 let engine = engine.with_stack(stack).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
                 let linker = linker(&engine).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
-                engines.insert(stack, (engine, linker));
+                e.insert((engine, linker));
             }
             let (engine, linker) = &engines[&stack];
             let component = engine.load(&pipeline.plugin_path(stage)).map_err(BuildError::Load)?;

@@ -68,10 +68,10 @@ impl LookupSource for RedisLookups {
             let Some(t) = tables.get(table) else {
                 return Ok(None);
             };
-            if let Some((at, row)) = t.rows.get(key) {
-                if at.elapsed() < t.ttl {
-                    return Ok(row.clone());
-                }
+            if let Some((at, row)) = t.rows.get(key)
+                && at.elapsed() < t.ttl
+            {
+                return Ok(row.clone());
             }
             format!("{}{key}", t.key_prefix)
         };

@@ -50,6 +50,8 @@ enum Command {
     },
     /// Generate orders for the default pipeline.
     Gen(GenArgs),
+    /// Measure the stage chain in process (no broker, no Redis).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -64,6 +66,7 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Validate { path } => validate(&path),
         Command::Gen(args) => runtime.block_on(generator::run(args)),
+        Command::Bench(args) => crate::bench::run(args),
     }
 }
 

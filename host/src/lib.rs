@@ -10,9 +10,11 @@
 //! - [`redis`]: lookup tables with a cache, and effects.
 //! - [`run`]: the consume -> process -> deliver -> commit loop.
 //! - [`http`]: the admin API; [`metrics`]: the counters it serves.
-//! - [`generator`]: the load generator; [`cli`]: the command line.
+//! - [`generator`]: the load generator; [`bench`]: the in-process benchmark;
+//!   [`cli`]: the command line.
 #![deny(missing_docs)]
 
+pub mod bench;
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod cli;

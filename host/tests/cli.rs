@@ -85,3 +85,25 @@ fn a_bad_pipeline_names_file_line_and_key() {
         "{out}"
     );
 }
+
+#[test]
+fn bench_runs_the_default_chain_and_accounts_for_every_record() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("bench")
+        .arg(support::repo_root().join("pipeline.toml"))
+        .args(["--count", "3000", "--batch", "1", "--batch", "256"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("batch")).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for line in lines {
+        let counts: Vec<u64> =
+            line.split(['(', ',', ')']).filter_map(|part| part.split_whitespace().next()?.parse().ok()).collect();
+        assert_eq!(counts.iter().sum::<u64>(), 3000, "out + dead letters + filtered = all: {line}");
+    }
+    for stage in ["normalize", "enrich", "categorize", "totals"] {
+        assert!(text.contains(stage), "{text}");
+    }
+}

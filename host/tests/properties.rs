@@ -5,23 +5,11 @@
 mod support;
 
 use serde_json::{Value, json};
+use sluice::bench::StaticLookups;
 use sluice::generator::Rng;
-use sluice::pipeline::{Chain, LookupSource, Record, Row, Unavailable};
+use sluice::pipeline::{Chain, Record};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// The generator's lookup tables, in memory.
-struct Tables(BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>);
-
-impl LookupSource for Tables {
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
-        Ok(self
-            .0
-            .get(table)
-            .and_then(|t| t.get(key))
-            .map(|row| row.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
-    }
-}
 
 fn random_json(rng: &mut Rng, depth: u32) -> Value {
     match rng.below(if depth > 2 { 6 } else { 8 }) {
@@ -98,7 +86,7 @@ fn input(rng: &mut Rng, n: u64) -> Vec<u8> {
 #[test]
 fn arbitrary_records_never_trap_and_are_each_accounted_once() {
     let pipeline = support::default_pipeline(&support::env_of(&[]));
-    let lookups = Arc::new(Tables(sluice::generator::tables()));
+    let lookups = Arc::new(StaticLookups(sluice::generator::tables()));
     let mut chain = Chain::build(&sluice::engine::Engine::new().unwrap(), &pipeline, lookups).unwrap();
     let mut rng = Rng::new(20261122);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -26,7 +26,7 @@ demo: setup build
 test: setup build
 	cargo fmt --all -- --check
 	bash scripts/check-deploy.sh
-	cargo test --release --workspace
+	bash scripts/test.sh
 
 fmt:
 	cargo fmt --all

@@ -30,8 +30,9 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Longest wait between two attempts. Default 5 s: an outage is noticed
 /// quickly once it ends, without hammering the peer while it lasts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// After a stop is requested, how long a batch may keep retrying its
-/// delivery before the host gives up and exits without committing it.
+/// How long a step of a batch (lookups, delivery, effects) may have waited
+/// for a failing peer when a stop is requested before the host gives up and
+/// exits without committing the batch.
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs the pipeline until SIGINT or SIGTERM, then finishes the batch in
@@ -284,7 +285,8 @@ impl Loop<'_> {
     }
 
     /// Logs a transient failure, marks the host not ready and sleeps; fails
-    /// once a stop was requested more than [`STOP_GRACE`] ago.
+    /// when a stop is requested and this step has already waited
+    /// [`STOP_GRACE`] in all.
     async fn wait(&mut self, doing: &'static str, why: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
         self.metrics.ready.store(false, Ordering::Relaxed);
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);

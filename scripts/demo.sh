@@ -91,6 +91,10 @@ show
 echo
 echo "demo: $count records in $(( $(date +%s) - started )) s; revenue by category (cents):"
 redis_cli hgetall "${SLUICE_REDIS_PREFIX}revenue:category" | paste - - | sort -t$'\t' -k2 -n -r | sed 's/^/  /'
+echo
+echo "demo: the first canonical order on orders.enriched, and the first dead letter:"
+"$sluice" peek orders.enriched --count 1 | sed 's/^/  /'
+"$sluice" peek orders.dlq --count 1 | sed 's/^/  /'
 kill -TERM "$host"
 wait "$host" || true
 echo "demo: stopped cleanly; see $logs/host.log"

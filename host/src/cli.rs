@@ -52,6 +52,8 @@ enum Command {
     Gen(GenArgs),
     /// Measure the stage chain in process (no broker, no Redis).
     Bench(crate::bench::BenchArgs),
+    /// Print the first records of a topic, with their headers.
+    Peek(crate::kafka::peek::PeekArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -67,6 +69,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Validate { path } => validate(&path),
         Command::Gen(args) => runtime.block_on(generator::run(args)),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Peek(args) => crate::kafka::peek::run(args),
     }
 }
 

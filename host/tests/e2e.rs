@@ -79,6 +79,16 @@ async fn examples_and_generated_orders_give_exact_outputs_dead_letters_and_count
         metric("sluice_records_in_total"),
         "the accounting invariant"
     );
+    // `sluice peek` shows a dead letter with its headers.
+    let peek = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["peek", "orders.dlq", "--count", "1", "--brokers", &tansu.brokers()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&peek.stdout);
+    assert!(
+        peek.status.success() && text.contains("sluice.error.reason: ") && text.contains("sluice.source.offset: "),
+        "{text}"
+    );
     assert!(host.terminate().success());
 }
 

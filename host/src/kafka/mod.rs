@@ -1,6 +1,7 @@
 //! Kafka: the consumer-group source, the producer sink, and the client
 //! context that turns librdkafka's events into log lines.
 
+pub mod peek;
 mod sink;
 mod source;
 

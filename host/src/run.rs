@@ -9,6 +9,7 @@
 //! Transient failures (lookups, broker, Redis) are retried with backoff
 //! while the batch waits; nothing is skipped.
 
+use crate::bindings::Effect;
 use crate::config::{self, Delivery, PipelineConfig};
 use crate::engine::Engine;
 use crate::http;
@@ -95,8 +96,8 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            let result = loop_.process(&chain, &records).await?;
-            let (fence, record_effects) = fenced_effects(&fence_key, &records, &result);
+            let mut result = loop_.process(&chain, &records).await?;
+            let (fence, record_effects) = fenced_effects(&fence_key, &records, std::mem::take(&mut result.effects));
             if exactly_once {
                 if let Err(e) = loop_.transact(&source, &mut effects, &records, &result, &fence, &record_effects).await
                 {
@@ -146,7 +147,7 @@ fn instance_id(config: &PipelineConfig) -> String {
 
 /// The fence of a batch (its last offset per partition) and its effects
 /// tagged with their record's partition and offset.
-fn fenced_effects(key: &str, records: &[Record], result: &BatchResult) -> (Fence, Vec<RecordEffect>) {
+fn fenced_effects(key: &str, records: &[Record], effects: Vec<(usize, Effect)>) -> (Fence, Vec<RecordEffect>) {
     let mut index: HashMap<(&str, i32), usize> = HashMap::new();
     let mut fence = Fence { key: key.to_string(), partitions: Vec::new() };
     let mut slot_of = Vec::with_capacity(records.len());
@@ -159,14 +160,9 @@ fn fenced_effects(key: &str, records: &[Record], result: &BatchResult) -> (Fence
         *last = (*last).max(r.offset);
         slot_of.push(slot);
     }
-    let effects = result
-        .effects
-        .iter()
-        .map(|(origin, effect)| RecordEffect {
-            partition: slot_of[*origin],
-            offset: records[*origin].offset,
-            effect: effect.clone(),
-        })
+    let effects = effects
+        .into_iter()
+        .map(|(origin, effect)| RecordEffect { partition: slot_of[origin], offset: records[origin].offset, effect })
         .collect();
     (fence, effects)
 }

@@ -2,25 +2,26 @@
 
 use crate::bindings::Effect;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 /// Sums increments of the same hash field and keeps the last set of each,
 /// in first-seen order, so a batch costs one command per distinct field.
-pub fn coalesce(effects: Vec<Effect>) -> Vec<Effect> {
-    let mut index: HashMap<(String, String, bool), usize> = HashMap::new();
+pub fn coalesce<'a>(effects: impl IntoIterator<Item = &'a Effect>) -> Vec<Effect> {
+    let mut index: HashMap<(&'a str, &'a str, bool), usize> = HashMap::new();
     let mut out: Vec<Effect> = Vec::new();
     for effect in effects {
-        let (key, field, is_incr) = match &effect {
-            Effect::HashIncr((k, f, _)) => (k.clone(), f.clone(), true),
-            Effect::HashSet((k, f, _)) => (k.clone(), f.clone(), false),
+        let slot = match effect {
+            Effect::HashIncr((k, f, _)) => (k.as_str(), f.as_str(), true),
+            Effect::HashSet((k, f, _)) => (k.as_str(), f.as_str(), false),
         };
-        match index.get(&(key.clone(), field.clone(), is_incr)) {
-            Some(&i) => match (&mut out[i], effect) {
+        match index.entry(slot) {
+            Entry::Occupied(at) => match (&mut out[*at.get()], effect) {
                 (Effect::HashIncr((_, _, total)), Effect::HashIncr((_, _, delta))) => *total += delta,
-                (slot, set) => *slot = set,
+                (slot, set) => *slot = set.clone(),
             },
-            None => {
-                index.insert((key, field, is_incr), out.len());
-                out.push(effect);
+            Entry::Vacant(at) => {
+                at.insert(out.len());
+                out.push(effect.clone());
             }
         }
     }
@@ -130,7 +131,7 @@ impl RedisEffects {
             let current: Vec<Option<i64>> =
                 redis::cmd("HMGET").arg(&fence.key).arg(&fields).query_async(connection).await?;
             let current: Vec<i64> = current.into_iter().map(|c| c.unwrap_or(-1)).collect();
-            let fresh = effects.iter().filter(|e| e.offset > current[e.partition]).map(|e| e.effect.clone()).collect();
+            let fresh = effects.iter().filter(|e| e.offset > current[e.partition]).map(|e| &e.effect);
             let mut invocation = script.key(&fence.key);
             invocation.arg(fence.partitions.len());
             for ((field, last), current) in fence.partitions.iter().zip(&current) {
@@ -163,7 +164,7 @@ mod tests {
     #[test]
     fn increments_sum_and_sets_keep_the_last() {
         let set = |v: &str| Effect::HashSet(("k".into(), "f".into(), v.into()));
-        let got = coalesce(vec![incr("k", "a", 1), set("x"), incr("k", "b", 2), incr("k", "a", 5), set("y")]);
+        let got = coalesce(&[incr("k", "a", 1), set("x"), incr("k", "b", 2), incr("k", "a", 5), set("y")]);
         let want = [incr("k", "a", 6), set("y"), incr("k", "b", 2)];
         assert_eq!(format!("{got:?}"), format!("{want:?}"));
     }

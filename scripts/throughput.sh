@@ -38,6 +38,7 @@ end=$(date +%s%N)
 read -r utime stime < <(awk '{print $14, $15}' "/proc/$host/stat")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$host/status")
 kill -TERM "$host"; wait "$host" || true
+redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "$SLUICE_REDIS_PREFIX*" | xargs -r -n 100 redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" del >/dev/null
 ticks=$(getconf CLK_TCK)
 awk -v c="$count" -v s="$start" -v r="${ready:-$start}" -v e="$end" -v u="$utime" -v y="$stime" -v t="$ticks" -v h="$hwm" -v m="$mode" 'BEGIN {
   total = (e - s) / 1e9; steady = (e - r) / 1e9; cpu = (u + y) / t

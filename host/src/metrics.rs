@@ -44,7 +44,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Adds a committed batch.
-    pub fn record_batch(&self, records: usize, result: &BatchResult, stage_names: &[&str]) {
+    pub fn record_batch(&self, records: usize, result: &BatchResult, stage_names: &[String]) {
         self.records_in.fetch_add(records as u64, Ordering::Relaxed);
         self.records_out.fetch_add(result.outputs.len() as u64, Ordering::Relaxed);
         self.filtered.fetch_add(result.filtered, Ordering::Relaxed);
@@ -56,7 +56,7 @@ impl Metrics {
         }
         let mut stages = self.stages.lock().expect("metrics lock");
         for (name, s) in stage_names.iter().zip(&result.stages) {
-            let t = stages.entry((*name).to_string()).or_default();
+            let t = stages.entry(name.clone()).or_default();
             t.records_in += s.records_in;
             t.emitted += s.emitted;
             t.filtered += s.filtered;

@@ -113,8 +113,7 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
                 }
             }
-            let names: Vec<&str> = stage_names.iter().map(String::as_str).collect();
-            metrics.record_batch(records.len(), &result, &names);
+            metrics.record_batch(records.len(), &result, &stage_names);
             metrics.ready.store(true, Ordering::Relaxed);
         }
     }
@@ -131,6 +130,11 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
     let in_ = metrics.records_in.load(Ordering::Relaxed);
     tracing::info!(records = in_, dead_letters = metrics.dead_letter_total(), "stopped");
     outcome
+}
+
+/// Every record a batch writes: its outputs, then its dead letters.
+fn produced(result: &BatchResult) -> Vec<&Produce> {
+    result.outputs.iter().chain(result.dead_letters.iter().map(|d| &d.record)).collect()
 }
 
 /// This instance's stable name: `kafka.instance_id`, else the host name.
@@ -202,8 +206,7 @@ impl Loop<'_> {
     }
 
     async fn deliver(&mut self, result: &BatchResult) -> anyhow::Result<()> {
-        let mut pending: Vec<Produce> = result.outputs.clone();
-        pending.extend(result.dead_letters.iter().map(|d| d.record.clone()));
+        let mut pending = produced(result);
         let mut backoff = Backoff::new();
         while !pending.is_empty() {
             match self.sink.send_all(&pending).await {
@@ -248,8 +251,7 @@ impl Loop<'_> {
         let offsets = Source::offsets_after(records)?;
         self.sink.begin().context("begin transaction")?;
         let attempt = async {
-            let mut pending: Vec<Produce> = result.outputs.clone();
-            pending.extend(result.dead_letters.iter().map(|d| d.record.clone()));
+            let pending = produced(result);
             if let Err((e, failed)) = self.sink.send_all(&pending).await {
                 anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
             }

@@ -88,10 +88,10 @@ impl Sink {
         blocking(|| self.producer.abort_transaction(TXN_TIMEOUT))
     }
 
-    /// Sends every record and waits for all acknowledgements. Returns the
-    /// records that failed, with the first error, so that the caller can
-    /// send them again.
-    pub async fn send_all(&self, records: &[Produce]) -> Result<(), (KafkaError, Vec<Produce>)> {
+    /// Sends every record and waits for all acknowledgements. On failure
+    /// returns the first error and the records not acknowledged, so that the
+    /// caller can send them again.
+    pub async fn send_all<'a>(&self, records: &[&'a Produce]) -> Result<(), (KafkaError, Vec<&'a Produce>)> {
         let sends = records.iter().map(|r| {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for h in &r.headers {
@@ -109,7 +109,7 @@ impl Sink {
         for (record, result) in records.iter().zip(results) {
             if let Err((e, _)) = result {
                 first_error.get_or_insert(e);
-                failed.push(record.clone());
+                failed.push(*record);
             }
         }
         match first_error {

@@ -1,5 +1,8 @@
 # Sluice: `make demo` runs the default pipeline locally, `make test` runs every test.
 PLUGINS := normalize enrich categorize totals testguest
+# Test fixtures: a WASI command (a component of another world) and a second
+# version of categorize (fallback category `Uncategorized`).
+FIXTURES := wasi-command
 WASM_TARGET := wasm32-wasip2
 DIST := plugins/dist
 
@@ -16,9 +19,11 @@ host:
 	cargo build --release -p sluice
 
 plugins:
-	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(PLUGINS))
 	mkdir -p $(DIST)
-	for p in $(PLUGINS); do cp target/$(WASM_TARGET)/release/$$p.wasm $(DIST)/$$p.wasm; done
+	cargo build --release --target $(WASM_TARGET) -p categorize --features uncategorized
+	cp target/$(WASM_TARGET)/release/categorize.wasm $(DIST)/categorize-uncategorized.wasm
+	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(PLUGINS) $(FIXTURES))
+	for p in $(PLUGINS) $(FIXTURES); do cp target/$(WASM_TARGET)/release/$$p.wasm $(DIST)/$$p.wasm; done
 
 demo: setup build
 	bash scripts/demo.sh

@@ -64,7 +64,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { path } => {
             let pipeline = load(&path)?;
-            runtime.block_on(crate::run::run(pipeline))
+            runtime.block_on(crate::run::run(&path, pipeline))
         }
         Command::Validate { path } => validate(&path),
         Command::Gen(args) => runtime.block_on(generator::run(args)),

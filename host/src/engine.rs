@@ -1,13 +1,20 @@
 //! The only place that configures wasmtime: the engine, the compiled-code
 //! cache, the epoch ticker that enforces call deadlines, and loading
 //! components with errors that say what is wrong with the file.
+//!
+//! Compiled code is cached by the sha256 of the plugin file, in memory (a
+//! reload of an unchanged plugin costs nothing) and on disk in
+//! `SLUICE_CACHE_DIR` (a restart does not recompile).
 
 use sha2::{Digest, Sha256};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use wasmtime::component::Component;
-use wasmtime::{Cache, CacheConfig, Config, OptLevel};
+use wasmtime::{Config, OptLevel};
 
 /// How often the epoch advances. Call deadlines are counted in these ticks,
 /// so a deadline is enforced to within one tick (10 ms).
@@ -50,6 +57,18 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// Where a component's compiled code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CodeOrigin {
+    /// Compiled from the file now.
+    Compiled,
+    /// Read from the on-disk cache.
+    DiskCache,
+    /// Already in memory (an unchanged plugin, reloaded).
+    MemoryCache,
+}
+
 /// A compiled plugin and the identity of its bytes.
 #[derive(Clone)]
 pub struct LoadedComponent {
@@ -59,6 +78,10 @@ pub struct LoadedComponent {
     pub path: PathBuf,
     /// sha256 of the file, hex.
     pub sha256: String,
+    /// Where its compiled code came from.
+    pub origin: CodeOrigin,
+    /// How long reading and compiling (or fetching from a cache) took.
+    pub load_time: Duration,
 }
 
 impl LoadedComponent {
@@ -68,48 +91,80 @@ impl LoadedComponent {
     }
 }
 
+/// Compiled components kept in memory per engine. Default 64: every plugin
+/// of a large pipeline plus the versions a canary or rollback swaps between.
+const MEMORY_CACHE_ENTRIES: usize = 64;
+
 /// The wasmtime engine shared by every stage.
 #[derive(Clone)]
 pub struct Engine {
     inner: wasmtime::Engine,
     config: Config,
     stack: usize,
+    compiled: Arc<Mutex<Compiled>>,
+    /// Engines of the same settings by stack size, shared by all siblings.
+    siblings: Arc<Mutex<HashMap<usize, (wasmtime::Engine, Arc<Mutex<Compiled>>)>>>,
+    cache_dir: Option<Arc<Path>>,
 }
 
+/// Compiled components by file sha256, oldest first for eviction.
+type Compiled = (HashMap<String, Component>, VecDeque<String>);
+
 impl Engine {
-    /// An engine with epoch interruption, the stack limit and, where a cache
-    /// directory is usable, the compiled-code cache (`SLUICE_CACHE_DIR`,
-    /// default `$HOME/.cache/sluice`). Starts its epoch ticker.
+    /// An engine with epoch interruption, the stack limit and the
+    /// compiled-code cache in `SLUICE_CACHE_DIR` (default
+    /// `$HOME/.cache/sluice`; empty disables it). Starts its epoch ticker.
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_cache(cache_dir())
+    }
+
+    /// An engine whose compiled-code cache is in `dir` (none: no disk cache).
+    pub fn with_cache(dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(OptLevel::Speed);
-        if let Some(dir) = cache_dir() {
-            match Cache::new(CacheConfig::new().with_directory(&dir).clone()) {
-                Ok(cache) => {
-                    config.cache(Some(cache));
-                }
-                Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "compiled-code cache disabled")
-                }
+        let cache_dir = dir.and_then(|dir| match std::fs::create_dir_all(&dir) {
+            Ok(()) => Some(Arc::from(dir.as_path())),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "compiled-code cache disabled");
+                None
             }
-        }
-        Self::build(config, MAX_WASM_STACK)
-    }
-
-    fn build(mut config: Config, stack: usize) -> anyhow::Result<Self> {
-        config.max_wasm_stack(stack);
-        let inner = wasmtime::Engine::new(&config)?;
-        start_ticker(&inner);
-        Ok(Self { inner, config, stack })
+        });
+        let mut engine = Self {
+            inner: new_engine(&mut config, MAX_WASM_STACK)?,
+            config,
+            stack: MAX_WASM_STACK,
+            compiled: Arc::default(),
+            siblings: Arc::default(),
+            cache_dir,
+        };
+        let own = (engine.inner.clone(), engine.compiled.clone());
+        engine.siblings = Arc::new(Mutex::new(HashMap::from([(MAX_WASM_STACK, own)])));
+        Ok(engine)
     }
 
     /// This engine, or a sibling with the same settings but a wasm stack of
     /// `stack` bytes (the stack limit is per engine in wasmtime, so stages
-    /// with their own `stack_kib` get their own engine).
+    /// with their own `stack_kib` get their own engine, made once).
     pub fn with_stack(&self, stack: usize) -> anyhow::Result<Self> {
-        if stack == self.stack { Ok(self.clone()) } else { Self::build(self.config.clone(), stack) }
+        let mut siblings = self.siblings.lock().expect("engines lock");
+        let (inner, compiled) = match siblings.get(&stack) {
+            Some(sibling) => sibling.clone(),
+            None => {
+                let sibling = (new_engine(&mut self.config.clone(), stack)?, Arc::default());
+                siblings.insert(stack, sibling.clone());
+                sibling
+            }
+        };
+        Ok(Self {
+            inner,
+            config: self.config.clone(),
+            stack,
+            compiled,
+            siblings: self.siblings.clone(),
+            cache_dir: self.cache_dir.clone(),
+        })
     }
 
     /// The wasmtime engine.
@@ -117,8 +172,10 @@ impl Engine {
         &self.inner
     }
 
-    /// Reads and compiles a component, checking first that it is one.
+    /// Reads a component, checking first that it is one, and compiles it
+    /// unless its compiled code is cached in memory or on disk.
     pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
+        let started = Instant::now();
         let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.to_path_buf(), e))?;
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
@@ -127,15 +184,97 @@ impl Engine {
             Some([0, b'a', b's', b'm', ..]) => {}
             _ => return Err(LoadError::NotWasm(path.to_path_buf())),
         }
-        let component = Component::new(&self.inner, &bytes)
-            .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
-        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-        Ok(LoadedComponent { component, path: path.to_path_buf(), sha256 })
+        let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let loaded = |component, origin| LoadedComponent {
+            component,
+            path: path.to_path_buf(),
+            sha256: sha256.clone(),
+            origin,
+            load_time: started.elapsed(),
+        };
+        if let Some(component) = self.compiled.lock().expect("compiled lock").0.get(&sha256) {
+            return Ok(loaded(component.clone(), CodeOrigin::MemoryCache));
+        }
+        let cached = self.cache_file(&sha256);
+        let (component, origin) = match cached.as_deref().and_then(|file| self.read_cached(file)) {
+            Some(component) => (component, CodeOrigin::DiskCache),
+            None => {
+                let component = Component::new(&self.inner, &bytes)
+                    .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
+                if let Some(file) = &cached {
+                    write_cached(file, &component);
+                }
+                (component, CodeOrigin::Compiled)
+            }
+        };
+        let mut compiled = self.compiled.lock().expect("compiled lock");
+        let (by_sha, order) = &mut *compiled;
+        if by_sha.insert(sha256.clone(), component.clone()).is_none() {
+            order.push_back(sha256.clone());
+            while order.len() > MEMORY_CACHE_ENTRIES {
+                let oldest = order.pop_front().expect("non-empty");
+                by_sha.remove(&oldest);
+            }
+        }
+        Ok(loaded(component, origin))
+    }
+
+    /// The cache file of a plugin: its sha256 and a hash of everything that
+    /// makes compiled code fit this engine (wasmtime version, settings, CPU).
+    fn cache_file(&self, sha256: &str) -> Option<PathBuf> {
+        let dir = self.cache_dir.as_ref()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.inner.precompile_compatibility_hash().hash(&mut hasher);
+        self.stack.hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        Some(dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish())))
+    }
+
+    fn read_cached(&self, file: &Path) -> Option<Component> {
+        if !file.exists() {
+            return None;
+        }
+        // SAFETY: the file was written by `write_cached` from code this
+        // engine compiled; wasmtime checks its header and the engine
+        // compatibility before using it. The cache directory must be
+        // writable only by the host's user, like the plugins folder.
+        match unsafe { Component::deserialize_file(&self.inner, file) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring an unusable compiled-code cache entry");
+                None
+            }
+        }
+    }
+
+    /// How many compiled components are held in memory.
+    pub fn memory_cached(&self) -> usize {
+        self.compiled.lock().expect("compiled lock").0.len()
     }
 
     /// Ticks needed for a deadline of `timeout`.
     pub fn deadline_ticks(timeout: Duration) -> u64 {
         (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+    }
+}
+
+fn new_engine(config: &mut Config, stack: usize) -> anyhow::Result<wasmtime::Engine> {
+    config.max_wasm_stack(stack);
+    let engine = wasmtime::Engine::new(config)?;
+    start_ticker(&engine);
+    Ok(engine)
+}
+
+/// Writes compiled code next to its final name, then renames it into place,
+/// so that a reader never sees a half-written entry.
+fn write_cached(file: &Path, component: &Component) {
+    let result = component.serialize().map_err(std::io::Error::other).and_then(|bytes| {
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, file)
+    });
+    if let Err(e) = result {
+        tracing::warn!(file = %file.display(), error = %e, "cannot write the compiled-code cache");
     }
 }
 

@@ -9,6 +9,8 @@
 //! - [`kafka`]: the consumer-group source and the producer sink.
 //! - [`redis`]: lookup tables with a cache, and effects.
 //! - [`run`]: the consume -> process -> deliver -> commit loop.
+//! - [`reload`]: watching files, building and probing new pipelines, and
+//!   handing them to the run loop to put live between two batches.
 //! - [`http`]: the admin API; [`metrics`]: the counters it serves.
 //! - [`generator`]: the load generator; [`bench`]: the in-process benchmark;
 //!   [`cli`]: the command line.
@@ -26,4 +28,5 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod redis;
+pub mod reload;
 pub mod run;

@@ -38,13 +38,31 @@ pub struct Metrics {
     pub assigned: AtomicBool,
     /// Assignment changes (revocations and assignments) seen so far.
     pub rebalances: AtomicU64,
+    /// The generation of the live pipeline (1 at start, +1 per applied reload).
+    pub generation: AtomicU64,
     dead_letters: Mutex<BTreeMap<(String, String), u64>>,
     stages: Mutex<BTreeMap<String, StageTotals>>,
+    reloads: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// What a stage handled since the host started.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StageCounts {
+    /// Records passed in.
+    pub records_in: u64,
+    /// Records emitted.
+    pub emitted: u64,
+    /// Records filtered.
+    pub filtered: u64,
+    /// Records rejected.
+    pub rejected: u64,
+    /// Seconds spent in the stage.
+    pub seconds: f64,
 }
 
 impl Metrics {
     /// Adds a committed batch.
-    pub fn record_batch(&self, records: usize, result: &BatchResult, stage_names: &[String]) {
+    pub fn record_batch(&self, records: usize, result: &BatchResult) {
         self.records_in.fetch_add(records as u64, Ordering::Relaxed);
         self.records_out.fetch_add(result.outputs.len() as u64, Ordering::Relaxed);
         self.filtered.fetch_add(result.filtered, Ordering::Relaxed);
@@ -55,8 +73,11 @@ impl Metrics {
             *dead.entry((d.stage.to_string(), d.reason.clone())).or_default() += 1;
         }
         let mut stages = self.stages.lock().expect("metrics lock");
-        for (name, s) in stage_names.iter().zip(&result.stages) {
-            let t = stages.entry(name.clone()).or_default();
+        for s in &result.stages {
+            let t = match stages.get_mut(&*s.name) {
+                Some(t) => t,
+                None => stages.entry(s.name.to_string()).or_default(),
+            };
             t.records_in += s.records_in;
             t.emitted += s.emitted;
             t.filtered += s.filtered;
@@ -68,6 +89,24 @@ impl Metrics {
     /// Ready to serve: stages loaded, partitions assigned, no outage.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// Counts a reload by its result (`applied`, `unchanged`, `rejected`,
+    /// `restart-required`).
+    pub fn record_reload(&self, result: &'static str) {
+        *self.reloads.lock().expect("metrics lock").entry(result).or_default() += 1;
+    }
+
+    /// What the stage `name` handled so far.
+    pub fn stage_counts(&self, name: &str) -> StageCounts {
+        let stages = self.stages.lock().expect("metrics lock");
+        stages.get(name).map_or_else(StageCounts::default, |t| StageCounts {
+            records_in: t.records_in,
+            emitted: t.emitted,
+            filtered: t.filtered,
+            rejected: t.rejected,
+            seconds: t.nanos as f64 / 1e9,
+        })
     }
 
     /// Dead letters so far.
@@ -119,6 +158,16 @@ impl Metrics {
         for (name, t) in stages.iter() {
             let _ = writeln!(out, "sluice_stage_seconds_total{{stage=\"{name}\"}} {:.6}", t.nanos as f64 / 1e9);
         }
+        drop(stages);
+        out.push_str("# HELP sluice_reloads_total Reload attempts, by result.\n# TYPE sluice_reloads_total counter\n");
+        for (result, n) in self.reloads.lock().expect("metrics lock").iter() {
+            let _ = writeln!(out, "sluice_reloads_total{{result=\"{result}\"}} {n}");
+        }
+        let generation = self.generation.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP sluice_pipeline_generation Generation of the live pipeline.\n# TYPE sluice_pipeline_generation gauge\nsluice_pipeline_generation {generation}"
+        );
         let ready = u64::from(self.is_ready());
         let _ = writeln!(
             out,

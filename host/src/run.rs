@@ -15,16 +15,18 @@ use crate::engine::Engine;
 use crate::http;
 use crate::kafka::{Sink, Source};
 use crate::metrics::Metrics;
-use crate::pipeline::{BatchResult, Chain, Produce, Record};
+use crate::pipeline::{BatchResult, Chain, LookupSource, Produce, Record};
 use crate::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
+use crate::reload::{self, PROBE_RECORDS, Reloader, Request, StageView, Status, Swap, Trigger};
 use anyhow::Context;
 use rdkafka::consumer::CommitMode;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// First wait after a transient failure; it doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -37,35 +39,64 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs the pipeline until SIGINT or SIGTERM, then finishes the batch in
-/// flight, commits and returns.
-pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
+/// flight, commits and returns. `path` is watched for live reloads.
+pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> {
     let config = pipeline.config.clone();
     let metrics = Arc::new(Metrics::default());
+    let status = Arc::new(Status::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("stop requested: finishing the batch in flight");
-        let _ = stop_tx.send(true);
-    });
+    let (requests, requests_rx) = mpsc::channel::<Request>(64);
+    tokio::spawn(handle_signals(stop_tx, requests.clone()));
 
     let addr: SocketAddr = config
         .admin
         .addr
         .parse()
         .with_context(|| format!("admin.addr `{}` is not an address like 127.0.0.1:8080", config.admin.addr))?;
-    let http_stop = stopped(stop_rx.clone());
+    let admin = http::Admin { metrics: metrics.clone(), status: status.clone(), requests: requests.clone() };
     let http =
-        http::serve(addr, metrics.clone(), http_stop).await.with_context(|| format!("cannot listen on {addr}"))?;
+        http::serve(addr, admin, stopped(stop_rx.clone())).await.with_context(|| format!("cannot listen on {addr}"))?;
 
     let engine = Engine::new()?;
-    let lookups = Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
-    let chain = tokio::task::spawn_blocking(move || Chain::build(&engine, &pipeline, lookups)).await??;
+    let lookups: Arc<dyn LookupSource> =
+        Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
+    let started = std::time::Instant::now();
+    let (build_engine, build_pipeline, build_lookups) = (engine.clone(), pipeline.clone(), lookups.clone());
+    let chain =
+        tokio::task::spawn_blocking(move || Chain::build(&build_engine, &build_pipeline, build_lookups)).await??;
     for stage in chain.stages() {
-        let spec = stage.spec();
-        tracing::info!(stage = %spec.name, plugin = %spec.component.path.display(), version = spec.component.version(), "stage loaded");
+        let c = &stage.spec().component;
+        tracing::info!(
+            stage = %stage.name(), plugin = %c.path.display(), version = c.version(), code = ?c.origin,
+            load_ms = c.load_time.as_millis() as u64, "stage loaded"
+        );
     }
-    let stage_names: Vec<String> = chain.stages().iter().map(|s| s.name().to_string()).collect();
+    tracing::info!(ms = started.elapsed().as_millis() as u64, stages = chain.stages().len(), "pipeline loaded");
+    status.set_live(path, 1, &config, StageView::all(&chain, &config));
+    metrics.generation.store(1, Ordering::Relaxed);
+    let probe = Arc::new(Mutex::new(Vec::new()));
+    let watched = Arc::new(Mutex::new(Vec::new()));
+    let (swaps, mut swaps_rx) = mpsc::channel::<Swap>(1);
+    let reloader = Reloader {
+        path: path.to_path_buf(),
+        engine,
+        file: pipeline.clone(),
+        live: pipeline.clone(),
+        lookups,
+        generation: 1,
+        promoted: Default::default(),
+        probe: probe.clone(),
+        swaps,
+        status: status.clone(),
+        metrics: metrics.clone(),
+        watched: watched.clone(),
+        versions: reload::versions(&chain),
+    };
+    let reloads = tokio::spawn(reloader.serve(requests_rx));
+    let watcher = tokio::spawn(reload::watch(watched, requests));
+
     let chain = Arc::new(Mutex::new(chain));
+    let mut live_config = config.clone();
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
     let fence_key = format!("{}{}", config.redis.fence_prefix, config.kafka.group);
     let source = Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
@@ -81,7 +112,14 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
     let mut loop_ = Loop { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink };
     let outcome = async {
         let mut rewinds = Backoff::new();
+        let mut probe_taken = std::time::Instant::now() - PROBE_EVERY;
         loop {
+            // A reloaded pipeline goes live here, between two batches: the
+            // batch in flight finished on the old one, and every later
+            // record of every partition goes through the new one.
+            while let Ok(swap) = swaps_rx.try_recv() {
+                put_live(swap, &chain, &mut live_config, &source, exactly_once)?;
+            }
             let batch = tokio::select! {
                 biased;
                 () = stopped(stop_rx.clone()) => return Ok(()),
@@ -97,6 +135,10 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
                 }
             };
             let mut result = loop_.process(&chain, &records).await?;
+            if probe_taken.elapsed() >= PROBE_EVERY {
+                probe_taken = std::time::Instant::now();
+                *probe.lock().expect("probe lock") = probe_sample(&records, &result);
+            }
             let (fence, record_effects) = fenced_effects(&fence_key, &records, std::mem::take(&mut result.effects));
             if exactly_once {
                 if let Err(e) = loop_.transact(&source, &mut effects, &records, &result, &fence, &record_effects).await
@@ -113,12 +155,14 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
                 }
             }
-            metrics.record_batch(records.len(), &result, &stage_names);
+            metrics.record_batch(records.len(), &result);
             metrics.ready.store(true, Ordering::Relaxed);
         }
     }
     .await;
     metrics.ready.store(false, Ordering::Relaxed);
+    watcher.abort();
+    reloads.abort();
     if !exactly_once && let Err(e) = source.commit_all(CommitMode::Sync) {
         tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
     }
@@ -130,6 +174,52 @@ pub async fn run(pipeline: config::Pipeline) -> anyhow::Result<()> {
     let in_ = metrics.records_in.load(Ordering::Relaxed);
     tracing::info!(records = in_, dead_letters = metrics.dead_letter_total(), "stopped");
     outcome
+}
+
+/// How often the run loop refreshes the records new pipelines are probed
+/// with. Default 1 s: recent records, at no cost to the hot path.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Up to [`PROBE_RECORDS`] records of a batch, leaving out those the live
+/// pipeline itself failed on (a poison record must not block reloads).
+fn probe_sample(records: &[Record], result: &BatchResult) -> Vec<Record> {
+    let failed: Vec<usize> =
+        result.dead_letters.iter().filter(|d| d.reason.starts_with("plugin_")).map(|d| d.origin).collect();
+    let kept = records.iter().enumerate().filter(|(i, _)| !failed.contains(i));
+    kept.map(|(_, r)| r.clone()).take(PROBE_RECORDS).collect()
+}
+
+/// Puts a reloaded chain live: keeps the instances of unchanged stages,
+/// resubscribes when the input topics changed and applies new batching.
+fn put_live(
+    swap: Swap,
+    chain: &Mutex<Chain>,
+    live: &mut PipelineConfig,
+    source: &Source,
+    exactly_once: bool,
+) -> anyhow::Result<()> {
+    let next = &swap.pipeline.config;
+    let mut new = swap.chain;
+    let generation = new.generation();
+    let old = {
+        let mut current = chain.lock().expect("chain lock");
+        new.adopt_unchanged(&mut current);
+        std::mem::replace(&mut *current, new)
+    };
+    drop(old);
+    if next.source.topics != live.source.topics {
+        if !exactly_once && let Err(e) = source.commit_all(CommitMode::Sync) {
+            tracing::warn!(error = %e, "offset commit before resubscribing failed; some records may be read again");
+        }
+        source.resubscribe(&next.source.topics).context("cannot subscribe to the new source.topics")?;
+        tracing::info!(topics = ?next.source.topics, "resubscribed");
+    }
+    source.set_batching(next.source.batch_size.get(), next.source.batch_timeout_ms.get());
+    *live = next.clone();
+    let views = StageView::all(&chain.lock().expect("chain lock"), next);
+    tracing::info!(generation, "pipeline generation live");
+    let _ = swap.applied.send(views);
+    Ok(())
 }
 
 /// Every record a batch writes: its outputs, then its dead letters.
@@ -324,11 +414,21 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-async fn wait_for_signal() {
+/// SIGINT and SIGTERM stop the host; SIGHUP reloads the pipeline.
+async fn handle_signals(stop: watch::Sender<bool>, requests: mpsc::Sender<Request>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("install the SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the pipeline");
+                let _ = requests.send(Request { trigger: Trigger::Signal, reply: None }).await;
+            }
+        }
     }
+    tracing::info!("stop requested: finishing the batch in flight");
+    let _ = stop.send(true);
 }

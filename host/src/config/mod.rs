@@ -50,7 +50,7 @@ impl std::error::Error for ConfigError {}
 
 /// A whole pipeline: where records come from, the stages they go through,
 /// and where results go.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Kafka connection and consumer group.
@@ -80,7 +80,7 @@ pub struct PipelineConfig {
 }
 
 /// Kafka connection settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`, e.g. `localhost:9092`.
@@ -102,7 +102,7 @@ pub struct KafkaConfig {
 }
 
 /// Redis connection settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`.
@@ -119,7 +119,7 @@ fn default_fence_prefix() -> String {
 }
 
 /// Input topics and batching.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Topics to consume. At least one.
@@ -159,7 +159,7 @@ pub enum Delivery {
 }
 
 /// A Kafka topic to write to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicConfig {
     /// The topic name.
@@ -167,7 +167,7 @@ pub struct TopicConfig {
 }
 
 /// A lookup table: Redis hashes at `{key_prefix}{key}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LookupConfig {
     /// Prepended to the key a plugin looks up, e.g. `user:`.
@@ -190,7 +190,7 @@ fn default_cache_rows() -> NonZeroUsize {
 }
 
 /// One stage: a WebAssembly component and its config.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageConfig {
     /// The stage name, unique in the pipeline; shown in logs, metrics and the
@@ -212,6 +212,22 @@ pub struct StageConfig {
     /// or `halt` the pipeline, retrying until a trial call succeeds.
     #[serde(default)]
     pub on_failure: FailurePolicy,
+    /// A candidate version of the plugin, run in shadow on a sample of the
+    /// stage's records and compared with the live one; it never affects
+    /// what is delivered. `POST /api/promote/{stage}` makes it live.
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// A stage's canary.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// Path to the candidate component, relative to pipeline.toml.
+    pub plugin: PathBuf,
+    /// Share of the stage's records also given to the candidate, in (0, 1].
+    /// The same records are sampled on every run (by partition and offset).
+    pub sample: f64,
 }
 
 /// What a stage whose circuit breaker is open does with records.
@@ -226,7 +242,7 @@ pub enum FailurePolicy {
 }
 
 /// Per-stage sandbox limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Most linear memory an instance may grow to, in MiB. Default 64: ample
@@ -277,7 +293,7 @@ impl Default for Limits {
 }
 
 /// The admin HTTP server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to listen on. Default `127.0.0.1:8080`.
@@ -304,6 +320,37 @@ impl Pipeline {
     /// The absolute or working-directory-relative path of a stage's plugin.
     pub fn plugin_path(&self, stage: &StageConfig) -> PathBuf {
         self.base_dir.join(&stage.plugin)
+    }
+
+    /// Every plugin file the pipeline names: stages and canaries.
+    pub fn plugin_files(&self) -> Vec<PathBuf> {
+        let stages = self.config.stages.iter();
+        let canaries = self.config.stages.iter().filter_map(|s| s.canary.as_ref());
+        stages.map(|s| self.base_dir.join(&s.plugin)).chain(canaries.map(|c| self.base_dir.join(&c.plugin))).collect()
+    }
+}
+
+impl PipelineConfig {
+    /// The settings that differ between `self` and `next` and that a running
+    /// host cannot change: the Kafka client, Redis, the delivery guarantee
+    /// and the admin address. Everything else applies live.
+    pub fn restart_required(&self, next: &PipelineConfig) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut check = |key: &'static str, same: bool| {
+            if !same {
+                keys.push(key);
+            }
+        };
+        check("kafka.brokers", self.kafka.brokers == next.kafka.brokers);
+        check("kafka.group", self.kafka.group == next.kafka.group);
+        check("kafka.instance_id", self.kafka.instance_id == next.kafka.instance_id);
+        check("kafka.consumer", self.kafka.consumer == next.kafka.consumer);
+        check("kafka.producer", self.kafka.producer == next.kafka.producer);
+        check("redis.url", self.redis.url == next.redis.url);
+        check("redis.fence_prefix", self.redis.fence_prefix == next.redis.fence_prefix);
+        check("delivery", self.delivery == next.delivery);
+        check("admin.addr", self.admin.addr == next.admin.addr);
+        keys
     }
 }
 
@@ -389,6 +436,17 @@ impl PipelineConfig {
             }
             if stage.plugin.as_os_str().is_empty() {
                 return Err(ConfigError::spanned(text, &stage.name, format!("stages[{i}].plugin must not be empty")));
+            }
+            if let Some(canary) = &stage.canary {
+                if canary.plugin.as_os_str().is_empty() {
+                    let message = format!("stages[{i}].canary.plugin must not be empty");
+                    return Err(ConfigError::spanned(text, &stage.name, message));
+                }
+                if !(canary.sample > 0.0 && canary.sample <= 1.0) {
+                    let message =
+                        format!("stages[{i}].canary.sample is {}: it must be above 0 and at most 1", canary.sample);
+                    return Err(ConfigError::spanned(text, &stage.name, message));
+                }
             }
             for table in &stage.lookups {
                 if !self.lookups.contains_key(table.get_ref()) {

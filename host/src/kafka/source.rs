@@ -13,15 +13,20 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// How long [`Source::next_batch`] waits for a first record before it
+/// returns an empty batch, so that the run loop can put a reloaded pipeline
+/// live while no records arrive.
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Consumes the input topics in the pipeline's consumer group. Offsets are
 /// only ever committed explicitly, after a batch's results are confirmed.
 pub struct Source {
     consumer: StreamConsumer<LogContext>,
-    batch_size: usize,
-    batch_timeout: Duration,
+    batch_size: AtomicUsize,
+    batch_timeout_ms: AtomicU64,
     /// The next offset to read, per partition, of every batch handled.
     positions: Mutex<BTreeMap<(String, i32), i64>>,
     metrics: Arc<Metrics>,
@@ -47,27 +52,49 @@ impl Source {
         consumer.subscribe(&topics)?;
         Ok(Self {
             consumer,
-            batch_size: config.source.batch_size.get(),
-            batch_timeout: Duration::from_millis(config.source.batch_timeout_ms.get()),
+            batch_size: AtomicUsize::new(config.source.batch_size.get()),
+            batch_timeout_ms: AtomicU64::new(config.source.batch_timeout_ms.get()),
             positions: Mutex::new(BTreeMap::new()),
             metrics,
         })
     }
 
-    /// Waits for a record, then gathers more until the batch is full or the
-    /// batch timeout has passed since the first one. A batch never spans a
+    /// Applies new batching settings from the next batch on.
+    pub fn set_batching(&self, size: usize, timeout_ms: u64) {
+        self.batch_size.store(size, Ordering::Relaxed);
+        self.batch_timeout_ms.store(timeout_ms, Ordering::Relaxed);
+    }
+
+    /// Replaces the subscription. Call only between batches, with every
+    /// handled batch committed: the group rebalances, and the positions of
+    /// topics no longer read are forgotten.
+    pub fn resubscribe(&self, topics: &[String]) -> KafkaResult<()> {
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        self.consumer.subscribe(&names)?;
+        self.positions.lock().expect("positions lock").retain(|(topic, _), _| topics.contains(topic));
+        Ok(())
+    }
+
+    /// Waits up to [`IDLE_POLL`] for a record (returning an empty batch if
+    /// none comes), then gathers more until the batch is full or the batch
+    /// timeout has passed since the first one. A batch never spans a
     /// rebalance: records read under the previous assignment are dropped
     /// (the new assignment reads them again from the committed offsets), so
     /// no batch commits offsets for partitions another member now owns.
     pub async fn next_batch(&self) -> KafkaResult<Vec<Record>> {
         let rebalances = || self.metrics.rebalances.load(Ordering::Relaxed);
-        let first = self.consumer.recv().await?;
+        let Ok(first) = tokio::time::timeout(IDLE_POLL, self.consumer.recv()).await else {
+            return Ok(Vec::new());
+        };
+        let first = first?;
         let mut epoch = rebalances();
-        let mut batch = Vec::with_capacity(self.batch_size);
+        let batch_size = self.batch_size.load(Ordering::Relaxed);
+        let mut batch = Vec::with_capacity(batch_size);
         batch.push(record(&first));
         drop(first);
-        let deadline = tokio::time::Instant::now() + self.batch_timeout;
-        while batch.len() < self.batch_size {
+        let timeout = Duration::from_millis(self.batch_timeout_ms.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::now() + timeout;
+        while batch.len() < batch_size {
             match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Ok(Ok(message)) => {
                     if rebalances() != epoch {

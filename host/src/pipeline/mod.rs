@@ -5,20 +5,28 @@
 //! last stage it goes to the default output. Results are all-or-nothing per
 //! input record: a record that any stage rejects yields exactly one dead
 //! letter (the record as received) and none of its outputs or effects.
+//!
+//! Every output and dead letter carries its provenance: `sluice.lineage`
+//! lists `stage@version` (the first 12 hex digits of the component's
+//! sha256) for the stages it went through, and `sluice.generation` the
+//! pipeline generation (1 at start, +1 per applied reload).
 
+mod canary;
 mod stage;
 
+pub use canary::{CanaryDiff, CanaryStats};
 pub use stage::{LookupSource, Row, Stage, StageError, StageSpec, StageState, Unavailable, linker};
 
 use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome};
 use crate::config::{self, FailurePolicy};
 use crate::engine::{Engine, LoadError};
+use canary::Canary;
 use stage::CallError;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Linker;
 
 /// A record as read from the source topic.
@@ -56,6 +64,8 @@ pub struct Produce {
 /// A record that could not be processed.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
+    /// The index of the input record in its batch.
+    pub origin: usize,
     /// The stage that gave up on it.
     pub stage: Arc<str>,
     /// The reason code.
@@ -64,9 +74,16 @@ pub struct DeadLetter {
     pub record: Produce,
 }
 
+/// Header naming the `stage@version` of every stage a record went through.
+pub const LINEAGE_HEADER: &str = "sluice.lineage";
+/// Header giving the generation of the pipeline that produced a record.
+pub const GENERATION_HEADER: &str = "sluice.generation";
+
 /// Records handled by one stage in one batch.
 #[derive(Debug, Clone, Default)]
 pub struct StageStats {
+    /// The stage.
+    pub name: Arc<str>,
     /// Records passed in.
     pub records_in: u64,
     /// Records emitted (to the next stage or an output).
@@ -124,13 +141,19 @@ impl std::error::Error for BuildError {}
 /// The live chain of stages and where its results go.
 pub struct Chain {
     stages: Vec<Stage>,
+    canaries: Vec<Option<Canary>>,
     output: Arc<str>,
     dead_letter: Arc<str>,
     routes: HashMap<String, Arc<str>>,
+    generation: u64,
+    /// `lineage[i]`: the lineage header of a record that went through
+    /// stages `0..=i`.
+    lineage: Vec<Vec<u8>>,
 }
 
 impl Chain {
-    /// Loads, type-checks, instantiates and initialises every stage.
+    /// Loads, type-checks, instantiates and initialises every stage (and
+    /// every canary). The chain is generation 1.
     pub fn build(
         engine: &Engine,
         pipeline: &config::Pipeline,
@@ -139,6 +162,7 @@ impl Chain {
         let config = &pipeline.config;
         let mut engines: HashMap<usize, (Engine, Linker<StageState>)> = HashMap::new();
         let mut stages = Vec::with_capacity(config.stages.len());
+        let mut canaries = Vec::with_capacity(config.stages.len());
         for stage in &config.stages {
             let stack = stage.limits.stack_kib.get() as usize * 1024;
             if let Entry::Vacant(e) = engines.entry(stack) {
@@ -147,22 +171,47 @@ impl Chain {
                 e.insert((engine, linker));
             }
             let (engine, linker) = &engines[&stack];
-            let component = engine.load(&pipeline.plugin_path(stage)).map_err(BuildError::Load)?;
-            let spec = StageSpec {
-                name: Arc::from(stage.name.get_ref().as_str()),
-                component,
-                config_json: serde_json::to_string(&stage.config).expect("a TOML table is valid JSON"),
-                tables: stage.lookups.iter().map(|t| t.get_ref().clone()).collect(),
-                limits: stage.limits.clone(),
-                on_failure: stage.on_failure,
+            let spec = |name: &str, plugin: &std::path::Path| -> Result<StageSpec, BuildError> {
+                Ok(StageSpec {
+                    name: Arc::from(name),
+                    component: engine.load(&pipeline.base_dir.join(plugin)).map_err(BuildError::Load)?,
+                    config_json: serde_json::to_string(&stage.config).expect("a TOML table is valid JSON"),
+                    tables: stage.lookups.iter().map(|t| t.get_ref().clone()).collect(),
+                    limits: stage.limits.clone(),
+                    on_failure: stage.on_failure,
+                    loaded_at: SystemTime::now(),
+                })
             };
-            stages.push(Stage::new(engine, linker, Arc::new(spec), lookups.clone()).map_err(BuildError::Stage)?);
+            let live = spec(stage.name.get_ref(), &stage.plugin)?;
+            stages.push(Stage::new(engine, linker, Arc::new(live), lookups.clone()).map_err(BuildError::Stage)?);
+            canaries.push(match &stage.canary {
+                None => None,
+                Some(c) => {
+                    let candidate = spec(&format!("{}.canary", stage.name.get_ref()), &c.plugin)?;
+                    let candidate =
+                        Stage::new(engine, linker, Arc::new(candidate), lookups.clone()).map_err(BuildError::Stage)?;
+                    Some(Canary::new(candidate, c.sample))
+                }
+            });
+        }
+        let mut lineage: Vec<Vec<u8>> = Vec::with_capacity(stages.len());
+        for stage in &stages {
+            let mut line = lineage.last().cloned().map(|mut l| {
+                l.push(b',');
+                l
+            });
+            let entry = format!("{}@{}", stage.name(), stage.spec().component.version());
+            line.get_or_insert_with(Vec::new).extend_from_slice(entry.as_bytes());
+            lineage.push(line.expect("set above"));
         }
         Ok(Self {
             stages,
+            canaries,
             output: Arc::from(config.output.topic.as_str()),
             dead_letter: Arc::from(config.dead_letter.topic.as_str()),
             routes: config.routes.iter().map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str()))).collect(),
+            generation: 1,
+            lineage,
         })
     }
 
@@ -171,20 +220,96 @@ impl Chain {
         &self.stages
     }
 
+    /// The canary statistics of the stage at `index`, if it has a canary.
+    pub fn canary_stats(&self, index: usize) -> Option<Arc<std::sync::Mutex<CanaryStats>>> {
+        self.canaries.get(index)?.as_ref().map(Canary::stats)
+    }
+
+    /// The canary stage of the stage at `index`, if any.
+    pub fn canary(&self, index: usize) -> Option<&Stage> {
+        self.canaries.get(index)?.as_ref().map(Canary::stage)
+    }
+
+    /// The pipeline generation written in the `sluice.generation` header.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Sets the pipeline generation.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
+    /// Takes over from `old` the instances of the stages (and canaries) that
+    /// did not change, so that a reload keeps their state, their warm
+    /// instance and their canary statistics; `old` gets the fresh ones.
+    pub fn adopt_unchanged(&mut self, old: &mut Chain) {
+        let mut taken = vec![false; old.stages.len()];
+        for (i, stage) in self.stages.iter_mut().enumerate() {
+            let found = (0..old.stages.len()).find(|&j| !taken[j] && old.stages[j].spec().same_as(stage.spec()));
+            let Some(j) = found else { continue };
+            taken[j] = true;
+            std::mem::swap(stage, &mut old.stages[j]);
+            let same_canary = match (&self.canaries[i], &old.canaries[j]) {
+                (Some(new), Some(old)) => new.same_as(old),
+                _ => false,
+            };
+            if same_canary {
+                std::mem::swap(&mut self.canaries[i], &mut old.canaries[j]);
+            }
+        }
+    }
+
+    /// Runs `records` through a chain that is not live yet, and fails if a
+    /// stage traps, times out or runs out of memory on any of them, or if a
+    /// lookup cannot be served. Canaries are not run; every instance is
+    /// recreated afterwards, so the probe leaves no state behind.
+    pub fn probe(&mut self, records: &[Record]) -> Result<(), String> {
+        let result = self.run(records, false).map_err(|e| format!("the probe run could not finish: {e}"));
+        for stage in &mut self.stages {
+            stage.reset().map_err(|e| e.to_string())?;
+        }
+        for dead in &result?.dead_letters {
+            if dead.reason.starts_with("plugin_") {
+                let header = |name: &str| {
+                    let h = dead.record.headers.iter().rev().find(|h| h.name == name);
+                    h.map(|h| String::from_utf8_lossy(&h.value).into_owned()).unwrap_or_default()
+                };
+                return Err(format!(
+                    "stage `{}` failed the probe run ({}) on the record at partition {} offset {}: {}",
+                    dead.stage,
+                    dead.reason,
+                    header("sluice.source.partition"),
+                    header("sluice.source.offset"),
+                    header("sluice.error.message")
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs a batch through the chain. Fails only when a lookup could not
     /// be served; the batch can then be processed again from the start.
     pub fn process(&mut self, records: &[Record]) -> Result<BatchResult, Unavailable> {
+        self.run(records, true)
+    }
+
+    fn run(&mut self, records: &[Record], with_canaries: bool) -> Result<BatchResult, Unavailable> {
         let mut origins: Vec<usize> = (0..records.len()).collect();
         let mut batch: Vec<Message> = records.iter().map(first_message).collect();
-        let mut rejected: Vec<Option<(Arc<str>, ErrorInfo)>> = vec![None; records.len()];
-        let mut outputs: Vec<(usize, Produce)> = Vec::new();
+        let mut rejected: Vec<Option<(usize, ErrorInfo)>> = vec![None; records.len()];
+        let mut outputs: Vec<(usize, usize, Produce)> = Vec::new();
         let mut effects: Vec<(usize, Effect)> = Vec::new();
         let mut stats = Vec::with_capacity(self.stages.len());
         let last = self.stages.len() - 1;
         for (index, stage) in self.stages.iter_mut().enumerate() {
             let started = Instant::now();
             let outcomes = run_stage(stage, &batch)?;
-            let mut st = StageStats { records_in: batch.len() as u64, ..StageStats::default() };
+            if with_canaries && let Some(canary) = &mut self.canaries[index] {
+                canary.shadow(&batch, &outcomes);
+            }
+            let mut st =
+                StageStats { name: stage.name().clone(), records_in: batch.len() as u64, ..StageStats::default() };
             let mut next_origins = Vec::with_capacity(batch.len());
             let mut next = Vec::with_capacity(batch.len());
             for ((origin, input), outcome) in origins.iter().zip(&batch).zip(outcomes) {
@@ -213,13 +338,14 @@ impl Chain {
                                             reason: "unknown_route".into(),
                                             message: format!("route `{route}` is not declared in [routes]"),
                                         };
-                                        rejected[origin].get_or_insert((stage.name().clone(), info));
+                                        rejected[origin].get_or_insert((index, info));
                                         continue;
                                     }
                                 },
                             };
                             outputs.push((
                                 origin,
+                                index,
                                 Produce { topic, key: out.key, value: out.value, headers: out.headers },
                             ));
                         }
@@ -227,7 +353,7 @@ impl Chain {
                     Outcome::Filtered => st.filtered += 1,
                     Outcome::Reject(info) | Outcome::Retry(info) => {
                         st.rejected += 1;
-                        rejected[origin].get_or_insert((stage.name().clone(), info));
+                        rejected[origin].get_or_insert((index, info));
                     }
                 }
             }
@@ -239,20 +365,32 @@ impl Chain {
 
         let mut result = BatchResult { stages: stats, ..BatchResult::default() };
         let mut has_output = vec![false; records.len()];
-        for (origin, produce) in outputs {
+        let generation = self.generation.to_string().into_bytes();
+        let provenance = |headers: &mut Vec<Header>, index: usize| {
+            headers.push(Header { name: LINEAGE_HEADER.into(), value: self.lineage[index].clone() });
+            headers.push(Header { name: GENERATION_HEADER.into(), value: generation.clone() });
+        };
+        for (origin, index, mut produce) in outputs {
             if rejected[origin].is_none() {
                 has_output[origin] = true;
+                provenance(&mut produce.headers, index);
                 result.outputs.push(produce);
             }
         }
         result.effects = effects.into_iter().filter(|(o, _)| rejected[*o].is_none()).collect();
         for (origin, record) in records.iter().enumerate() {
             match &rejected[origin] {
-                Some((stage, info)) => result.dead_letters.push(DeadLetter {
-                    stage: stage.clone(),
-                    reason: info.reason.clone(),
-                    record: dead_letter_record(&self.dead_letter, record, stage, info),
-                }),
+                Some((index, info)) => {
+                    let stage = self.stages[*index].name();
+                    let mut dead = dead_letter_record(&self.dead_letter, record, stage, info);
+                    provenance(&mut dead.headers, *index);
+                    result.dead_letters.push(DeadLetter {
+                        origin,
+                        stage: stage.clone(),
+                        reason: info.reason.clone(),
+                        record: dead,
+                    })
+                }
                 None if !has_output[origin] => result.filtered += 1,
                 None => result.completed += 1,
             }

@@ -47,6 +47,21 @@ pub struct StageSpec {
     pub limits: Limits,
     /// What to do while the stage's circuit breaker is open.
     pub on_failure: FailurePolicy,
+    /// When this version of the stage was loaded.
+    pub loaded_at: std::time::SystemTime,
+}
+
+impl StageSpec {
+    /// Whether `other` is the same stage: same name, component bytes,
+    /// config, tables and limits (so its live instance can be kept).
+    pub fn same_as(&self, other: &StageSpec) -> bool {
+        self.name == other.name
+            && self.component.sha256 == other.component.sha256
+            && self.config_json == other.config_json
+            && self.tables == other.tables
+            && self.limits == other.limits
+            && self.on_failure == other.on_failure
+    }
 }
 
 /// Per-instance host state: WASI with nothing granted, limits, lookups.
@@ -236,6 +251,14 @@ impl Stage {
             tracing::error!(stage = %self.spec.name, error = %e, "cannot recreate the plugin instance");
         }
         Err(error)
+    }
+
+    /// Replaces the instance by a fresh, initialised one and closes the
+    /// circuit breaker.
+    pub fn reset(&mut self) -> Result<(), StageError> {
+        self.recreate()?;
+        self.breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
+        Ok(())
     }
 
     fn recreate(&mut self) -> Result<(), StageError> {

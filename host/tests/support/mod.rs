@@ -7,6 +7,7 @@ pub mod inputs;
 pub mod kafka;
 pub mod model;
 pub mod process;
+pub mod workdir;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -44,11 +44,16 @@ pub struct Host {
 impl Host {
     /// Starts `sluice run pipeline.toml`.
     pub fn start(env: &HostEnv) -> Self {
+        Self::start_with(env, &super::repo_root().join("pipeline.toml"))
+    }
+
+    /// Starts `sluice run` on the pipeline file `pipeline`.
+    pub fn start_with(env: &HostEnv, pipeline: &std::path::Path) -> Self {
         let http_port = super::free_port();
         let log = std::env::temp_dir().join(format!("sluice-host-{}-{http_port}.log", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("run")
-            .arg(super::repo_root().join("pipeline.toml"))
+            .arg(pipeline)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", std::env::var_os("HOME").unwrap_or_default())
@@ -78,14 +83,31 @@ impl Host {
 
     /// A GET on the admin API: status code and body.
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.request("GET", path)
+    }
+
+    /// A request with no body on the admin API: status code and body.
+    pub fn request(&self, method: &str, path: &str) -> Option<(u16, String)> {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+        write!(stream, "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
         let code = response.split(' ').nth(1)?.parse().ok()?;
         let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         Some((code, body))
+    }
+
+    /// A request whose answer is JSON: status code and parsed body.
+    pub fn json(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let (code, body) = self.request(method, path).unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        let value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{method} {path}: {code} `{body}`: {e}"));
+        (code, value)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     /// The value of an unlabelled metric.

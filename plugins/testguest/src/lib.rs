@@ -7,6 +7,10 @@
 //! `getenv` try a capability and emit `allowed: ...` or `denied: ...`;
 //! `retry` and `reject` return those decisions; `drop` filters; `route R`
 //! emits to route R.
+//!
+//! Config: `{"init_error": "why"}` makes `init` fail with that message;
+//! `{"always": "CMD"}` runs CMD for every record instead of its value (so
+//! `always = "ok"` is a pass-through stage, `always = "panic"` a broken one).
 
 use sluice_sdk::{ErrorInfo, Guest, Message, Outcome, Output, emit, reject};
 
@@ -35,8 +39,13 @@ fn verdict<T, E: std::fmt::Display>(result: Result<T, E>) -> String {
     }
 }
 
+static ALWAYS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
 fn run(message: &Message) -> Outcome {
-    let command = String::from_utf8_lossy(&message.value).into_owned();
+    let command = match ALWAYS.get().and_then(Option::as_deref) {
+        Some(command) => command.to_string(),
+        None => String::from_utf8_lossy(&message.value).into_owned(),
+    };
     let (verb, arg) = command.split_once(' ').unwrap_or((command.as_str(), ""));
     let say = |text: String| emit(None, text.into_bytes(), Vec::new(), Vec::new());
     match verb {
@@ -73,8 +82,13 @@ fn run(message: &Message) -> Outcome {
 }
 
 impl Guest for TestGuest {
-    fn init(_config_json: String) -> Result<(), String> {
-        Ok(())
+    fn init(config_json: String) -> Result<(), String> {
+        let config: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| e.to_string())?;
+        if let Some(why) = config.get("init_error").and_then(|v| v.as_str()) {
+            return Err(why.to_string());
+        }
+        let always = config.get("always").and_then(|v| v.as_str()).map(String::from);
+        ALWAYS.set(always).map_err(|_| "initialised twice".to_string())
     }
 
     fn process(batch: Vec<Message>) -> Vec<Outcome> {

@@ -577,13 +577,12 @@ pub async fn watch(watched: Arc<Mutex<Vec<PathBuf>>>, requests: mpsc::Sender<Req
         let files = watched.lock().expect("watched lock").clone();
         let now: Vec<(PathBuf, Option<Fingerprint>)> =
             files.into_iter().map(|f| (f.clone(), fingerprint(&f))).collect();
-        let same_files = now.len() == seen.len() && now.iter().zip(&seen).all(|(a, b)| a.0 == b.0);
-        if now != seen {
-            // A new list of files is not a change; a changed file is.
-            if same_files {
-                changed_at = Some(Instant::now());
-            }
-            seen = now;
+        // A file that joins the list is not a change (it was just loaded);
+        // a file on both lists that differs is.
+        let changed = now.iter().any(|(path, print)| seen.iter().any(|(p, old)| p == path && old != print));
+        seen = now;
+        if changed {
+            changed_at = Some(Instant::now());
             continue;
         }
         if changed_at.is_some_and(|at| at.elapsed() >= SETTLE) {

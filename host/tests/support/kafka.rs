@@ -99,6 +99,7 @@ pub struct Consumed {
     pub value: Vec<u8>,
     pub headers: BTreeMap<String, String>,
     pub partition: i32,
+    pub offset: i64,
 }
 
 impl Consumed {
@@ -109,17 +110,29 @@ impl Consumed {
 
 /// Produces `values` (key, value) to `topic` and waits for every ack.
 pub async fn produce(brokers: &str, topic: &str, records: &[(Option<String>, Vec<u8>)]) {
-    let producer: FutureProducer =
-        ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap();
-    let sends = records.iter().map(|(key, value)| {
-        let mut record = FutureRecord::to(topic).payload(value);
-        if let Some(key) = key {
-            record = record.key(key);
+    Producer::new(brokers).send(topic, records).await;
+}
+
+/// A producer kept across sends (creating one costs a metadata round trip).
+pub struct Producer(FutureProducer);
+
+impl Producer {
+    pub fn new(brokers: &str) -> Self {
+        Self(ClientConfig::new().set("bootstrap.servers", brokers).set("enable.idempotence", "true").create().unwrap())
+    }
+
+    /// Produces `records` (key, value) to `topic` and waits for every ack.
+    pub async fn send(&self, topic: &str, records: &[(Option<String>, Vec<u8>)]) {
+        let sends = records.iter().map(|(key, value)| {
+            let mut record = FutureRecord::to(topic).payload(value);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            self.0.send(record, Timeout::After(Duration::from_secs(30)))
+        });
+        for result in futures::future::join_all(sends).await {
+            result.map_err(|(e, _)| e).unwrap();
         }
-        producer.send(record, Timeout::After(Duration::from_secs(30)))
-    });
-    for result in futures::future::join_all(sends).await {
-        result.map_err(|(e, _)| e).unwrap();
     }
 }
 
@@ -175,6 +188,7 @@ pub async fn consume_with(
                     })
                     .unwrap_or_default(),
                 partition: m.partition(),
+                offset: m.offset(),
             }),
             Ok(Err(e)) => panic!("consuming {topic}: {e}"),
             Err(_) => break,

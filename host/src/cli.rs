@@ -79,13 +79,18 @@ fn load(path: &Path) -> anyhow::Result<config::Pipeline> {
 
 fn validate(path: &Path) -> anyhow::Result<()> {
     let pipeline = load(path)?;
+    let started = std::time::Instant::now();
     let engine = Engine::new()?;
     let chain = Chain::build(&engine, &pipeline, Arc::new(Offline)).with_context(|| format!("{}", path.display()))?;
-    for stage in chain.stages() {
-        let spec = stage.spec();
-        println!("stage {:<12} {} ({})", spec.name, spec.component.path.display(), spec.component.version());
+    for (i, stage) in chain.stages().iter().enumerate() {
+        for s in std::iter::once(stage).chain(chain.canary(i)) {
+            let c = &s.spec().component;
+            let (origin, ms) = (format!("{:?}", c.origin), c.load_time.as_secs_f64() * 1e3);
+            println!("stage {:<12} {} ({}, {origin} in {ms:.0} ms)", s.name(), c.path.display(), c.version());
+        }
     }
-    println!("{}: ok, {} stages", path.display(), chain.stages().len());
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    println!("{}: ok, {} stages, loaded in {ms:.0} ms", path.display(), chain.stages().len());
     Ok(())
 }
 

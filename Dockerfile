@@ -3,7 +3,8 @@
 # Mount points: /plugins (the *.wasm files pipeline.toml names) and
 # /etc/sluice/pipeline.toml.
 FROM rust:1.95-bookworm AS build
-RUN rustup target add wasm32-wasip2
+RUN rustup target add wasm32-wasip2 \
+    && apt-get update && apt-get install -y --no-install-recommends npm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN make build

@@ -54,6 +54,8 @@ enum Command {
     Bench(crate::bench::BenchArgs),
     /// Print the first records of a topic, with their headers.
     Peek(crate::kafka::peek::PeekArgs),
+    /// Print the sales report from the Redis counters.
+    Report(crate::report::ReportArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -70,6 +72,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Gen(args) => runtime.block_on(generator::run(args)),
         Command::Bench(args) => crate::bench::run(args),
         Command::Peek(args) => crate::kafka::peek::run(args),
+        Command::Report(args) => runtime.block_on(crate::report::run(args)),
     }
 }
 

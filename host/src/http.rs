@@ -1,9 +1,13 @@
-//! The admin HTTP API (warp): health, readiness, metrics, the live pipeline
-//! and reloads. Every answer is JSON (metrics aside), errors included:
-//! `{"error": "..."}` with a status code that fits.
+//! The admin HTTP API (warp): health, readiness, metrics, the live pipeline,
+//! reloads, the sales report, HTTP ingest and the dashboard. Every answer
+//! is JSON (metrics and the dashboard aside), errors included:
+//! `{"error": "..."}` with a status code that fits. When a token is set
+//! (`SLUICE_ADMIN_TOKEN`), the endpoints that change something (reload,
+//! promote, ingest) need `Authorization: Bearer <token>`.
 
 use crate::metrics::Metrics;
 use crate::reload::{Outcome, Report, Request, Status, Trigger};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +32,54 @@ pub struct Admin {
     pub status: Arc<Status>,
     /// The reloader's queue.
     pub requests: mpsc::Sender<Request>,
+    /// Where the sales report is read.
+    pub report: Arc<crate::report::Source>,
+    /// HTTP ingest.
+    pub ingest: Arc<Ingest>,
+    /// The bearer token the changing endpoints need, if any.
+    pub token: Option<Arc<str>>,
+}
+
+/// `POST /api/ingest/{topic}`: a producer and the topics it may write to.
+pub struct Ingest {
+    /// An idempotent producer (not the pipeline's transactional one).
+    pub producer: FutureProducer,
+    /// The allow-list.
+    pub topics: Vec<String>,
+    /// Largest body, in bytes.
+    pub max_bytes: u64,
+}
+
+/// The dashboard page.
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// Chart.js, from the npm registry (`dashboard/package.json`), embedded so
+/// that the dashboard works offline.
+const CHART_JS: &[u8] = include_bytes!("../../dashboard/node_modules/chart.js/dist/chart.umd.min.js");
+
+/// A request refused for want of the admin token.
+#[derive(Debug)]
+struct Unauthorized(StatusCode, &'static str);
+
+impl warp::reject::Reject for Unauthorized {}
+
+/// Passes when no token is set or the request carries it.
+fn authorized(token: Option<Arc<str>>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and_then(move |header: Option<String>| {
+            let token = token.clone();
+            async move {
+                let Some(token) = token else { return Ok(()) };
+                match header.as_deref().and_then(|h| h.strip_prefix("Bearer ")) {
+                    None => Err(warp::reject::custom(Unauthorized(
+                        StatusCode::UNAUTHORIZED,
+                        "this endpoint needs `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`",
+                    ))),
+                    Some(given) if given.as_bytes() == token.as_bytes() => Ok(()),
+                    Some(_) => Err(warp::reject::custom(Unauthorized(StatusCode::FORBIDDEN, "wrong admin token"))),
+                }
+            }
+        })
+        .untuple_one()
 }
 
 /// Binds `addr` and serves the admin API until `shutdown` resolves.
@@ -38,6 +90,7 @@ pub async fn serve(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin API listening");
+    let (admin_token, max_body) = (admin.token.clone(), admin.ingest.max_bytes);
     let with = move || {
         let admin = admin.clone();
         warp::any().map(move || admin.clone())
@@ -57,11 +110,13 @@ pub async fn serve(
         }
         json_reply(StatusCode::OK, admin.status.to_json(&admin.metrics))
     });
+    let auth = authorized(admin_token);
     let reload = warp::path!("api" / "reload")
         .and(warp::post())
+        .and(auth.clone())
         .and(with())
         .then(|admin: Admin| async move { request(&admin, Trigger::Api).await });
-    let promote = warp::path!("api" / "promote" / String).and(warp::post()).and(with()).then(
+    let promote = warp::path!("api" / "promote" / String).and(warp::post()).and(auth.clone()).and(with()).then(
         |stage: String, admin: Admin| async move {
             match admin.status.stage(&stage) {
                 None => error(StatusCode::NOT_FOUND, &format!("no stage `{stage}` in the live pipeline")),
@@ -70,8 +125,48 @@ pub async fn serve(
             }
         },
     );
-    let routes =
-        health.or(ready).unify().or(prometheus).unify().or(pipeline).unify().or(reload).unify().or(promote).unify();
+    let report = warp::path!("api" / "report").and(warp::get()).and(with()).then(|admin: Admin| async move {
+        match crate::report::read(&admin.report, 10).await {
+            Ok(report) => json_reply(StatusCode::OK, serde_json::to_value(report).expect("a report is JSON")),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("{e:#}")),
+        }
+    });
+    let stats = warp::path!("api" / "stats")
+        .and(warp::get())
+        .and(with())
+        .map(|admin: Admin| json_reply(StatusCode::OK, admin.metrics.snapshot()));
+    let ingest = warp::path!("api" / "ingest" / String)
+        .and(warp::post())
+        .and(auth)
+        .and(with())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .then(|topic: String, admin: Admin, body: bytes::Bytes| async move { ingest(&admin, &topic, &body).await });
+    let dashboard = warp::path::end().and(warp::get()).map(|| warp::reply::html(DASHBOARD).into_response());
+    let chart = warp::path!("assets" / "chart.umd.min.js")
+        .and(warp::get())
+        .map(|| warp::reply::with_header(CHART_JS, "content-type", "text/javascript; charset=utf-8").into_response());
+    let routes = health
+        .or(ready)
+        .unify()
+        .or(prometheus)
+        .unify()
+        .or(pipeline)
+        .unify()
+        .or(reload)
+        .unify()
+        .or(promote)
+        .unify()
+        .or(report)
+        .unify()
+        .or(stats)
+        .unify()
+        .or(ingest)
+        .unify()
+        .or(dashboard)
+        .unify()
+        .or(chart)
+        .unify();
     let routes = routes.recover(rejection);
     Ok(tokio::spawn(warp::serve(routes).incoming(listener).graceful(shutdown).run()))
 }
@@ -109,9 +204,67 @@ fn error(status: StatusCode, message: &str) -> Response {
     json_reply(status, json!({"error": message}))
 }
 
-/// Unknown paths and wrong methods, as JSON.
+/// Produces a JSON object, or each object of a JSON array, to `topic`.
+async fn ingest(admin: &Admin, topic: &str, body: &[u8]) -> Response {
+    if !admin.ingest.topics.iter().any(|t| t == topic) {
+        let allowed = admin.ingest.topics.join(", ");
+        return error(StatusCode::NOT_FOUND, &format!("topic `{topic}` is not open for ingest (allowed: {allowed})"));
+    }
+    let records: Vec<&[u8]> = match serde_json::from_slice::<serde_json::Value>(body) {
+        Err(e) => return error(StatusCode::BAD_REQUEST, &format!("the body is not JSON: {e}")),
+        Ok(serde_json::Value::Object(_)) => vec![body],
+        Ok(serde_json::Value::Array(items)) => {
+            if items.is_empty() {
+                return error(StatusCode::BAD_REQUEST, "the array is empty: nothing to ingest");
+            }
+            if let Some(i) = items.iter().position(|v| !v.is_object()) {
+                return error(StatusCode::BAD_REQUEST, &format!("element {i} of the array is not a JSON object"));
+            }
+            let raw: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).expect("parsed above");
+            raw.into_iter().map(|r| r.get().as_bytes()).collect()
+        }
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object or an array of objects"),
+    };
+    let sends = records.iter().map(|value| {
+        admin.ingest.producer.send(FutureRecord::<(), [u8]>::to(topic).payload(value), Duration::from_secs(10))
+    });
+    let mut offsets = Vec::with_capacity(records.len());
+    for result in futures::future::join_all(sends).await {
+        match result {
+            Ok(delivery) => offsets.push(json!({"partition": delivery.partition, "offset": delivery.offset})),
+            Err((e, _)) => {
+                admin.metrics.record_error("kafka");
+                let message = format!("{} of {} records were written; then: {e}", offsets.len(), records.len());
+                return json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": message, "records": offsets}));
+            }
+        }
+    }
+    json_reply(StatusCode::OK, json!({"topic": topic, "records": offsets}))
+}
+
+/// Unknown paths, wrong methods, missing tokens and oversize bodies, as JSON.
 async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
-    let known = ["/health", "/ready", "/metrics", "GET /api/pipeline", "POST /api/reload", "POST /api/promote/{stage}"];
+    let known = [
+        "GET /",
+        "GET /health",
+        "GET /ready",
+        "GET /metrics",
+        "GET /api/pipeline",
+        "GET /api/stats",
+        "GET /api/report",
+        "POST /api/reload",
+        "POST /api/promote/{stage}",
+        "POST /api/ingest/{topic}",
+    ];
+    if let Some(Unauthorized(status, message)) = rejection.find::<Unauthorized>() {
+        return Ok(error(*status, message));
+    }
+    if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than admin.ingest_max_bytes"));
+    }
+    if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        return Ok(error(StatusCode::LENGTH_REQUIRED, "send a Content-Length header"));
+    }
     Ok(if rejection.is_not_found() {
         json_reply(StatusCode::NOT_FOUND, json!({"error": "no such endpoint", "endpoints": known}))
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {

@@ -11,7 +11,8 @@
 //! - [`run`]: the consume -> process -> deliver -> commit loop.
 //! - [`reload`]: watching files, building and probing new pipelines, and
 //!   handing them to the run loop to put live between two batches.
-//! - [`http`]: the admin API; [`metrics`]: the counters it serves.
+//! - [`http`]: the admin API and dashboard; [`metrics`]: the counters it
+//!   serves; [`report`]: the sales report from the Redis counters.
 //! - [`generator`]: the load generator; [`bench`]: the in-process benchmark;
 //!   [`cli`]: the command line.
 #![deny(missing_docs)]
@@ -29,4 +30,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod redis;
 pub mod reload;
+pub mod report;
 pub mod run;

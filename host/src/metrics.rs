@@ -2,7 +2,7 @@
 //! API. Every record read ends up counted in exactly one of `records_out`
 //! (by input record), `dead_letters` or `filtered`.
 
-use crate::pipeline::BatchResult;
+use crate::pipeline::{BatchResult, Record};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -15,6 +15,49 @@ struct StageTotals {
     filtered: u64,
     rejected: u64,
     nanos: u128,
+    /// Time of one call of the stage (one batch), in seconds.
+    latency: Histogram,
+    memory_bytes: u64,
+}
+
+/// Upper bounds of the per-stage call time buckets, in seconds.
+const LATENCY_BOUNDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+/// Upper bounds of the batch size buckets, in records.
+const BATCH_BOUNDS: &[f64] = &[1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+
+/// A Prometheus histogram: cumulative counts per upper bound.
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, bounds: &[f64], value: f64) {
+        if self.counts.len() != bounds.len() {
+            self.counts = vec![0; bounds.len()];
+        }
+        for (count, bound) in self.counts.iter_mut().zip(bounds) {
+            if value <= *bound {
+                *count += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (i, bound) in bounds.iter().enumerate() {
+            let n = self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
 }
 
 /// Process-wide counters.
@@ -43,6 +86,13 @@ pub struct Metrics {
     dead_letters: Mutex<BTreeMap<(String, String), u64>>,
     stages: Mutex<BTreeMap<String, StageTotals>>,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
+    topics_in: Mutex<BTreeMap<String, u64>>,
+    topics_out: Mutex<BTreeMap<String, u64>>,
+    batch_sizes: Mutex<Histogram>,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Per partition: the next offset to process, and the broker's last
+    /// stable offset (from the consumer's statistics).
+    positions: Mutex<BTreeMap<(String, i32), (Option<i64>, Option<i64>)>>,
 }
 
 /// What a stage handled since the host started.
@@ -62,8 +112,33 @@ pub struct StageCounts {
 
 impl Metrics {
     /// Adds a committed batch.
-    pub fn record_batch(&self, records: usize, result: &BatchResult) {
+    pub fn record_batch(&self, batch: &[Record], result: &BatchResult) {
+        let records = batch.len();
         self.records_in.fetch_add(records as u64, Ordering::Relaxed);
+        self.batch_sizes.lock().expect("metrics lock").observe(BATCH_BOUNDS, records as f64);
+        {
+            let mut topics = self.topics_in.lock().expect("metrics lock");
+            let mut positions = self.positions.lock().expect("metrics lock");
+            for r in batch {
+                match topics.get_mut(&r.topic) {
+                    Some(n) => *n += 1,
+                    None => {
+                        topics.insert(r.topic.clone(), 1);
+                    }
+                }
+                let slot = positions.entry((r.topic.clone(), r.partition)).or_default();
+                slot.0 = Some(slot.0.unwrap_or(0).max(r.offset + 1));
+            }
+            let mut out = self.topics_out.lock().expect("metrics lock");
+            for p in result.outputs.iter().chain(result.dead_letters.iter().map(|d| &d.record)) {
+                match out.get_mut(&*p.topic) {
+                    Some(n) => *n += 1,
+                    None => {
+                        out.insert(p.topic.to_string(), 1);
+                    }
+                }
+            }
+        }
         self.records_out.fetch_add(result.outputs.len() as u64, Ordering::Relaxed);
         self.filtered.fetch_add(result.filtered, Ordering::Relaxed);
         self.completed.fetch_add(result.completed, Ordering::Relaxed);
@@ -83,7 +158,36 @@ impl Metrics {
             t.filtered += s.filtered;
             t.rejected += s.rejected;
             t.nanos += s.elapsed.as_nanos();
+            t.latency.observe(LATENCY_BOUNDS, s.elapsed.as_secs_f64());
+            t.memory_bytes = s.memory_bytes;
         }
+    }
+
+    /// Counts an error talking to `peer` (`kafka` or `redis`).
+    pub fn record_error(&self, peer: &'static str) {
+        *self.errors.lock().expect("metrics lock").entry(peer).or_default() += 1;
+    }
+
+    /// Notes the broker's last stable offset of a partition, for the lag.
+    pub fn record_high_watermark(&self, topic: &str, partition: i32, offset: i64) {
+        let mut positions = self.positions.lock().expect("metrics lock");
+        positions.entry((topic.to_string(), partition)).or_default().1 = Some(offset);
+    }
+
+    /// Forgets the partitions of topics no longer read.
+    pub fn retain_topics(&self, topics: &[String]) {
+        self.positions.lock().expect("metrics lock").retain(|(t, _), _| topics.contains(t));
+    }
+
+    /// Records not yet processed, per partition: the last stable offset
+    /// minus the next offset to process (0 where nothing was read yet and
+    /// the partition is empty).
+    pub fn lag(&self) -> BTreeMap<(String, i32), i64> {
+        let positions = self.positions.lock().expect("metrics lock");
+        positions
+            .iter()
+            .filter_map(|(k, (next, end))| Some((k.clone(), (end.as_ref()? - next.unwrap_or(0)).max(0))))
+            .collect()
     }
 
     /// Ready to serve: stages loaded, partitions assigned, no outage.
@@ -107,6 +211,42 @@ impl Metrics {
             rejected: t.rejected,
             seconds: t.nanos as f64 / 1e9,
         })
+    }
+
+    /// The counters the dashboard plots, as JSON.
+    pub fn snapshot(&self) -> serde_json::Value {
+        let lag = self.lag();
+        let dead_letters = self.dead_letter_total();
+        let stages = self.stages.lock().expect("metrics lock");
+        serde_json::json!({
+            "records_in": self.records_in.load(Ordering::Relaxed),
+            "records_out": self.records_out.load(Ordering::Relaxed),
+            "filtered": self.filtered.load(Ordering::Relaxed),
+            "completed": self.completed.load(Ordering::Relaxed),
+            "dead_letters": dead_letters,
+            "batches": self.batches.load(Ordering::Relaxed),
+            "generation": self.generation.load(Ordering::Relaxed),
+            "ready": self.is_ready(),
+            "lag_total": lag.values().sum::<i64>(),
+            "lag": lag.iter().map(|((topic, partition), lag)| serde_json::json!({
+                "topic": topic, "partition": partition, "lag": lag,
+            })).collect::<Vec<_>>(),
+            "stages": stages.iter().map(|(name, t)| serde_json::json!({
+                "name": name,
+                "records_in": t.records_in,
+                "calls": t.latency.count,
+                "seconds": t.nanos as f64 / 1e9,
+                "memory_bytes": t.memory_bytes,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Records of `stage` dead-lettered because the plugin failed (trap,
+    /// deadline, memory, contract) or its circuit breaker was open.
+    pub fn plugin_failures(&self, stage: &str) -> u64 {
+        let dead = self.dead_letters.lock().expect("metrics lock");
+        let failed = |reason: &str| reason.starts_with("plugin_") || reason == "circuit_open";
+        dead.iter().filter(|((s, reason), _)| s == stage && failed(reason)).map(|(_, n)| n).sum()
     }
 
     /// Dead letters so far.
@@ -158,11 +298,49 @@ impl Metrics {
         for (name, t) in stages.iter() {
             let _ = writeln!(out, "sluice_stage_seconds_total{{stage=\"{name}\"}} {:.6}", t.nanos as f64 / 1e9);
         }
+        out.push_str("# HELP sluice_stage_call_seconds Time of one call of a stage (one batch).\n# TYPE sluice_stage_call_seconds histogram\n");
+        for (name, t) in stages.iter() {
+            t.latency.render(&mut out, "sluice_stage_call_seconds", &format!("stage=\"{name}\""), LATENCY_BOUNDS);
+        }
+        out.push_str("# HELP sluice_stage_memory_bytes Linear memory of a stage's instance.\n# TYPE sluice_stage_memory_bytes gauge\n");
+        for (name, t) in stages.iter() {
+            let _ = writeln!(out, "sluice_stage_memory_bytes{{stage=\"{name}\"}} {}", t.memory_bytes);
+        }
         drop(stages);
+        for (metric, help, map) in [
+            ("sluice_topic_records_in_total", "Records read and handled, by source topic.", &self.topics_in),
+            (
+                "sluice_topic_records_out_total",
+                "Records written, by destination topic (dead letters included).",
+                &self.topics_out,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (topic, n) in map.lock().expect("metrics lock").iter() {
+                let _ = writeln!(out, "{metric}{{topic=\"{topic}\"}} {n}");
+            }
+        }
+        out.push_str("# HELP sluice_batch_records Records per batch.\n# TYPE sluice_batch_records histogram\n");
+        self.batch_sizes.lock().expect("metrics lock").render(&mut out, "sluice_batch_records", "", BATCH_BOUNDS);
+        out.push_str(
+            "# HELP sluice_consumer_lag Records not yet processed, per partition.\n# TYPE sluice_consumer_lag gauge\n",
+        );
+        for ((topic, partition), lag) in self.lag() {
+            let _ = writeln!(out, "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}");
+        }
+        out.push_str("# HELP sluice_errors_total Failed calls to a peer (retried), by peer.\n# TYPE sluice_errors_total counter\n");
+        let errors = self.errors.lock().expect("metrics lock");
+        for peer in ["kafka", "redis"] {
+            let _ = writeln!(out, "sluice_errors_total{{peer=\"{peer}\"}} {}", errors.get(peer).copied().unwrap_or(0));
+        }
+        drop(errors);
         out.push_str("# HELP sluice_reloads_total Reload attempts, by result.\n# TYPE sluice_reloads_total counter\n");
-        for (result, n) in self.reloads.lock().expect("metrics lock").iter() {
+        let reloads = self.reloads.lock().expect("metrics lock");
+        for result in ["applied", "unchanged", "rejected", "restart-required"] {
+            let n = reloads.get(result).copied().unwrap_or(0);
             let _ = writeln!(out, "sluice_reloads_total{{result=\"{result}\"}} {n}");
         }
+        drop(reloads);
         let generation = self.generation.load(Ordering::Relaxed);
         let _ = writeln!(
             out,

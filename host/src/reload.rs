@@ -189,6 +189,7 @@ impl StageView {
                 config::FailurePolicy::Halt => "halt",
             },
             "records": metrics.stage_counts(&self.name),
+            "plugin_failures": metrics.plugin_failures(&self.name),
         });
         if let Some((candidate, sample, stats)) = &self.canary {
             let stats = stats.lock().expect("canary lock").clone();

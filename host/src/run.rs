@@ -53,7 +53,18 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
         .addr
         .parse()
         .with_context(|| format!("admin.addr `{}` is not an address like 127.0.0.1:8080", config.admin.addr))?;
-    let admin = http::Admin { metrics: metrics.clone(), status: status.clone(), requests: requests.clone() };
+    let admin = http::Admin {
+        metrics: metrics.clone(),
+        status: status.clone(),
+        requests: requests.clone(),
+        report: Arc::new(crate::report::Source::of(&config)),
+        ingest: Arc::new(http::Ingest {
+            producer: Sink::plain_producer(&config).context("cannot create the ingest producer")?,
+            topics: config.admin.ingest_topics.clone().unwrap_or_else(|| config.source.topics.clone()),
+            max_bytes: config.admin.ingest_max_bytes.get(),
+        }),
+        token: std::env::var("SLUICE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Arc::from),
+    };
     let http =
         http::serve(addr, admin, stopped(stop_rx.clone())).await.with_context(|| format!("cannot listen on {addr}"))?;
 
@@ -93,6 +104,8 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
         versions: reload::versions(&chain),
     };
     let reloads = tokio::spawn(reloader.serve(requests_rx));
+    let status_line =
+        std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| tokio::spawn(status_line(metrics.clone())));
     let watcher = tokio::spawn(reload::watch(watched, requests));
 
     let chain = Arc::new(Mutex::new(chain));
@@ -118,7 +131,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
             // batch in flight finished on the old one, and every later
             // record of every partition goes through the new one.
             while let Ok(swap) = swaps_rx.try_recv() {
-                put_live(swap, &chain, &mut live_config, &source, exactly_once)?;
+                put_live(swap, &chain, &mut live_config, &source, &metrics, exactly_once)?;
             }
             let batch = tokio::select! {
                 biased;
@@ -155,7 +168,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
                     tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
                 }
             }
-            metrics.record_batch(records.len(), &result);
+            metrics.record_batch(&records, &result);
             metrics.ready.store(true, Ordering::Relaxed);
         }
     }
@@ -163,6 +176,9 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
     metrics.ready.store(false, Ordering::Relaxed);
     watcher.abort();
     reloads.abort();
+    if let Some(task) = status_line {
+        task.abort();
+    }
     if !exactly_once && let Err(e) = source.commit_all(CommitMode::Sync) {
         tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
     }
@@ -174,6 +190,32 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
     let in_ = metrics.records_in.load(Ordering::Relaxed);
     tracing::info!(records = in_, dead_letters = metrics.dead_letter_total(), "stopped");
     outcome
+}
+
+/// How often `sluice run` prints its status line on a terminal.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Prints a compact status line every [`STATUS_EVERY`]: records/s in and
+/// out, lag, dead letters and the pipeline generation.
+async fn status_line(metrics: Arc<Metrics>) {
+    let snapshot = |m: &Metrics| (m.records_in.load(Ordering::Relaxed), m.records_out.load(Ordering::Relaxed));
+    let mut last = (snapshot(&metrics), std::time::Instant::now());
+    loop {
+        tokio::time::sleep(STATUS_EVERY).await;
+        let (now, at) = (snapshot(&metrics), std::time::Instant::now());
+        let secs = at.duration_since(last.1).as_secs_f64();
+        let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+        let lag: i64 = metrics.lag().values().sum();
+        eprintln!(
+            "sluice | in {:.0}/s | out {:.0}/s | lag {lag} | dead letters {} | generation {} | {}",
+            rate(now.0, last.0.0),
+            rate(now.1, last.0.1),
+            metrics.dead_letter_total(),
+            metrics.generation.load(Ordering::Relaxed),
+            if metrics.is_ready() { "ready" } else { "NOT READY" }
+        );
+        last = (now, at);
+    }
 }
 
 /// How often the run loop refreshes the records new pipelines are probed
@@ -196,6 +238,7 @@ fn put_live(
     chain: &Mutex<Chain>,
     live: &mut PipelineConfig,
     source: &Source,
+    metrics: &Metrics,
     exactly_once: bool,
 ) -> anyhow::Result<()> {
     let next = &swap.pipeline.config;
@@ -212,6 +255,7 @@ fn put_live(
             tracing::warn!(error = %e, "offset commit before resubscribing failed; some records may be read again");
         }
         source.resubscribe(&next.source.topics).context("cannot subscribe to the new source.topics")?;
+        metrics.retain_topics(&next.source.topics);
         tracing::info!(topics = ?next.source.topics, "resubscribed");
     }
     source.set_batching(next.source.batch_size.get(), next.source.batch_timeout_ms.get());
@@ -378,6 +422,10 @@ impl Loop<'_> {
     async fn wait(&mut self, doing: &'static str, why: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
         self.metrics.ready.store(false, Ordering::Relaxed);
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);
+        self.metrics.record_error(match doing {
+            "waiting for lookups" | "applying Redis effects" => "redis",
+            _ => "kafka",
+        });
         let delay = backoff.next();
         tracing::warn!(
             retry_in_ms = delay.as_millis() as u64,

@@ -77,6 +77,29 @@ pub struct PipelineConfig {
     /// The admin HTTP server.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The sales report (`GET /api/report`, `sluice report`).
+    #[serde(default)]
+    pub report: ReportConfig,
+}
+
+/// Where the sales report reads its counters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// Prefix of the counter hashes (the `totals` stage's `prefix`).
+    /// Default `sluice:`.
+    #[serde(default = "default_counters_prefix")]
+    pub counters_prefix: String,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        Self { counters_prefix: default_counters_prefix() }
+    }
+}
+
+fn default_counters_prefix() -> String {
+    "sluice:".into()
 }
 
 /// Kafka connection settings.
@@ -297,12 +320,28 @@ impl Default for Limits {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to listen on. Default `127.0.0.1:8080`.
+    #[serde(default = "default_admin_addr")]
     pub addr: String,
+    /// Topics `POST /api/ingest/{topic}` may write to. Default: the source
+    /// topics.
+    #[serde(default)]
+    pub ingest_topics: Option<Vec<String>>,
+    /// Largest ingest body, in bytes. Default 1 MiB: thousands of orders.
+    #[serde(default = "default_ingest_max_bytes")]
+    pub ingest_max_bytes: NonZeroU64,
+}
+
+fn default_admin_addr() -> String {
+    "127.0.0.1:8080".into()
+}
+
+fn default_ingest_max_bytes() -> NonZeroU64 {
+    NonZeroU64::new(1 << 20).expect("non-zero")
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { addr: "127.0.0.1:8080".into() }
+        Self { addr: default_admin_addr(), ingest_topics: None, ingest_max_bytes: default_ingest_max_bytes() }
     }
 }
 
@@ -349,7 +388,8 @@ impl PipelineConfig {
         check("redis.url", self.redis.url == next.redis.url);
         check("redis.fence_prefix", self.redis.fence_prefix == next.redis.fence_prefix);
         check("delivery", self.delivery == next.delivery);
-        check("admin.addr", self.admin.addr == next.admin.addr);
+        check("admin", self.admin == next.admin);
+        check("report", self.report == next.report);
         keys
     }
 }

@@ -41,6 +41,20 @@ impl ClientContext for LogContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(role = self.role, %error, "kafka client error (librdkafka retries): {reason}");
+        if let Some(m) = &self.metrics {
+            m.record_error("kafka");
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(m) = &self.metrics else { return };
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.fetch_state == "active" && p.ls_offset >= 0 {
+                    m.record_high_watermark(topic, *partition, p.ls_offset);
+                }
+            }
+        }
     }
 }
 

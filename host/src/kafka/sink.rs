@@ -22,6 +22,17 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// transaction timeout, so a stuck call fails before the broker aborts.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+fn producer_config(config: &PipelineConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000");
+    client
+}
+
 /// Writes outputs and dead letters.
 pub struct Sink {
     producer: FutureProducer<LogContext>,
@@ -30,18 +41,24 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// An idempotent, non-transactional producer with the pipeline's extra
+    /// producer properties (for HTTP ingest).
+    pub fn plain_producer(config: &PipelineConfig) -> KafkaResult<FutureProducer> {
+        let mut client = producer_config(config);
+        for (key, value) in &config.kafka.producer {
+            if key != "transactional.id" {
+                client.set(key, value);
+            }
+        }
+        client.create()
+    }
+
     /// An idempotent producer (`acks=all`), with the pipeline's extra
     /// producer properties applied last. With a transactional id, the
     /// producer is transactional and its transactions are initialised
     /// (fencing any earlier producer with the same id).
     pub fn new(config: &PipelineConfig, transactional_id: Option<&str>) -> KafkaResult<Self> {
-        let mut client = ClientConfig::new();
-        client
-            .set("bootstrap.servers", &config.kafka.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "60000");
+        let mut client = producer_config(config);
         if let Some(id) = transactional_id {
             client.set("transactional.id", id).set("transaction.timeout.ms", "60000");
         }

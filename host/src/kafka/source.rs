@@ -42,7 +42,9 @@ impl Source {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Partition end offsets for the lag metric, every 2 s.
+            .set("statistics.interval.ms", "2000");
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }

@@ -94,6 +94,8 @@ pub struct StageStats {
     pub rejected: u64,
     /// Time spent in the stage.
     pub elapsed: Duration,
+    /// Linear memory of the stage's instance after the batch.
+    pub memory_bytes: u64,
 }
 
 /// Everything a batch produced.
@@ -358,6 +360,7 @@ impl Chain {
                 }
             }
             st.elapsed = started.elapsed();
+            st.memory_bytes = stage.memory_bytes() as u64;
             stats.push(st);
             origins = next_origins;
             batch = next;

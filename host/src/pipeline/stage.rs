@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// A row of a lookup table as (field, value) pairs.
@@ -69,7 +69,7 @@ pub struct StageState {
     stage: Arc<str>,
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     lookups: Arc<dyn LookupSource>,
     tables: Arc<[String]>,
 }
@@ -100,6 +100,46 @@ impl bindings::sluice::plugin::host::Host for StageState {
             LogLevel::Warn => tracing::warn!(stage, "{message}"),
             LogLevel::Error => tracing::error!(stage, "{message}"),
         }
+    }
+}
+
+/// The store limits, keeping count of the instance's linear memory.
+struct Limiter {
+    inner: StoreLimits,
+    memory: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory = self.memory + desired - current;
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
     }
 }
 
@@ -222,6 +262,11 @@ impl Stage {
         &self.spec.name
     }
 
+    /// Bytes of linear memory the instance holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limits.memory
+    }
+
     /// The stage's definition.
     pub fn spec(&self) -> &StageSpec {
         &self.spec
@@ -280,7 +325,10 @@ fn instantiate(
         stage: spec.name.clone(),
         wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
         table: ResourceTable::new(),
-        limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
+        limits: Limiter {
+            inner: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
+            memory: 0,
+        },
         lookups: lookups.clone(),
         tables: spec.tables.clone(),
     };

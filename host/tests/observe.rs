@@ -1,0 +1,228 @@
+//! Seeing it work, against tansu, the real Redis and the sluice binary: HTTP
+//! ingest with its errors and token, the sales report (JSON and terminal),
+//! the metrics' values after a known workload, and the dashboard in a real
+//! browser (Debian's Chromium driven by playwright-core).
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::RedisPrefix;
+use support::inputs::{Expected, SHARED_REDIS, example_values, generated, keyed, load_lookups};
+use support::kafka::{Producer, Tansu, produce};
+use support::model;
+use support::process::{Host, HostEnv};
+
+const TOKEN: &str = "s3cret-token";
+
+fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_report_metrics_and_dashboard() {
+    let tansu = Tansu::start_with_partitions(1);
+    let (lookups, counters) = (RedisPrefix::new("observe-lookups"), RedisPrefix::new("observe-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "observe").set("SLUICE_ADMIN_TOKEN", TOKEN);
+    let mut host = Host::start(&env);
+    host.wait_ready(Duration::from_secs(60));
+    let auth = [("Authorization", &*format!("Bearer {TOKEN}"))];
+    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let (code, body) = host.send("POST", path, headers, body);
+        (code, serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{code} `{body}`: {e}")))
+    };
+    let order = br#"{"order_id":"x","product_id":"P-100","quantity":1,"timestamp":"2025-03-10T10:00:00Z"}"#;
+
+    // Refused: no token, a wrong token, a topic not open for ingest, bodies
+    // that are not JSON objects, a body over the limit, a wrong method.
+    let error = |(code, body): (u16, Value)| (code, body["error"].as_str().unwrap_or_default().to_string());
+    let (code, why) = error(post("/api/ingest/orders", &[], order));
+    assert_eq!(code, 401, "{why}");
+    assert!(why.contains("Authorization: Bearer"));
+    assert_eq!(error(post("/api/ingest/orders", &[("Authorization", "Bearer nope")], order)).0, 403);
+    assert_eq!(error(post("/api/reload", &[], b"")).0, 401, "reload needs the token too");
+    assert_eq!(error(post("/api/promote/categorize", &[], b"")).0, 401, "and promote");
+    assert_eq!(host.json("GET", "/api/pipeline").0, 200, "reads stay open");
+    let (code, why) = error(post("/api/ingest/orders.enriched", &auth, order));
+    assert_eq!(code, 404);
+    assert!(why.contains("`orders.enriched` is not open for ingest (allowed: orders)"), "{why}");
+    let (code, why) = error(post("/api/ingest/orders", &auth, b"{\"order_id\": "));
+    assert_eq!(code, 400);
+    assert!(why.starts_with("the body is not JSON: EOF while parsing"), "{why}");
+    let (code, why) = error(post("/api/ingest/orders", &auth, b"[{\"a\":1}, 2]"));
+    assert_eq!((code, why.as_str()), (400, "element 1 of the array is not a JSON object"));
+    assert_eq!(error(post("/api/ingest/orders", &auth, b"[]")).0, 400);
+    assert_eq!(error(post("/api/ingest/orders", &auth, b"\"just text\"")).0, 400);
+    let huge = format!("[{}]", vec![std::str::from_utf8(order).unwrap(); 15_000].join(","));
+    assert!(huge.len() > 1 << 20);
+    let (code, why) = error(post("/api/ingest/orders", &auth, huge.as_bytes()));
+    assert_eq!((code, why.as_str()), (413, "the body is larger than admin.ingest_max_bytes"));
+    assert_eq!(host.json("GET", "/api/ingest/orders").0, 405);
+    assert_eq!(host.metric("sluice_records_in_total"), Some(0.0), "nothing refused was produced");
+
+    // The known workload: the shared examples. JSON objects through ingest
+    // (the first alone, the rest as one array), everything else via Kafka.
+    let values = example_values();
+    let (objects, others): (Vec<&String>, Vec<&String>) =
+        values.iter().partition(|v| serde_json::from_str::<Value>(v).is_ok_and(|v| v.is_object()));
+    let (code, one) = post("/api/ingest/orders", &auth, objects[0].as_bytes());
+    assert_eq!(code, 200, "{one}");
+    assert_eq!(one, json!({"topic": "orders", "records": [{"partition": 0, "offset": 0}]}));
+    let array = format!("[{}]", objects[1..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",\n"));
+    let (code, many) = post("/api/ingest/orders", &auth, array.as_bytes());
+    assert_eq!(code, 200, "{many}");
+    let offsets: Vec<i64> = many["records"].as_array().unwrap().iter().map(|r| r["offset"].as_i64().unwrap()).collect();
+    assert_eq!(offsets, (1..objects.len() as i64).collect::<Vec<_>>(), "one record per element, in order");
+    let others: Vec<String> = others.into_iter().cloned().collect();
+    produce(&tansu.brokers(), "orders", &keyed(&others)).await;
+    let mut inputs: Vec<String> = objects.iter().map(|s| s.to_string()).collect();
+    inputs.extend(others);
+    host.wait_records_in(inputs.len() as u64, Duration::from_secs(60));
+    let want = Expected::of(&inputs);
+    let counters_want = model::counters(&want.orders);
+
+    // The report, as JSON: the model's sums, ranked.
+    let (code, report) = host.json("GET", "/api/report");
+    assert_eq!(code, 200, "{report}");
+    let totals = &counters_want["totals"];
+    assert_eq!(report["orders"], totals["orders"]);
+    assert_eq!(report["items"], totals["items"]);
+    assert_eq!(report["revenue_cents"], totals["revenue_cents"]);
+    let ranking = |name: &str| -> BTreeMap<String, i64> {
+        report[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["key"].as_str().unwrap().into(), e["value"].as_i64().unwrap()))
+            .collect()
+    };
+    assert_eq!(ranking("by_category"), counters_want["revenue:category"]);
+    assert_eq!(ranking("by_store"), counters_want["revenue:store"]);
+    assert_eq!(ranking("by_day"), counters_want["revenue:day"]);
+    let by_category: Vec<i64> =
+        report["by_category"].as_array().unwrap().iter().map(|e| e["value"].as_i64().unwrap()).collect();
+    assert!(by_category.windows(2).all(|w| w[0] >= w[1]), "largest first: {by_category:?}");
+    let top = &report["top_customers"][0];
+    let spend = &counters_want["spend:user"];
+    assert_eq!(top["value"].as_i64(), spend.values().max().copied());
+    assert_eq!(top["orders"].as_i64(), counters_want["orders:user"].get(top["key"].as_str().unwrap()).copied());
+    assert!(top["name"].is_string(), "customers are named from the user table: {top}");
+
+    // The same report from the command line, as JSON and as a table.
+    let report_cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("report")
+            .arg(support::repo_root().join("pipeline.toml"))
+            .args(args)
+            .env_clear()
+            .envs(&env.vars)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(serde_json::from_str::<Value>(&report_cli(&["--json"])).unwrap(), report);
+    let table = report_cli(&[]);
+    eprintln!("{table}");
+    let money = sluice::report::money;
+    assert!(table.contains(&format!("orders {}", totals["orders"])), "{table}");
+    assert!(table.contains(&format!("revenue {}", money(totals["revenue_cents"]))), "{table}");
+    for (category, cents) in &counters_want["revenue:category"] {
+        let line = table
+            .lines()
+            .find(|l| l.trim_start().starts_with(category.as_str()))
+            .unwrap_or_else(|| panic!("{category}: {table}"));
+        assert!(line.trim_end().ends_with(&money(*cents)), "{line}");
+    }
+
+    // Metrics after the workload: the values, not only the names.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (_, body) = host.get("/metrics").unwrap();
+        if metric(&body, "sluice_consumer_lag{topic=\"orders\",partition=\"0\"}") == Some(0.0)
+            || Instant::now() > deadline
+        {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let m = |series: &str| metric(&body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"));
+    let (valid, dead) = (want.orders.len() as f64, want.dead_total() as f64);
+    assert_eq!(m("sluice_consumer_lag{topic=\"orders\",partition=\"0\"}"), 0.0, "everything read is processed");
+    assert_eq!(m("sluice_topic_records_in_total{topic=\"orders\"}"), inputs.len() as f64);
+    assert_eq!(m("sluice_topic_records_out_total{topic=\"orders.enriched\"}"), valid);
+    assert_eq!(m("sluice_topic_records_out_total{topic=\"orders.dlq\"}"), dead);
+    assert_eq!(m("sluice_filtered_total"), want.filtered as f64);
+    assert_eq!(m("sluice_records_completed_total") + dead + m("sluice_filtered_total"), m("sluice_records_in_total"));
+    let batches = m("sluice_batches_total");
+    assert_eq!(m("sluice_batch_records_count"), batches);
+    assert_eq!(m("sluice_batch_records_sum"), inputs.len() as f64);
+    assert_eq!(m("sluice_batch_records_bucket{le=\"+Inf\"}"), batches);
+    assert_eq!(m("sluice_stage_call_seconds_count{stage=\"normalize\"}"), batches, "one call per batch");
+    assert!(m("sluice_stage_call_seconds_sum{stage=\"normalize\"}") > 0.0);
+    assert!(m("sluice_stage_memory_bytes{stage=\"enrich\"}") >= 65536.0, "at least a page of linear memory");
+    assert_eq!(m("sluice_errors_total{peer=\"redis\"}"), 0.0);
+    assert_eq!(m("sluice_reloads_total{result=\"rejected\"}"), 0.0);
+    assert_eq!(m("sluice_pipeline_generation"), 1.0);
+    let mut reasons: BTreeMap<String, f64> = BTreeMap::new();
+    for line in body.lines().filter(|l| l.starts_with("sluice_dead_letters_total{")) {
+        let reason = line.split("reason=\"").nth(1).unwrap().split('"').next().unwrap();
+        *reasons.entry(reason.to_string()).or_default() += line.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+    }
+    let want_reasons: BTreeMap<String, f64> = want.dead.iter().map(|(k, v)| (k.to_string(), *v as f64)).collect();
+    assert_eq!(reasons, want_reasons);
+
+    // The dashboard in a real browser while orders flow.
+    let flowing = Arc::new(AtomicBool::new(true));
+    let load = tokio::spawn({
+        let (flowing, brokers) = (flowing.clone(), tansu.brokers());
+        async move {
+            let producer = Producer::new(&brokers);
+            for (seed, chunk) in (0..).zip(generated(60_000, 3, 0.01).chunks(200)) {
+                if !flowing.load(Ordering::SeqCst) || seed > 250 {
+                    break;
+                }
+                producer.send("orders", &keyed(chunk)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    let out = support::repo_root().join("target/test-output/dashboard");
+    std::fs::create_dir_all(&out).unwrap();
+    let _ = std::fs::remove_file(out.join("dashboard.png"));
+    let browser = tokio::task::spawn_blocking({
+        let (url, out) = (format!("http://127.0.0.1:{}", host.http_port), out.clone());
+        move || {
+            Command::new("node")
+                .arg(support::repo_root().join("dashboard/check-dashboard.mjs"))
+                .arg(url)
+                .arg(out)
+                .current_dir(support::repo_root().join("dashboard"))
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    flowing.store(false, Ordering::SeqCst);
+    load.await.unwrap();
+    let stdout = String::from_utf8_lossy(&browser.stdout);
+    assert!(browser.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&browser.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("dashboard: {seen}");
+    assert_eq!(seen["errors"], json!([]));
+    assert_eq!(seen["stages"], json!(["normalize", "enrich", "categorize", "totals"]));
+    assert!(seen["max_in_per_s"].as_f64().unwrap() > 0.0);
+    let categories = seen["categories"].as_array().unwrap();
+    for category in counters_want["revenue:category"].keys() {
+        assert!(categories.contains(&json!(category)), "{category} charted: {seen}");
+    }
+    let screenshot = std::fs::metadata(out.join("dashboard.png")).unwrap();
+    assert!(screenshot.len() > 20_000, "a screenshot with content: {} bytes", screenshot.len());
+    assert!(host.terminate().success());
+}

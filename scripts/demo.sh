@@ -58,7 +58,7 @@ redis_cli --scan --pattern "${SLUICE_REDIS_PREFIX}*" | while read -r key; do red
 "$sluice" run pipeline.toml >"$logs/host.log" 2>&1 &
 host=$!
 pids+=($host)
-echo "demo: sluice is starting (log: $logs/host.log, admin: http://$SLUICE_HTTP_ADDR)"
+echo "demo: sluice is starting (log: $logs/host.log); dashboard: http://$SLUICE_HTTP_ADDR/"
 for _ in $(seq 1 300); do
   curl -fs "http://$SLUICE_HTTP_ADDR/ready" >/dev/null 2>&1 && break
   kill -0 "$host" 2>/dev/null || { cat "$logs/host.log"; exit 1; }
@@ -89,8 +89,8 @@ for _ in $(seq 1 100); do
 done
 show
 echo
-echo "demo: $count records in $(( $(date +%s) - started )) s; revenue by category (cents):"
-redis_cli hgetall "${SLUICE_REDIS_PREFIX}revenue:category" | paste - - | sort -t$'\t' -k2 -n -r | sed 's/^/  /'
+echo "demo: $count records in $(( $(date +%s) - started )) s"
+./target/release/sluice report pipeline.toml --top 5
 echo
 echo "demo: the first canonical order on orders.enriched, and the first dead letter:"
 "$sluice" peek orders.enriched --count 1 | sed 's/^/  /'

@@ -66,7 +66,7 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { path } => {
             let pipeline = load(&path)?;
-            runtime.block_on(crate::run::run(&path, pipeline))
+            runtime.block_on(crate::run::run(&path, pipeline, matches!(cli.log_format, LogFormat::Text)))
         }
         Command::Validate { path } => validate(&path),
         Command::Gen(args) => runtime.block_on(generator::run(args)),

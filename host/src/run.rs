@@ -40,10 +40,12 @@ pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs the pipeline until SIGINT or SIGTERM, then finishes the batch in
 /// flight, commits and returns. `path` is watched for live reloads.
-pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> {
+/// With `status_line_on_tty`, a status line is printed every few seconds when stderr is
+/// a terminal.
+pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bool) -> anyhow::Result<()> {
     let config = pipeline.config.clone();
     let metrics = Arc::new(Metrics::default());
-    let status = Arc::new(Status::default());
+    let pipeline_status = Arc::new(Status::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (requests, requests_rx) = mpsc::channel::<Request>(64);
     tokio::spawn(handle_signals(stop_tx, requests.clone()));
@@ -55,7 +57,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
         .with_context(|| format!("admin.addr `{}` is not an address like 127.0.0.1:8080", config.admin.addr))?;
     let admin = http::Admin {
         metrics: metrics.clone(),
-        status: status.clone(),
+        status: pipeline_status.clone(),
         requests: requests.clone(),
         report: Arc::new(crate::report::Source::of(&config)),
         ingest: Arc::new(http::Ingest {
@@ -83,7 +85,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
         );
     }
     tracing::info!(ms = started.elapsed().as_millis() as u64, stages = chain.stages().len(), "pipeline loaded");
-    status.set_live(path, 1, &config, StageView::all(&chain, &config));
+    pipeline_status.set_live(path, 1, &config, StageView::all(&chain, &config));
     metrics.generation.store(1, Ordering::Relaxed);
     let probe = Arc::new(Mutex::new(Vec::new()));
     let watched = Arc::new(Mutex::new(Vec::new()));
@@ -98,14 +100,14 @@ pub async fn run(path: &Path, pipeline: config::Pipeline) -> anyhow::Result<()> 
         promoted: Default::default(),
         probe: probe.clone(),
         swaps,
-        status: status.clone(),
+        status: pipeline_status.clone(),
         metrics: metrics.clone(),
         watched: watched.clone(),
         versions: reload::versions(&chain),
     };
     let reloads = tokio::spawn(reloader.serve(requests_rx));
-    let status_line =
-        std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| tokio::spawn(status_line(metrics.clone())));
+    let on_terminal = status_line_on_tty && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let status_line = on_terminal.then(|| tokio::spawn(status_line(metrics.clone())));
     let watcher = tokio::spawn(reload::watch(watched, requests));
 
     let chain = Arc::new(Mutex::new(chain));

@@ -107,3 +107,36 @@ fn bench_runs_the_default_chain_and_accounts_for_every_record() {
         assert!(text.contains(stage), "{text}");
     }
 }
+
+/// Runs `sluice run` on a pseudo-terminal (util-linux `script`) for a few
+/// seconds, with no broker to reach: what it printed.
+fn run_on_terminal(extra_args: &str) -> String {
+    let root = support::repo_root();
+    let command = format!(
+        "KAFKA_BROKERS=127.0.0.1:1 SLUICE_HTTP_ADDR=127.0.0.1:{} SLUICE_PLUGIN_DIR={} {} {extra_args} run {}",
+        support::free_port(),
+        root.join("plugins/dist").display(),
+        env!("CARGO_BIN_EXE_sluice"),
+        root.join("pipeline.toml").display()
+    );
+    let out = Command::new("timeout").args(["9", "script", "-qfec", &command, "/dev/null"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn run_prints_a_status_line_on_a_terminal_and_json_logs_on_request() {
+    let text = run_on_terminal("");
+    let status =
+        text.lines().find(|l| l.starts_with("sluice | in ")).unwrap_or_else(|| panic!("no status line:\n{text}"));
+    assert!(status.contains("/s | out ") && status.contains("| lag 0 | dead letters 0 | generation 1 |"), "{status}");
+    assert!(status.trim_end().ends_with("NOT READY"), "no broker, not ready: {status}");
+
+    let json = run_on_terminal("--log-format json");
+    let lines: Vec<&str> = json.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert!(lines.len() >= 3, "{json}");
+    for line in &lines {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("`{line}`: {e}"));
+        assert!(value["level"].is_string() && value["fields"].is_object(), "{line}");
+    }
+    assert!(lines.iter().any(|l| l.contains("admin API listening")), "{json}");
+}

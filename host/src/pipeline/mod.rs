@@ -222,6 +222,11 @@ impl Chain {
         &self.stages
     }
 
+    /// The stages, in order, to drive them directly (benchmarks).
+    pub fn stages_mut(&mut self) -> &mut [Stage] {
+        &mut self.stages
+    }
+
     /// The canary statistics of the stage at `index`, if it has a canary.
     pub fn canary_stats(&self, index: usize) -> Option<Arc<std::sync::Mutex<CanaryStats>>> {
         self.canaries.get(index)?.as_ref().map(Canary::stats)

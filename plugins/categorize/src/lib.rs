@@ -1,5 +1,7 @@
 //! `categorize`: each item's category from keyword rules in the stage config,
 //! unless the item brings a non-empty category of its own.
+// Natively only the `logic` module is used (tests, `sluice bench`).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 pub mod logic;
 
@@ -35,4 +37,7 @@ impl Guest for Categorize {
     }
 }
 
+// Exported only from the component: natively (as in `sluice bench`) several
+// plugins link into one binary, and their exports would clash.
+#[cfg(target_arch = "wasm32")]
 sluice_sdk::export!(Categorize with_types_in sluice_sdk);

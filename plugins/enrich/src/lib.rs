@@ -1,5 +1,7 @@
 //! `enrich`: user, store and product details from the `user`, `store` and
 //! `product` lookup tables, which the stage declares in pipeline.toml.
+// Natively only the `logic` module is used (tests, `sluice bench`).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 pub mod logic;
 
@@ -31,4 +33,7 @@ impl Guest for Enrich {
     }
 }
 
+// Exported only from the component: natively (as in `sluice bench`) several
+// plugins link into one binary, and their exports would clash.
+#[cfg(target_arch = "wasm32")]
 sluice_sdk::export!(Enrich with_types_in sluice_sdk);

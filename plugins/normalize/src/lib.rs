@@ -1,6 +1,8 @@
 //! `normalize`: any of the three order shapes (web shop, grocery, delivery)
 //! to one canonical order, keyed by its order id. Cancelled delivery orders
 //! are filtered; records that cannot be mapped are rejected with a reason.
+// Natively only the `logic` module is used (tests, `sluice bench`).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 pub mod logic;
 mod ts;
@@ -33,4 +35,7 @@ impl Guest for Normalize {
     }
 }
 
+// Exported only from the component: natively (as in `sluice bench`) several
+// plugins link into one binary, and their exports would clash.
+#[cfg(target_arch = "wasm32")]
 sluice_sdk::export!(Normalize with_types_in sluice_sdk);

@@ -1,6 +1,8 @@
 //! `totals`: line totals, item count and order total, plus the Redis
 //! counters of the default pipeline as effects. Its output is the canonical
 //! enriched order, keyed by order id.
+// Natively only the `logic` module is used (tests, `sluice bench`).
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
 pub mod logic;
 
@@ -47,4 +49,7 @@ impl Guest for Totals {
     }
 }
 
+// Exported only from the component: natively (as in `sluice bench`) several
+// plugins link into one binary, and their exports would clash.
+#[cfg(target_arch = "wasm32")]
 sluice_sdk::export!(Totals with_types_in sluice_sdk);

@@ -1,0 +1,159 @@
+//! The default pipeline's four stages compiled natively into the host, from
+//! the same crates as the plugins (their `logic` modules), behind the same
+//! interface as the WebAssembly stages: a batch of messages in, one outcome
+//! per message out. `sluice bench` runs both to measure what the sandbox
+//! costs.
+
+use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome, Output};
+use crate::config::PipelineConfig;
+use crate::pipeline::{LookupSource, Stage};
+use categorize::logic::Categorizer;
+use normalize::logic::Normalized;
+use sluice_order::{Order, Rejection, stage};
+use std::sync::Arc;
+
+/// A stage as the benchmark drives it.
+pub trait Transform {
+    /// The stage name.
+    fn name(&self) -> &str;
+    /// One outcome per message.
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome>;
+}
+
+impl Transform for Stage {
+    fn name(&self) -> &str {
+        Stage::name(self)
+    }
+
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        match self.call(batch) {
+            Ok(outcomes) => outcomes,
+            Err(e) => panic!("stage `{}` failed in the benchmark: {e:?}", Stage::name(self)),
+        }
+    }
+}
+
+fn emit(message: &Message, key: Option<Vec<u8>>, value: Vec<u8>, effects: Vec<Effect>) -> Outcome {
+    let headers = message.headers.iter().map(|h| Header { name: h.name.clone(), value: h.value.clone() }).collect();
+    Outcome::Emit((vec![Output { route: None, key, value, headers }], effects))
+}
+
+fn reject(r: Rejection) -> Outcome {
+    Outcome::Reject(ErrorInfo { reason: r.reason.to_string(), message: r.message })
+}
+
+/// Applies `step` to each message's order and re-serializes it, as the
+/// plugins do.
+fn each(
+    batch: &[Message],
+    stage: &str,
+    mut step: impl FnMut(&mut Order) -> Result<Vec<Effect>, Rejection>,
+) -> Vec<Outcome> {
+    batch
+        .iter()
+        .map(|m| {
+            let done =
+                stage::parse(stage, &m.value).and_then(|mut order| step(&mut order).map(|effects| (order, effects)));
+            match done {
+                Ok((order, effects)) => {
+                    emit(m, Some(order.order_id.clone().into_bytes()), stage::to_json(&order), effects)
+                }
+                Err(r) => reject(r),
+            }
+        })
+        .collect()
+}
+
+/// `normalize`, natively.
+pub struct Normalize;
+
+impl Transform for Normalize {
+    fn name(&self) -> &str {
+        "normalize"
+    }
+
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        batch
+            .iter()
+            .map(|m| match normalize::logic::normalize(&m.value) {
+                Ok(Normalized::Order(order)) => {
+                    let value = serde_json::to_vec(&order).expect("an order always serializes");
+                    emit(m, Some(order.order_id.into_bytes()), value, Vec::new())
+                }
+                Ok(Normalized::Filtered) => Outcome::Filtered,
+                Err(r) => reject(r),
+            })
+            .collect()
+    }
+}
+
+/// `enrich`, natively, with the same lookups as the WebAssembly stage.
+pub struct Enrich(pub Arc<dyn LookupSource>);
+
+impl Transform for Enrich {
+    fn name(&self) -> &str {
+        "enrich"
+    }
+
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        let lookups = self.0.clone();
+        each(batch, "enrich", |order| {
+            let mut lookup = |table: &str, key: &str| lookups.lookup(table, key).ok().flatten();
+            enrich::logic::enrich(order, &mut lookup).map(|()| Vec::new())
+        })
+    }
+}
+
+/// `categorize`, natively.
+pub struct Categorize(pub Categorizer);
+
+impl Transform for Categorize {
+    fn name(&self) -> &str {
+        "categorize"
+    }
+
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        each(batch, "categorize", |order| {
+            self.0.categorize(order);
+            Ok(Vec::new())
+        })
+    }
+}
+
+/// `totals`, natively.
+pub struct Totals(pub String);
+
+impl Transform for Totals {
+    fn name(&self) -> &str {
+        "totals"
+    }
+
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        each(batch, "totals", |order| {
+            let incrs = totals::logic::total(order, &self.0)?;
+            Ok(incrs.into_iter().map(|i| Effect::HashIncr((i.key, i.field, i.delta))).collect())
+        })
+    }
+}
+
+/// The native stages for the pipeline's stages, in its order; fails for a
+/// stage that is not one of the default four.
+pub fn stages(config: &PipelineConfig, lookups: Arc<dyn LookupSource>) -> anyhow::Result<Vec<Box<dyn Transform>>> {
+    config
+        .stages
+        .iter()
+        .map(|s| -> anyhow::Result<Box<dyn Transform>> {
+            let json = serde_json::to_string(&s.config)?;
+            Ok(match s.name.get_ref().as_str() {
+                "normalize" => Box::new(Normalize),
+                "enrich" => Box::new(Enrich(lookups.clone())),
+                "categorize" => Box::new(Categorize(Categorizer::from_json(&json).map_err(anyhow::Error::msg)?)),
+                "totals" => {
+                    let prefix = s.config.get("prefix").and_then(|p| p.as_str()).unwrap_or_default();
+                    Box::new(Totals(prefix.to_string()))
+                }
+                other => anyhow::bail!("no native implementation of stage `{other}`"),
+            })
+        })
+        .collect()
+}

@@ -56,6 +56,11 @@ enum Command {
     Peek(crate::kafka::peek::PeekArgs),
     /// Print the sales report from the Redis counters.
     Report(crate::report::ReportArgs),
+    /// Copy records from the source topics to another topic with no stages
+    /// (the ceiling the end-to-end benchmark compares the pipeline with).
+    Passthrough(crate::bench::e2e::PassthroughArgs),
+    /// End-to-end latency of records stamped by `sluice gen --stamp`.
+    Latency(crate::bench::e2e::LatencyArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -73,6 +78,8 @@ pub fn main() -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args),
         Command::Peek(args) => crate::kafka::peek::run(args),
         Command::Report(args) => runtime.block_on(crate::report::run(args)),
+        Command::Passthrough(args) => runtime.block_on(crate::bench::e2e::passthrough(args)),
+        Command::Latency(args) => runtime.block_on(crate::bench::e2e::latency(args)),
     }
 }
 

@@ -90,7 +90,7 @@ fn edits(work: &Workdir) -> Vec<(&'static str, Box<dyn Fn(&str) -> String>, Box<
         ),
         (
             "add an input topic",
-            Box::new(|t: &str| t.replace("topics = [\"orders\"]", "topics = [\"orders\", \"orders.extra\"]")),
+            Box::new(|t: &str| t.replace("\ntopics = [\"orders\"]", "\ntopics = [\"orders\", \"orders.extra\"]")),
             Box::new(|l: &Value| l["source"]["topics"].as_array().unwrap().len() == 2),
         ),
         (

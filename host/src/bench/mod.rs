@@ -6,6 +6,7 @@
 //! components and compiled natively (see [`native`]), and the ratio of the
 //! two. Both must produce the same records, or the benchmark fails.
 
+pub mod e2e;
 pub mod native;
 
 use crate::bindings::{Message, Outcome};

@@ -37,6 +37,10 @@ pub struct GenArgs {
     /// Write the records to stdout as JSON lines instead of Kafka.
     #[arg(long)]
     pub print: bool,
+    /// Add a `sluice.sent_at_ms` header (send time, ms since the epoch) to
+    /// each record, for `sluice latency`.
+    #[arg(long)]
+    pub stamp: bool,
     /// Write the lookup tables the records refer to into Redis first.
     #[arg(long)]
     pub load_lookups: bool,
@@ -104,10 +108,15 @@ async fn produce(args: &GenArgs, rng: &mut Rng) -> anyhow::Result<()> {
         let generated = record(rng, args.seed, n, args.invalid_ratio);
         let producer = producer.clone();
         let topic = args.topic.clone();
+        let stamp = args.stamp.then(|| crate::bench::e2e::now_ms().to_string());
         pending.push(async move {
             let mut record = FutureRecord::to(&topic).payload(&generated.value);
             if let Some(key) = &generated.key {
                 record = record.key(key);
+            }
+            if let Some(stamp) = &stamp {
+                let header = rdkafka::message::Header { key: crate::bench::e2e::SENT_AT, value: Some(stamp.as_str()) };
+                record = record.headers(rdkafka::message::OwnedHeaders::new().insert(header));
             }
             producer.send(record, Timeout::After(Duration::from_secs(60))).await.map_err(|(e, _)| e)
         });

@@ -1,0 +1,144 @@
+//! Micro-benchmarks of the hot path's parts: one call into a component at
+//! batch sizes 1, 64 and 512 (the bare boundary, with the testguest's `ok`,
+//! and a real stage, normalize), a lookup served from the cache, and one
+//! batch's Redis effects applied behind the fence (against the local Redis).
+//!
+//! `cargo bench -p sluice --bench micro`; `-- --test` runs each once.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use sluice::bench::StaticLookups;
+use sluice::bindings::{Effect, Message};
+use sluice::config::{self, Pipeline};
+use sluice::engine::Engine;
+use sluice::generator::{self, Rng};
+use sluice::pipeline::{Chain, LookupSource};
+use sluice::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// A one-stage pipeline around `plugin`.
+fn one_stage(plugin: &str) -> Pipeline {
+    let text = format!(
+        r#"
+        kafka = {{ brokers = "localhost:9092", group = "bench" }}
+        redis = {{ url = "{REDIS_URL}" }}
+        source = {{ topics = ["orders"] }}
+        output = {{ topic = "out" }}
+        dead_letter = {{ topic = "dlq" }}
+        [[stages]]
+        name = "stage"
+        plugin = "{}"
+        "#,
+        root().join("plugins/dist").join(plugin).display()
+    );
+    Pipeline { config: config::load_str(&text, |_| None).unwrap(), base_dir: root().to_path_buf() }
+}
+
+fn messages(count: usize, ok: bool) -> Vec<Message> {
+    let mut rng = Rng::new(3);
+    (0..count)
+        .map(|n| Message {
+            key: None,
+            value: if ok { b"ok".to_vec() } else { generator::record(&mut rng, 3, n as u64, 0.0).value.into_bytes() },
+            headers: Vec::new(),
+            topic: "orders".into(),
+            partition: 0,
+            offset: n as i64,
+            timestamp_ms: None,
+        })
+        .collect()
+}
+
+fn component_calls(c: &mut Criterion) {
+    let engine = Engine::new().unwrap();
+    let lookups: Arc<dyn LookupSource> = Arc::new(StaticLookups(generator::tables()));
+    for (name, plugin, ok) in
+        [("boundary (testguest ok)", "testguest.wasm", true), ("normalize", "normalize.wasm", false)]
+    {
+        let mut chain = Chain::build(&engine, &one_stage(plugin), lookups.clone()).unwrap();
+        let mut group = c.benchmark_group(format!("component call: {name}"));
+        for batch in [1usize, 64, 512] {
+            let input = messages(batch, ok);
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(format!("batch {batch}"), |b| {
+                b.iter(|| chain.stages_mut()[0].call(&input).map_err(|e| format!("{e:?}")).unwrap())
+            });
+        }
+        group.finish();
+    }
+}
+
+fn lookup_cache_hit(c: &mut Criterion) {
+    let tables = BTreeMap::from([(
+        "product".to_string(),
+        config::load_str(
+            r#"
+            kafka = { brokers = "b", group = "g" }
+            redis = { url = "redis://r" }
+            source = { topics = ["in"] }
+            output = { topic = "out" }
+            dead_letter = { topic = "dlq" }
+            [lookups.product]
+            key_prefix = "bench:micro:product:"
+            [[stages]]
+            name = "s"
+            plugin = "s.wasm"
+            "#,
+            |_| None,
+        )
+        .unwrap()
+        .lookups["product"]
+            .clone(),
+    )]);
+    let lookups = RedisLookups::new(REDIS_URL, &tables).unwrap();
+    lookups.lookup("product", "P-1").expect("the local Redis answers"); // now cached (as absent)
+    c.bench_function("lookup: cache hit", |b| b.iter(|| lookups.lookup("product", "P-1").unwrap()));
+}
+
+fn redis_effects(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut effects = RedisEffects::new(REDIS_URL).unwrap();
+    let fence = |last: i64| Fence { key: "bench:micro:fence".into(), partitions: vec![("orders:0".into(), last)] };
+    // A batch of 500 orders, 8 counter increments each, as the totals stage emits.
+    let batch = |first: i64| -> Vec<RecordEffect> {
+        (0..500i64)
+            .flat_map(|r| {
+                (0..8).map(move |k| RecordEffect {
+                    partition: 0,
+                    offset: first + r,
+                    effect: Effect::HashIncr((format!("bench:micro:k{k}"), format!("f{}", r % 40), 1)),
+                })
+            })
+            .collect()
+    };
+    let mut next = 0i64;
+    let mut group = c.benchmark_group("redis effects");
+    group.throughput(Throughput::Elements(500));
+    group.bench_function("batch of 500 orders behind the fence", |b| {
+        b.iter_batched(
+            || {
+                next += 500;
+                (fence(next + 499), batch(next))
+            },
+            |(fence, batch)| runtime.block_on(effects.apply_fenced(&fence, &batch)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("bench:micro:*").query(&mut con).unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut con).unwrap();
+    }
+}
+
+criterion_group!(benches, component_calls, lookup_cache_hit, redis_effects);
+criterion_main!(benches);

@@ -1,0 +1,137 @@
+//! The end-to-end benchmark's tools (`scripts/benchmark.sh`):
+//! `sluice passthrough`, the native ceiling (consume -> produce with the
+//! host's own consumer, producer, batching and commits, no stages), and
+//! `sluice latency`, end-to-end latency percentiles from the
+//! `sluice.sent_at_ms` header that `sluice gen --stamp` sets and the stages
+//! carry to their outputs.
+
+use crate::config;
+use crate::kafka::{Sink, Source};
+use crate::metrics::Metrics;
+use crate::pipeline::Produce;
+use anyhow::Context;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The header `sluice gen --stamp` sets: when the record was sent, in
+/// milliseconds since the epoch.
+pub const SENT_AT: &str = "sluice.sent_at_ms";
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// `sluice passthrough`.
+#[derive(Debug, clap::Args)]
+pub struct PassthroughArgs {
+    /// The pipeline file: its Kafka settings, source topics and batching.
+    #[arg(default_value = "pipeline.toml")]
+    pub path: PathBuf,
+    /// Where to copy the records.
+    #[arg(long)]
+    pub to: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: u64,
+}
+
+/// Copies `count` records from the source topics to `to`, batch by batch,
+/// committing after each batch is acknowledged, and prints the rate from the
+/// first record read to the last one committed.
+pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
+    let pipeline = config::load_file(&args.path).map_err(|e| anyhow::anyhow!("{}: {e}", args.path.display()))?;
+    let config = pipeline.config;
+    let source = Source::new(&config, Arc::new(Metrics::default())).context("cannot create the consumer")?;
+    let sink = Sink::new(&config, None).context("cannot create the producer")?;
+    let topic: Arc<str> = Arc::from(args.to.as_str());
+    let (mut done, mut first) = (0u64, None);
+    while done < args.count {
+        let batch = source.next_batch().await?;
+        if batch.is_empty() {
+            continue;
+        }
+        first.get_or_insert_with(Instant::now);
+        let copies: Vec<Produce> = batch
+            .iter()
+            .map(|r| Produce {
+                topic: topic.clone(),
+                key: r.key.clone(),
+                value: r.value.clone().unwrap_or_default(),
+                headers: r.headers.clone(),
+            })
+            .collect();
+        let refs: Vec<&Produce> = copies.iter().collect();
+        if let Err((e, failed)) = sink.send_all(&refs).await {
+            anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), refs.len());
+        }
+        source.commit(&batch, CommitMode::Async)?;
+        done += batch.len() as u64;
+    }
+    source.commit_all(CommitMode::Sync)?;
+    let secs = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
+    println!("passthrough: {done} records in {secs:.2} s: {:.0} records/s", done as f64 / secs);
+    Ok(())
+}
+
+/// `sluice latency`.
+#[derive(Debug, clap::Args)]
+pub struct LatencyArgs {
+    /// The topic to read (the pipeline's output).
+    pub topic: String,
+    /// Stop after this many stamped records.
+    #[arg(long)]
+    pub count: u64,
+    /// Or once no record came for this many seconds after the first.
+    #[arg(long, default_value_t = 5)]
+    pub idle_s: u64,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
+    pub brokers: String,
+}
+
+/// Reads `topic` from the start and prints the percentiles of (time read -
+/// `sluice.sent_at_ms`) over the records that carry the header.
+pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.brokers)
+        .set("group.id", format!("sluice-latency-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .context("cannot create the consumer")?;
+    consumer.subscribe(&[&args.topic])?;
+    let mut latencies: Vec<i64> = Vec::with_capacity(args.count as usize);
+    let idle = Duration::from_secs(args.idle_s);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (latencies.len() as u64) < args.count && Instant::now() < deadline {
+        let wait = if latencies.is_empty() { Duration::from_secs(60) } else { idle };
+        let Ok(message) = tokio::time::timeout(wait, consumer.recv()).await else { break };
+        let message = message?;
+        let now = now_ms();
+        let sent = message.headers().and_then(|hs| {
+            hs.iter().find(|h| h.key == SENT_AT).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
+        });
+        if let Some(sent) = sent {
+            latencies.push(now - sent);
+        }
+    }
+    anyhow::ensure!(!latencies.is_empty(), "no record with a {SENT_AT} header arrived on {}", args.topic);
+    latencies.sort_unstable();
+    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "latency: {} records: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        latencies.len(),
+        at(0.5),
+        at(0.9),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+    Ok(())
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The end-to-end benchmark, on a fresh local tansu broker and the local Redis:
+#   1. native pass-through (`sluice passthrough`: consume -> produce, no stages),
+#   2. the default pipeline, at-least-once, then exactly-once,
+#   3. end-to-end latency (p50/p99) at half the at-least-once rate,
+# each over the same COUNT generated orders, with CPU seconds per million
+# records and peak RSS. Usage: scripts/benchmark.sh [COUNT]   (default 1000000)
+#        scripts/benchmark.sh --quick   (20000 orders: checks that every phase works)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+count=${1:-1000000}
+quick=""
+if [ "$count" = "--quick" ]; then quick=1; count=20000; fi
+sluice=$PWD/target/release/sluice
+out=target/bench
+mkdir -p "$out"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+tansu=$(scripts/tansu.sh)
+"$tansu" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  --storage-engine memory://tansu/ >"$out/tansu.log" 2>&1 &
+broker=$!
+host=""
+cleanup() {
+  [ -n "$host" ] && kill "$host" 2>/dev/null || true
+  kill "$broker" 2>/dev/null || true
+  redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "bench:$port:*" |
+    xargs -r -n 100 redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" del >/dev/null
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+for t in orders:3 orders.enriched:3 orders.dlq:1 orders.copy:3 orders.latency:3 orders.latency.out:3; do
+  "$tansu" topic create "${t%%:*}" --broker "tcp://127.0.0.1:$port" --partitions "${t##*:}" >/dev/null
+done
+export KAFKA_BROKERS=127.0.0.1:$port SLUICE_LOOKUP_PREFIX=bench:$port: SLUICE_PLUGIN_DIR=$PWD/plugins/dist
+"$sluice" gen --load-lookups --count 0 2>/dev/null
+echo "benchmark: writing $count orders to a local tansu broker" >&2
+"$sluice" gen --count "$count" --seed 5 --invalid-ratio 0.02 2>/dev/null
+ticks=$(getconf CLK_TCK)
+
+# CPU seconds per million records and peak RSS (MB) of process $1, over $2 records.
+usage() {
+  read -r utime stime < <(awk '{print $14, $15}' "/proc/$1/stat")
+  awk -v u="$utime" -v s="$stime" -v t="$ticks" -v c="$2" -v h="$(awk '/VmHWM/ {print $2}' "/proc/$1/status")" \
+    'BEGIN { printf "%.1f %.0f", (u + s) / t * 1e6 / c, h / 1024 }'
+}
+
+# 1. The ceiling: the same consumer, producer and batching, no stages.
+SLUICE_GROUP=bench-passthrough "$sluice" passthrough pipeline.toml --to orders.copy --count "$count" >"$out/passthrough.txt" &
+pass=$!
+while [ ! -s "$out/passthrough.txt" ] && kill -0 "$pass" 2>/dev/null; do
+  [ -r "/proc/$pass/stat" ] && pass_usage=$(usage "$pass" "$count")
+  sleep 0.2
+done
+wait "$pass"
+pass_rate=$(awk '{print $(NF-1)}' "$out/passthrough.txt")
+echo "benchmark: $(cat "$out/passthrough.txt")" >&2
+
+# 2. The default pipeline, until every record is committed.
+pipeline() { # mode group pipeline-file -> "records/s cpu rss"
+  local http; http=$(free_port)
+  SLUICE_DELIVERY=$1 SLUICE_GROUP=$2 SLUICE_HTTP_ADDR=127.0.0.1:$http SLUICE_REDIS_PREFIX=bench:$port:$1: \
+    "$sluice" run "$3" >"$out/host-$1.log" 2>&1 &
+  host=$!
+  local ready="" end
+  until curl -fs "localhost:$http/ready" >/dev/null 2>&1; do sleep 0.05; done
+  ready=$(date +%s%N)
+  until [ "$(curl -fs "localhost:$http/metrics" | awk '$1=="sluice_records_in_total"{print $2}')" = "$count" ]; do
+    kill -0 "$host" || { echo "benchmark: the host died, see $out/host-$1.log" >&2; exit 1; }
+    sleep 0.05
+  done
+  end=$(date +%s%N)
+  local used; used=$(usage "$host" "$count")
+  kill -TERM "$host"; wait "$host" || true; host=""
+  awk -v c="$count" -v r="$ready" -v e="$end" -v u="$used" 'BEGIN { printf "%.0f %s", c / ((e - r) / 1e9), u }'
+}
+read -r alo_rate alo_cpu alo_rss < <(pipeline at-least-once bench-alo pipeline.toml)
+echo "benchmark: at-least-once $alo_rate records/s" >&2
+read -r eo_rate eo_cpu eo_rss < <(pipeline exactly-once bench-eo pipeline.toml)
+echo "benchmark: exactly-once $eo_rate records/s" >&2
+
+# 3. Latency at half the at-least-once rate (500/s in quick mode) for 20 s,
+# through a copy of the pipeline from orders.latency to orders.latency.out.
+rate=$([ -n "$quick" ] && echo 500 || echo $(( alo_rate / 2 )))
+stamped=$(( rate * $([ -n "$quick" ] && echo 5 || echo 20) ))
+sed -e 's/^topics = \["orders"\]/topics = ["orders.latency"]/' -e 's/^topic = "orders.enriched"/topic = "orders.latency.out"/' \
+  pipeline.toml >"$out/pipeline-latency.toml"
+[ "$(grep -c 'orders.latency' "$out/pipeline-latency.toml")" = 2 ]
+http=$(free_port)
+SLUICE_DELIVERY=at-least-once SLUICE_GROUP=bench-latency SLUICE_HTTP_ADDR=127.0.0.1:$http \
+  SLUICE_REDIS_PREFIX=bench:$port:latency: "$sluice" run "$out/pipeline-latency.toml" >"$out/host-latency.log" 2>&1 &
+host=$!
+until curl -fs "localhost:$http/ready" >/dev/null 2>&1; do sleep 0.05; done
+"$sluice" latency orders.latency.out --count "$stamped" --idle-s 5 >"$out/latency.txt" &
+reader=$!
+sleep 2
+"$sluice" gen --count "$stamped" --rate "$rate" --seed 9 --stamp --topic orders.latency 2>/dev/null
+wait "$reader"
+kill -TERM "$host"; wait "$host" || true; host=""
+read -r measured p50 p99 < <(awk '{gsub(/,/, ""); for (i = 1; i <= NF; i++) { if ($i == "p50") a = $(i+1); if ($i == "p99") b = $(i+1) } print $2, a, b}' "$out/latency.txt")
+echo "benchmark: $(cat "$out/latency.txt") at $rate records/s" >&2
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+{
+  echo "| | records/s | vs pass-through | CPU s per million | peak RSS MB |"
+  echo "| --- | --- | --- | --- | --- |"
+  echo "| native pass-through | $pass_rate | 1.00 | ${pass_usage% *} | ${pass_usage#* } |"
+  echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_rss |"
+  echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_rss |"
+  echo
+  echo "Latency at $rate records/s (half the at-least-once rate), $measured records: p50 $p50 ms, p99 $p99 ms."
+} | tee "$out/results.md"
+
+# Quick mode checks what each phase did, not how fast.
+if [ -n "$quick" ]; then
+  [ "$(awk '{print $2}' "$out/passthrough.txt")" -ge "$count" ] || { echo "benchmark: pass-through fell short" >&2; exit 1; }
+  [ "$measured" -ge $(( stamped * 8 / 10 )) ] || { echo "benchmark: latency saw $measured of $stamped records" >&2; exit 1; }
+  echo "benchmark: quick mode ok" >&2
+fi

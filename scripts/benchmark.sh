@@ -22,6 +22,7 @@ tansu=$(scripts/tansu.sh)
 broker=$!
 host=""
 cleanup() {
+  [ "$BASHPID" = "$$" ] || return 0 # not in subshells
   [ -n "$host" ] && kill "$host" 2>/dev/null || true
   kill "$broker" 2>/dev/null || true
   redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" --scan --pattern "bench:$port:*" |
@@ -46,13 +47,9 @@ usage() {
 }
 
 # 1. The ceiling: the same consumer, producer and batching, no stages.
-SLUICE_GROUP=bench-passthrough "$sluice" passthrough pipeline.toml --to orders.copy --count "$count" >"$out/passthrough.txt" &
-pass=$!
-while [ ! -s "$out/passthrough.txt" ] && kill -0 "$pass" 2>/dev/null; do
-  [ -r "/proc/$pass/stat" ] && pass_usage=$(usage "$pass" "$count")
-  sleep 0.2
-done
-wait "$pass"
+SLUICE_GROUP=bench-passthrough /usr/bin/time -f "%U %S %M" -o "$out/passthrough.time" \
+  "$sluice" passthrough pipeline.toml --to orders.copy --count "$count" >"$out/passthrough.txt" 2>"$out/passthrough.log"
+pass_usage=$(awk -v c="$count" '{ printf "%.1f %.0f", ($1 + $2) * 1e6 / c, $3 / 1024 }' "$out/passthrough.time")
 pass_rate=$(awk '{print $(NF-1)}' "$out/passthrough.txt")
 echo "benchmark: $(cat "$out/passthrough.txt")" >&2
 
@@ -72,11 +69,13 @@ pipeline() { # mode group pipeline-file -> "records/s cpu rss"
   end=$(date +%s%N)
   local used; used=$(usage "$host" "$count")
   kill -TERM "$host"; wait "$host" || true; host=""
-  awk -v c="$count" -v r="$ready" -v e="$end" -v u="$used" 'BEGIN { printf "%.0f %s", c / ((e - r) / 1e9), u }'
+  awk -v c="$count" -v r="$ready" -v e="$end" -v u="$used" 'BEGIN { printf "%.0f %s\n", c / ((e - r) / 1e9), u }'
 }
-read -r alo_rate alo_cpu alo_rss < <(pipeline at-least-once bench-alo pipeline.toml)
+pipeline at-least-once bench-alo pipeline.toml >"$out/at-least-once.txt"
+read -r alo_rate alo_cpu alo_rss <"$out/at-least-once.txt"
 echo "benchmark: at-least-once $alo_rate records/s" >&2
-read -r eo_rate eo_cpu eo_rss < <(pipeline exactly-once bench-eo pipeline.toml)
+pipeline exactly-once bench-eo pipeline.toml >"$out/exactly-once.txt"
+read -r eo_rate eo_cpu eo_rss <"$out/exactly-once.txt"
 echo "benchmark: exactly-once $eo_rate records/s" >&2
 
 # 3. Latency at half the at-least-once rate (500/s in quick mode) for 20 s,
@@ -91,7 +90,7 @@ SLUICE_DELIVERY=at-least-once SLUICE_GROUP=bench-latency SLUICE_HTTP_ADDR=127.0.
   SLUICE_REDIS_PREFIX=bench:$port:latency: "$sluice" run "$out/pipeline-latency.toml" >"$out/host-latency.log" 2>&1 &
 host=$!
 until curl -fs "localhost:$http/ready" >/dev/null 2>&1; do sleep 0.05; done
-"$sluice" latency orders.latency.out --count "$stamped" --idle-s 5 >"$out/latency.txt" &
+"$sluice" latency orders.latency.out --count "$stamped" --idle-s 5 >"$out/latency.txt" 2>"$out/latency.log" &
 reader=$!
 sleep 2
 "$sluice" gen --count "$stamped" --rate "$rate" --seed 9 --stamp --topic orders.latency 2>/dev/null

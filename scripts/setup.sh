@@ -12,13 +12,13 @@ if ! rustup target list --installed | grep -qx wasm32-wasip2; then
 fi
 
 missing=()
-for tool in make gcc g++ perl python3 redis-cli curl; do
+for tool in make gcc g++ perl python3 redis-cli curl /usr/bin/time; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages for: ${missing[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential perl python3 python3-pip redis-tools curl >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential perl python3 python3-pip redis-tools curl time >/dev/null
 fi
 
 # docker-compose.yml is checked with `docker-compose config` (no engine needed).

@@ -94,8 +94,11 @@ pub struct LatencyArgs {
     pub brokers: String,
 }
 
-/// Reads `topic` from the start and prints the percentiles of (time read -
-/// `sluice.sent_at_ms`) over the records that carry the header.
+/// Reads `topic` from the start and prints the percentiles of (the output
+/// record's timestamp, set when the host produced it - `sluice.sent_at_ms`,
+/// set when the generator sent the input) over the records that carry the
+/// header: from the generator's send to the host's output, broker included;
+/// this reader's own delay is not counted.
 pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.brokers)
@@ -114,12 +117,12 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         let wait = if latencies.is_empty() { Duration::from_secs(60) } else { idle };
         let Ok(message) = tokio::time::timeout(wait, consumer.recv()).await else { break };
         let message = message?;
-        let now = now_ms();
+        let Some(produced) = message.timestamp().to_millis() else { continue };
         let sent = message.headers().and_then(|hs| {
             hs.iter().find(|h| h.key == SENT_AT).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
         });
         if let Some(sent) = sent {
-            latencies.push(now - sent);
+            latencies.push(produced - sent);
         }
     }
     anyhow::ensure!(!latencies.is_empty(), "no record with a {SENT_AT} header arrived on {}", args.topic);

@@ -95,6 +95,13 @@ async fn produce(args: &GenArgs, rng: &mut Rng) -> anyhow::Result<()> {
         .set("linger.ms", "10")
         .create()
         .context("cannot create the Kafka producer")?;
+    // Connect and learn the partitions before the clock starts, so that the
+    // first records do not wait for it (and `--stamp` latencies stay true).
+    let client = producer.clone();
+    let topic = args.topic.clone();
+    tokio::task::spawn_blocking(move || client.client().fetch_metadata(Some(&topic), Duration::from_secs(30)))
+        .await?
+        .context("cannot reach the Kafka brokers")?;
     let started = Instant::now();
     let progress = Progress::new(args.count);
     let mut pending = futures::stream::FuturesUnordered::new();

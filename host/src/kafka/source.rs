@@ -44,7 +44,12 @@ impl Source {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             // Partition end offsets for the lag metric, every 2 s.
-            .set("statistics.interval.ms", "2000");
+            .set("statistics.interval.ms", "2000")
+            // How long the broker may hold a fetch when no record is there
+            // (librdkafka's default is 500 ms): brokers that do not answer a
+            // fetch as soon as a record arrives otherwise add up to that much
+            // latency to every record.
+            .set("fetch.wait.max.ms", "50");
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }

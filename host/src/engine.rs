@@ -124,6 +124,10 @@ impl Engine {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.cranelift_opt_level(OptLevel::Speed);
+        if std::env::var_os("SLUICE_PERF_MAP").is_some_and(|v| !v.is_empty()) {
+            // /tmp/perf-PID.map names the plugins' compiled functions for `perf`.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let cache_dir = dir.and_then(|dir| match std::fs::create_dir_all(&dir) {
             Ok(()) => Some(Arc::from(dir.as_path())),
             Err(e) => {

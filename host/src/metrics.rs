@@ -117,17 +117,20 @@ impl Metrics {
         self.records_in.fetch_add(records as u64, Ordering::Relaxed);
         self.batch_sizes.lock().expect("metrics lock").observe(BATCH_BOUNDS, records as f64);
         {
+            // Per partition of the batch (a handful): records and the next offset.
+            let mut partitions: Vec<(&str, i32, u64, i64)> = Vec::new();
+            for r in batch {
+                match partitions.iter_mut().find(|p| p.0 == r.topic && p.1 == r.partition) {
+                    Some(p) => (p.2, p.3) = (p.2 + 1, p.3.max(r.offset + 1)),
+                    None => partitions.push((&r.topic, r.partition, 1, r.offset + 1)),
+                }
+            }
             let mut topics = self.topics_in.lock().expect("metrics lock");
             let mut positions = self.positions.lock().expect("metrics lock");
-            for r in batch {
-                match topics.get_mut(&r.topic) {
-                    Some(n) => *n += 1,
-                    None => {
-                        topics.insert(r.topic.clone(), 1);
-                    }
-                }
-                let slot = positions.entry((r.topic.clone(), r.partition)).or_default();
-                slot.0 = Some(slot.0.unwrap_or(0).max(r.offset + 1));
+            for (topic, partition, records, next) in partitions {
+                *topics.entry(topic.to_string()).or_default() += records;
+                let slot = positions.entry((topic.to_string(), partition)).or_default();
+                slot.0 = Some(slot.0.unwrap_or(0).max(next));
             }
             let mut out = self.topics_out.lock().expect("metrics lock");
             for p in result.outputs.iter().chain(result.dead_letters.iter().map(|d| &d.record)) {

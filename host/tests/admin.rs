@@ -225,6 +225,38 @@ async fn admin_api_reloads_rejections_canary_and_promotion() {
     assert!(after.iter().all(|r| categorize_version(r) == sha256(&v2)[..12]));
     assert!(after.iter().any(|r| categories(r).contains(&"Uncategorized".to_string())));
 
+    // Stages reordered live: categorize before enrich; the promotion stays.
+    let block = |from: &str, to: &str| {
+        let (start, end) = (with_canary.find(from).unwrap(), with_canary.find(to).unwrap());
+        with_canary[start..end].to_string()
+    };
+    let enrich = block("[[stages]]\nname = \"enrich\"", "[[stages]]\nname = \"categorize\"");
+    let categorize = block("[[stages]]\nname = \"categorize\"", "[[stages]]\nname = \"totals\"");
+    let reordered = with_canary.replacen(&format!("{enrich}{categorize}"), &format!("{categorize}{enrich}"), 1);
+    assert_ne!(reordered, with_canary);
+    work.write_pipeline(&reordered);
+    let (code, report) = host.json("POST", "/api/reload");
+    assert_eq!(code, 200, "{report}");
+    let (_, live) = host.json("GET", "/api/pipeline");
+    assert_eq!(live["generation"], 4, "{:#}", live["last_reload"]);
+    let names: Vec<&str> = live["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["normalize", "categorize", "enrich", "totals"]);
+    assert_eq!(stage(&live, "categorize")["sha256"], sha256(&v2));
+    let outputs = round(&tansu, &host, 40, 50, &mut total).await;
+    let reordered_outputs: Vec<&Consumed> = outputs.iter().filter(|r| r.headers["sluice.generation"] == "4").collect();
+    assert!(!reordered_outputs.is_empty());
+    for r in reordered_outputs {
+        let lineage: Vec<&str> = r.headers["sluice.lineage"].split(',').map(|e| e.split('@').next().unwrap()).collect();
+        assert_eq!(lineage, ["normalize", "categorize", "enrich", "totals"]);
+        assert_eq!(categorize_version(r), sha256(&v2)[..12]);
+    }
+    work.write_pipeline(&with_canary);
+    let (code, report) = host.json("POST", "/api/reload");
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(host.json("GET", "/api/pipeline").1["generation"], 5);
+    // Let the watcher's own reload of that write come and go first.
+    std::thread::sleep(Duration::from_secs(1));
+
     // SIGHUP reloads too; the promotion stands while the file still names
     // that canary.
     let hups = reloads(&host, "unchanged");
@@ -239,6 +271,6 @@ async fn admin_api_reloads_rejections_canary_and_promotion() {
     assert_eq!(stage(&live, "categorize")["sha256"], sha256(&v2));
 
     // Reload metrics and a clean stop.
-    assert!(host.metric("sluice_pipeline_generation").unwrap() == 3.0);
+    assert!(host.metric("sluice_pipeline_generation").unwrap() == 5.0);
     assert!(host.terminate().success());
 }

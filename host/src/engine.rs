@@ -251,11 +251,6 @@ impl Engine {
         }
     }
 
-    /// How many compiled components are held in memory.
-    pub fn memory_cached(&self) -> usize {
-        self.compiled.lock().expect("compiled lock").0.len()
-    }
-
     /// Ticks needed for a deadline of `timeout`.
     pub fn deadline_ticks(timeout: Duration) -> u64 {
         (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1

@@ -7,7 +7,9 @@ RUN rustup target add wasm32-wasip2 \
     && apt-get update && apt-get install -y --no-install-recommends npm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN make build
+# The host and the Rust plugins (the Python and JavaScript examples are not
+# part of the image).
+RUN make host plugins
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

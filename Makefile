@@ -5,15 +5,22 @@ PLUGINS := normalize enrich categorize totals testguest
 FIXTURES := wasi-command
 WASM_TARGET := wasm32-wasip2
 DIST := plugins/dist
+WIT := wit/plugin@0.1.0
+# The Python and JavaScript example plugins' toolchains (scripts/setup.sh
+# installs both).
+COMPONENTIZE_PY := target/tools/venv/bin/componentize-py
+COMPONENTIZE_JS := plugins/suspicious-js/node_modules/.bin/componentize-js
 
-.PHONY: all build host plugins demo test setup fmt clean image
+.PHONY: all build host plugins polyglot demo test setup fmt clean image
 
 all: build
 
 setup:
 	bash scripts/setup.sh
 
-build: host plugins
+# The Rust plugins need only cargo; the Python and JavaScript examples need
+# componentize-py and componentize-js (scripts/setup.sh installs both).
+build: host plugins polyglot
 
 host:
 	cargo build --release -p sluice
@@ -24,6 +31,17 @@ plugins:
 	cp target/$(WASM_TARGET)/release/categorize.wasm $(DIST)/categorize-uncategorized.wasm
 	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(PLUGINS) $(FIXTURES))
 	for p in $(PLUGINS) $(FIXTURES); do cp target/$(WASM_TARGET)/release/$$p.wasm $(DIST)/$$p.wasm; done
+
+# The example plugins in Python (vip) and JavaScript (suspicious).
+polyglot: $(DIST)/vip.wasm $(DIST)/suspicious.wasm
+
+$(DIST)/vip.wasm: plugins/vip-py/app.py $(WIT)/plugin.wit
+	mkdir -p $(DIST)
+	cd plugins/vip-py && ../../$(COMPONENTIZE_PY) -d ../../$(WIT) -w transform componentize app -o ../../$@
+
+$(DIST)/suspicious.wasm: plugins/suspicious-js/stage.js $(WIT)/plugin.wit
+	mkdir -p $(DIST)
+	$(COMPONENTIZE_JS) plugins/suspicious-js/stage.js --wit $(WIT) --world-name transform --disable http fetch-event --out $@
 
 demo: setup build
 	bash scripts/demo.sh

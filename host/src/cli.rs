@@ -61,6 +61,11 @@ enum Command {
     Passthrough(crate::bench::e2e::PassthroughArgs),
     /// End-to-end latency of records stamped by `sluice gen --stamp`.
     Latency(crate::bench::e2e::LatencyArgs),
+    /// Run a plugin (or a pipeline's chain) on records from a file, in the
+    /// host engine with lookups from memory, and check the results.
+    Test(crate::plugin_test::TestArgs),
+    /// Create a plugin project in Rust, Python or JavaScript.
+    New(crate::scaffold::NewArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -80,6 +85,11 @@ pub fn main() -> anyhow::Result<()> {
         Command::Report(args) => runtime.block_on(crate::report::run(args)),
         Command::Passthrough(args) => runtime.block_on(crate::bench::e2e::passthrough(args)),
         Command::Latency(args) => runtime.block_on(crate::bench::e2e::latency(args)),
+        Command::Test(args) => match crate::plugin_test::run(args)? {
+            true => Ok(()),
+            false => std::process::exit(1),
+        },
+        Command::New(args) => crate::scaffold::run(args),
     }
 }
 

@@ -98,7 +98,13 @@ fn each_failure_costs_only_its_own_record() {
         let h = d.unwrap().record.headers.iter().find(|h| h.name == "sluice.error.message").unwrap();
         String::from_utf8_lossy(&h.value).into_owned()
     };
-    assert_eq!(message("3"), "wasm trap: wasm `unreachable` instruction executed");
+    // The trap, then what the plugin wrote to stderr before it: the panic.
+    let panic = message("3");
+    assert!(panic.starts_with("wasm trap: wasm `unreachable` instruction executed; the plugin wrote: "), "{panic}");
+    assert!(
+        panic.contains("panicked at plugins/testguest/src/lib.rs") && panic.contains("| asked to panic"),
+        "{panic}"
+    );
     // Rust's stack lives in linear memory, so its overflow is an access below it.
     let overflow = message("4");
     assert!(

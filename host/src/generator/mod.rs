@@ -191,7 +191,9 @@ impl Progress {
     }
 }
 
-fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
+/// Reads lookup tables, `{"table": {"key": {"field": value}}}`; values
+/// that are not strings are kept as their JSON text, as in Redis.
+pub fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;

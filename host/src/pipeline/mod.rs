@@ -12,6 +12,7 @@
 //! pipeline generation (1 at start, +1 per applied reload).
 
 mod canary;
+mod output;
 mod stage;
 
 pub use canary::{CanaryDiff, CanaryStats};
@@ -103,6 +104,8 @@ pub struct StageStats {
 pub struct BatchResult {
     /// Records for the default output and named routes, in input order.
     pub outputs: Vec<Produce>,
+    /// `output_origins[i]`: the index of the input record of `outputs[i]`.
+    pub output_origins: Vec<usize>,
     /// Dead letters, at most one per input record.
     pub dead_letters: Vec<DeadLetter>,
     /// Redis effects of the records that were not dead-lettered, each with
@@ -151,6 +154,9 @@ pub struct Chain {
     /// `lineage[i]`: the lineage header of a record that went through
     /// stages `0..=i`.
     lineage: Vec<Vec<u8>>,
+    /// Whether a route missing from `routes` goes to the topic of its name
+    /// (`sluice test` of a single plugin) instead of being rejected.
+    open_routes: bool,
 }
 
 impl Chain {
@@ -214,7 +220,15 @@ impl Chain {
             routes: config.routes.iter().map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str()))).collect(),
             generation: 1,
             lineage,
+            open_routes: false,
         })
+    }
+
+    /// Sends records with a route missing from `[routes]` to the topic of
+    /// the route's name instead of rejecting them (for testing a plugin on
+    /// its own).
+    pub fn open_routes(&mut self) {
+        self.open_routes = true;
     }
 
     /// The stages, in order.
@@ -340,6 +354,7 @@ impl Chain {
                                 None => self.output.clone(),
                                 Some(route) => match self.routes.get(route) {
                                     Some(topic) => topic.clone(),
+                                    None if self.open_routes => Arc::from(route.as_str()),
                                     None => {
                                         let info = ErrorInfo {
                                             reason: "unknown_route".into(),
@@ -383,6 +398,7 @@ impl Chain {
                 has_output[origin] = true;
                 provenance(&mut produce.headers, index);
                 result.outputs.push(produce);
+                result.output_origins.push(origin);
             }
         }
         result.effects = effects.into_iter().filter(|(o, _)| rejected[*o].is_none()).collect();

@@ -11,6 +11,8 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::output::PluginOutput;
+
 /// A row of a lookup table as (field, value) pairs.
 pub type Row = Vec<(String, String)>;
 
@@ -68,6 +70,8 @@ impl StageSpec {
 pub struct StageState {
     stage: Arc<str>,
     wasi: WasiCtx,
+    /// What the plugin writes to stdout and stderr.
+    output: [PluginOutput; 2],
     table: ResourceTable,
     limits: Limiter,
     lookups: Arc<dyn LookupSource>,
@@ -166,10 +170,17 @@ pub enum StageError {
 impl fmt::Display for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::World(stage, path, error) => write!(
-                f,
-                "stage `{stage}`: plugin {path} does not implement the sluice:plugin@0.1.0 `transform` world: {error}"
-            ),
+            Self::World(stage, path, error) => {
+                write!(
+                    f,
+                    "stage `{stage}`: plugin {path} does not implement the sluice:plugin@0.1.0 `transform` world: {error}"
+                )?;
+                if error.contains("wasi:http/") {
+                    // componentize-js imports wasi:http unless told otherwise.
+                    f.write_str(" (plugins get no network: build without wasi:http, e.g. componentize-js --disable http fetch-event)")?;
+                }
+                Ok(())
+            }
             Self::Instantiate(stage, error) => {
                 write!(f, "stage `{stage}`: cannot instantiate the plugin: {error}")
             }
@@ -277,8 +288,9 @@ impl Stage {
     pub fn call(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, CallError> {
         let timeout = Duration::from_millis(self.spec.limits.timeout_ms.get());
         self.store.set_epoch_deadline(Engine::deadline_ticks(timeout));
+        forget_output(self.store.data());
         let result = self.instance.call_process(&mut self.store, batch);
-        let error = match result {
+        let mut error = match result {
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 self.note_call(false);
                 return Ok(outcomes);
@@ -289,6 +301,9 @@ impl Stage {
             },
             Err(e) => classify(&e, timeout),
         };
+        if let CallError::Plugin { message, .. } = &mut error {
+            with_output(message, self.store.data());
+        }
         if matches!(error, CallError::Plugin { .. }) {
             self.note_call(true);
         }
@@ -321,9 +336,17 @@ fn instantiate(
     lookups: &Arc<dyn LookupSource>,
 ) -> Result<(Store<StageState>, Transform), StageError> {
     let memory_bytes = spec.limits.memory_mib.get() as usize * 1024 * 1024;
+    let output = [PluginOutput::new(spec.name.clone(), "stdout"), PluginOutput::new(spec.name.clone(), "stderr")];
     let state = StageState {
         stage: spec.name.clone(),
-        wasi: WasiCtx::builder().allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).build(),
+        wasi: WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .stdout(output[0].clone())
+            .stderr(output[1].clone())
+            .build(),
+        output,
         table: ResourceTable::new(),
         limits: Limiter {
             inner: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
@@ -341,12 +364,49 @@ fn instantiate(
     match instance.call_init(&mut store, &spec.config_json) {
         Ok(Ok(())) => Ok((store, instance)),
         Ok(Err(error)) => Err(StageError::Init(stage, error)),
-        Err(e) => Err(StageError::Init(stage, format!("init trapped: {e:#}"))),
+        Err(e) => {
+            let mut message = format!("init trapped: {e:#}");
+            with_output(&mut message, store.data());
+            Err(StageError::Init(stage, message))
+        }
     }
 }
 
 /// Longest error message kept for a dead letter's header, in characters.
 const MAX_MESSAGE: usize = 1000;
+
+/// Drops what the plugin wrote before a call (it has been logged).
+fn forget_output(state: &StageState) {
+    for output in &state.output {
+        output.take_recent();
+    }
+}
+
+/// Appends the last lines the plugin wrote (stderr first) to the message of
+/// its failure: a Python traceback or a panic message says what went wrong.
+fn with_output(message: &mut String, state: &StageState) {
+    let [stdout, stderr] = &state.output;
+    let mut lines = stderr.take_recent();
+    lines.extend(stdout.take_recent());
+    if lines.is_empty() {
+        return;
+    }
+    let budget = MAX_MESSAGE.saturating_sub(message.chars().count() + 20);
+    let mut tail: Vec<&str> = Vec::new();
+    let mut used = 0;
+    for line in lines.iter().rev() {
+        used += line.chars().count() + 3;
+        if used > budget {
+            break;
+        }
+        tail.push(line);
+    }
+    if !tail.is_empty() {
+        tail.reverse();
+        message.push_str("; the plugin wrote: ");
+        message.push_str(&tail.join(" | "));
+    }
+}
 
 fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
     if let Some(unavailable) = error.downcast_ref::<Unavailable>() {

@@ -217,3 +217,9 @@ mod tests {
         assert_eq!(order.day(), "2025-03-01");
     }
 }
+
+impl From<Rejection> for sluice_sdk::Error {
+    fn from(r: Rejection) -> Self {
+        sluice_sdk::Error::reject(r.reason, r.message)
+    }
+}

@@ -1,13 +1,83 @@
-//! Guest-side bindings for the `sluice:plugin@0.1.0` transform world.
+//! Write Sluice transform stages in Rust.
 //!
-//! A plugin implements [`Guest`] and registers it with
-//! `sluice_sdk::export!(MyStage with_types_in sluice_sdk);`. The helpers here
-//! keep the per-record code short: [`reject`], [`emit`], [`headers_of`].
+//! A stage is a type that implements [`Stage`]: built once per instance from
+//! its config in pipeline.toml, then called once per record. Register it with
+//! [`stage!`], build the crate for `wasm32-wasip2`, and the result is a
+//! component of the `sluice:plugin@0.1.0` `transform` world that the host
+//! loads.
 //!
-//! The bindings compile on every target so that a plugin's logic can be unit
-//! tested natively; the host imports ([`lookup`], [`log`]) only work inside
-//! the host, so native tests pass lookups in as closures instead.
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use sluice_sdk::{Config, Emit, Error, Record, Stage};
+//!
+//! /// Routes orders of at least `min_cents` to the `vip` output and counts
+//! /// them per user in Redis; everything else goes on to the next stage.
+//! struct Vip {
+//!     min_cents: i64,
+//! }
+//!
+//! #[derive(Deserialize)]
+//! struct Settings {
+//!     min_cents: i64,
+//! }
+//!
+//! #[derive(Deserialize, Serialize)]
+//! struct Order {
+//!     order_id: String,
+//!     user: String,
+//!     total_cents: i64,
+//! }
+//!
+//! impl Stage for Vip {
+//!     fn init(config: Config) -> Result<Self, String> {
+//!         let settings: Settings = config.parse()?;
+//!         Ok(Vip { min_cents: settings.min_cents })
+//!     }
+//!
+//!     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
+//!         // Invalid JSON is rejected with reason `invalid_json`.
+//!         let order: Order = record.json()?;
+//!         if order.total_cents < 0 {
+//!             return Err(Error::reject("invalid_total", format!("order {} has a negative total", order.order_id)));
+//!         }
+//!         if order.total_cents < self.min_cents {
+//!             // The record as it came, with its key and headers, to the next stage.
+//!             return Ok(Emit::value(record.value().to_vec()));
+//!         }
+//!         sluice_sdk::log::debug(&format!("vip order {}", order.order_id));
+//!         Ok(Emit::json(&order)?
+//!             .route("vip")
+//!             .key(order.order_id.as_str())
+//!             .header("x-vip", "true")
+//!             .incr(format!("vip:{}", order.user), "orders", 1))
+//!     }
+//! }
+//!
+//! sluice_sdk::stage!(Vip);
+//! # fn main() {
+//! #     let mut vip = Vip::init(Config::new(r#"{"min_cents": 10000}"#)).unwrap();
+//! #     let big = Record::from_value(br#"{"order_id":"o1","user":"u1","total_cents":12000}"#.to_vec());
+//! #     let emit = vip.process(&big).unwrap();
+//! #     assert_eq!(emit.outputs()[0].route.as_deref(), Some("vip"));
+//! #     let bad = Record::from_value(b"{".to_vec());
+//! #     assert_eq!(vip.process(&bad).unwrap_err().reason(), "invalid_json");
+//! # }
+//! ```
+//!
+//! Outputs inherit the input record's key and headers unless they set their
+//! own ([`Emit::key`], [`Emit::header`] adds to the inherited headers). A
+//! stage that needs the whole batch at once (to batch its lookups, say)
+//! overrides [`Stage::process_batch`].
+//!
+//! Everything here also compiles natively, so a stage's logic can be unit
+//! tested with `cargo test`: natively, [`lookup`] finds nothing and [`log`]
+//! writes to stderr. `sluice test plugin.wasm --input records.jsonl` runs the
+//! built component in the real host engine.
 #![deny(missing_docs)]
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
 
 #[allow(missing_docs)]
 mod bindings {
@@ -19,25 +89,448 @@ mod bindings {
     });
 }
 
-pub use bindings::sluice::plugin::host::{log, lookup};
-pub use bindings::sluice::plugin::types::{Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output};
+pub use bindings::sluice::plugin::types::{Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output as RawOutput};
 pub use bindings::{Guest, export};
 
 #[doc(hidden)]
 pub use bindings::*;
 
-/// An outcome that dead-letters the record with `reason` and `message`.
-pub fn reject(reason: &str, message: impl Into<String>) -> Outcome {
-    Outcome::Reject(ErrorInfo { reason: reason.to_string(), message: message.into() })
+/// A row of a lookup table: (field, value) pairs.
+pub type Row = Vec<(String, String)>;
+
+/// The row `key` of lookup table `table` (which the stage must declare in
+/// pipeline.toml), or `None` if there is none. Natively, always `None`.
+pub fn lookup(table: &str, key: &str) -> Option<Row> {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::sluice::plugin::host::lookup(table, key);
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = (table, key);
+        None
+    }
 }
 
-/// An outcome that sends one record on to the next stage (route none) and
-/// applies `effects`.
-pub fn emit(key: Option<Vec<u8>>, value: Vec<u8>, headers: Vec<Header>, effects: Vec<Effect>) -> Outcome {
-    Outcome::Emit((vec![Output { route: None, key, value, headers }], effects))
+/// The value of `field` in a lookup row.
+pub fn field<'a>(row: &'a [(String, String)], field: &str) -> Option<&'a str> {
+    row.iter().find(|(k, _)| k == field).map(|(_, v)| v.as_str())
 }
 
-/// The headers of `message`, to carry them over to its outputs.
-pub fn headers_of(message: &Message) -> Vec<Header> {
-    message.headers.iter().map(|h| Header { name: h.name.clone(), value: h.value.clone() }).collect()
+/// Lines in the host's log, tagged with the stage name. Natively they go to
+/// stderr.
+pub mod log {
+    use super::LogLevel;
+
+    fn write(level: LogLevel, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        super::bindings::sluice::plugin::host::log(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        eprintln!("{level:?}: {message}");
+    }
+
+    /// Logs at trace level.
+    pub fn trace(message: &str) {
+        write(LogLevel::Trace, message)
+    }
+    /// Logs at debug level.
+    pub fn debug(message: &str) {
+        write(LogLevel::Debug, message)
+    }
+    /// Logs at info level.
+    pub fn info(message: &str) {
+        write(LogLevel::Info, message)
+    }
+    /// Logs at warn level.
+    pub fn warn(message: &str) {
+        write(LogLevel::Warn, message)
+    }
+    /// Logs at error level.
+    pub fn error(message: &str) {
+        write(LogLevel::Error, message)
+    }
+}
+
+/// The stage's `config` table from pipeline.toml, as JSON.
+#[derive(Debug, Clone)]
+pub struct Config(String);
+
+impl Config {
+    /// A config from its JSON text (for tests).
+    pub fn new(json: impl Into<String>) -> Self {
+        Self(json.into())
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the stage was given no settings.
+    pub fn is_empty(&self) -> bool {
+        matches!(self.0.trim(), "" | "{}")
+    }
+
+    /// The config as `T`; the error names the setting that is wrong.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, String> {
+        let text = if self.0.trim().is_empty() { "{}" } else { &self.0 };
+        serde_json::from_str(text).map_err(|e| format!("stage config: {e}"))
+    }
+
+    /// Fails unless the config is empty, for stages that take no settings.
+    pub fn expect_empty(&self, stage: &str) -> Result<(), String> {
+        if self.is_empty() { Ok(()) } else { Err(format!("{stage} takes no config, got {}", self.0.trim())) }
+    }
+}
+
+/// One input record.
+#[derive(Debug, Clone)]
+pub struct Record(Message);
+
+impl Record {
+    /// A record with this value and nothing else (for tests).
+    pub fn from_value(value: Vec<u8>) -> Self {
+        Self(Message {
+            key: None,
+            value,
+            headers: Vec::new(),
+            topic: String::new(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+        })
+    }
+
+    /// The same record with a key (for tests).
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.0.key = Some(key.into());
+        self
+    }
+
+    /// The same record with one more header (for tests).
+    pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.0.headers.push(Header { name: name.to_string(), value: value.into() });
+        self
+    }
+
+    /// The value.
+    pub fn value(&self) -> &[u8] {
+        &self.0.value
+    }
+
+    /// The value as JSON. A value that is not JSON of that type is an
+    /// [`Error`] with reason `invalid_json` and the parser's message.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.0.value).map_err(|e| Error::reject("invalid_json", format!("record value: {e}")))
+    }
+
+    /// The key, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.0.key.as_deref()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &[Header] {
+        &self.0.headers
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
+    }
+
+    /// The source topic of the record that entered the pipeline.
+    pub fn topic(&self) -> &str {
+        &self.0.topic
+    }
+
+    /// Its source partition.
+    pub fn partition(&self) -> i32 {
+        self.0.partition
+    }
+
+    /// Its source offset.
+    pub fn offset(&self) -> i64 {
+        self.0.offset
+    }
+
+    /// Its Kafka timestamp in milliseconds, if any.
+    pub fn timestamp_ms(&self) -> Option<i64> {
+        self.0.timestamp_ms
+    }
+
+    /// The underlying message.
+    pub fn message(&self) -> &Message {
+        &self.0
+    }
+}
+
+/// One record a stage emits.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// `None`: the next stage (or the pipeline's default output after the
+    /// last stage); a name: the output of that name in `[routes]`.
+    pub route: Option<String>,
+    /// `None`: the input record's key.
+    pub key: Option<Option<Vec<u8>>>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Headers added to the input record's headers.
+    pub headers: Vec<Header>,
+}
+
+/// What a stage makes of one record: zero or more outputs and the Redis
+/// effects they cause. Builder methods such as [`Emit::route`] apply to the
+/// latest output.
+#[derive(Debug, Clone, Default)]
+pub struct Emit {
+    outputs: Vec<Output>,
+    effects: Vec<Effect>,
+}
+
+impl Emit {
+    /// One output with this value.
+    pub fn value(value: impl Into<Vec<u8>>) -> Self {
+        Self::default().and_value(value)
+    }
+
+    /// One output with `value` serialized as JSON.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, Error> {
+        Ok(Self::value(to_json(value)?))
+    }
+
+    /// Nothing: the record is dropped on purpose (counted as filtered).
+    pub fn filtered() -> Self {
+        Self::default()
+    }
+
+    /// One more output with this value.
+    pub fn and_value(mut self, value: impl Into<Vec<u8>>) -> Self {
+        self.outputs.push(Output { route: None, key: None, value: value.into(), headers: Vec::new() });
+        self
+    }
+
+    /// One more output with `value` serialized as JSON.
+    pub fn and_json<T: Serialize + ?Sized>(self, value: &T) -> Result<Self, Error> {
+        Ok(self.and_value(to_json(value)?))
+    }
+
+    /// Sends the latest output to the output named `route` in `[routes]`.
+    pub fn route(mut self, route: impl Into<String>) -> Self {
+        if let Some(o) = self.outputs.last_mut() {
+            o.route = Some(route.into());
+        }
+        self
+    }
+
+    /// Sets the latest output's key.
+    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        if let Some(o) = self.outputs.last_mut() {
+            o.key = Some(Some(key.into()));
+        }
+        self
+    }
+
+    /// Gives the latest output no key.
+    pub fn no_key(mut self) -> Self {
+        if let Some(o) = self.outputs.last_mut() {
+            o.key = Some(None);
+        }
+        self
+    }
+
+    /// Adds a header to the latest output.
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        if let Some(o) = self.outputs.last_mut() {
+            o.headers.push(Header { name: name.to_string(), value: value.into() });
+        }
+        self
+    }
+
+    /// `HINCRBY key field delta`, applied once the outputs are delivered.
+    pub fn incr(mut self, key: impl Into<String>, field: impl Into<String>, delta: i64) -> Self {
+        self.effects.push(Effect::HashIncr((key.into(), field.into(), delta)));
+        self
+    }
+
+    /// `HSET key field value`, applied once the outputs are delivered.
+    pub fn set(mut self, key: impl Into<String>, field: impl Into<String>, value: impl Into<String>) -> Self {
+        self.effects.push(Effect::HashSet((key.into(), field.into(), value.into())));
+        self
+    }
+
+    /// The outputs.
+    pub fn outputs(&self) -> &[Output] {
+        &self.outputs
+    }
+
+    /// The effects.
+    pub fn effects(&self) -> &[Effect] {
+        &self.effects
+    }
+
+    /// The outcome of `input`: outputs get the input's key and headers
+    /// unless they set their own key; the first inheriting output takes them
+    /// without a copy.
+    pub fn into_outcome(self, input: Message) -> Outcome {
+        if self.outputs.is_empty() && self.effects.is_empty() {
+            return Outcome::Filtered;
+        }
+        let Message { key: mut input_key, headers: mut input_headers, .. } = input;
+        let last = self.outputs.len().saturating_sub(1);
+        let outputs = self
+            .outputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let (key, mut headers) = if i == last {
+                    (o.key.unwrap_or_else(|| input_key.take()), std::mem::take(&mut input_headers))
+                } else {
+                    (o.key.unwrap_or_else(|| input_key.clone()), input_headers.clone())
+                };
+                headers.extend(o.headers);
+                RawOutput { route: o.route, key, value: o.value, headers }
+            })
+            .collect();
+        Outcome::Emit((outputs, self.effects))
+    }
+}
+
+fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(value).map_err(|e| Error::reject("serialize_failed", e.to_string()))
+}
+
+/// Why a record was not processed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    retry: bool,
+    reason: String,
+    message: String,
+}
+
+impl Error {
+    /// The record is bad: it goes to the dead-letter topic with `reason`
+    /// (a short snake_case code) and `message` (for people: what is wrong,
+    /// and where).
+    pub fn reject(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { retry: false, reason: reason.into(), message: message.into() }
+    }
+
+    /// A transient failure: the host retries the record with backoff, then
+    /// dead-letters it with `reason` when the retries are spent.
+    pub fn retry(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { retry: true, reason: reason.into(), message: message.into() }
+    }
+
+    /// The reason code.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the host should retry the record.
+    pub fn is_retry(&self) -> bool {
+        self.retry
+    }
+
+    /// The outcome the host receives.
+    pub fn into_outcome(self) -> Outcome {
+        let info = ErrorInfo { reason: self.reason, message: self.message };
+        if self.retry { Outcome::Retry(info) } else { Outcome::Reject(info) }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        Self::reject("invalid_json", e.to_string())
+    }
+}
+
+/// A transform stage. See the crate documentation for an example.
+pub trait Stage: Sized + 'static {
+    /// Builds the stage from its config, once per instance, before any
+    /// record. An error stops the pipeline from loading (or a reload from
+    /// applying), with this message.
+    fn init(config: Config) -> Result<Self, String>;
+
+    /// Processes one record.
+    fn process(&mut self, record: &Record) -> Result<Emit, Error>;
+
+    /// Processes a batch: one outcome per record, in order. By default,
+    /// [`Stage::process`] on each record.
+    fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
+        batch
+            .into_iter()
+            .map(|message| {
+                let record = Record(message);
+                match self.process(&record) {
+                    Ok(emit) => emit.into_outcome(record.0),
+                    Err(e) => e.into_outcome(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[doc(hidden)]
+pub mod runtime {
+    use super::*;
+    use std::cell::RefCell;
+
+    std::thread_local! {
+        static STAGE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn init<S: Stage>(config_json: String) -> Result<(), String> {
+        let stage = S::init(Config(config_json))?;
+        STAGE.with(|s| *s.borrow_mut() = Some(Box::new(stage)));
+        Ok(())
+    }
+
+    pub fn process<S: Stage>(batch: Vec<Message>) -> Vec<Outcome> {
+        STAGE.with(|s| match s.borrow_mut().as_mut().and_then(|s| s.downcast_mut::<S>()) {
+            Some(stage) => stage.process_batch(batch),
+            None => batch
+                .iter()
+                .map(|_| Error::reject("not_initialised", "process was called before init").into_outcome())
+                .collect(),
+        })
+    }
+}
+
+/// Exports a [`Stage`] as the component's `transform` world. Only compiled
+/// for WebAssembly, so that several stages can link into one native binary
+/// (for tests and benchmarks).
+#[macro_export]
+macro_rules! stage {
+    ($stage:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct SluiceExport;
+            impl $crate::Guest for SluiceExport {
+                fn init(config_json: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::runtime::init::<$stage>(config_json)
+                }
+                fn process(batch: ::std::vec::Vec<$crate::Message>) -> ::std::vec::Vec<$crate::Outcome> {
+                    $crate::runtime::process::<$stage>(batch)
+                }
+            }
+    $crate::export!(SluiceExport with_types_in $crate);
+        };
+        // Natively the stage is only used by tests: no dead-code warnings.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$stage as $crate::Stage>::init;
+        };
+    };
 }

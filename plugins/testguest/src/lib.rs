@@ -12,7 +12,17 @@
 //! `{"always": "CMD"}` runs CMD for every record instead of its value (so
 //! `always = "ok"` is a pass-through stage, `always = "panic"` a broken one).
 
-use sluice_sdk::{ErrorInfo, Guest, Message, Outcome, Output, emit, reject};
+// The raw world, without the SDK's `Stage` trait: this plugin exercises the
+// contract itself.
+use sluice_sdk::{ErrorInfo, Guest, Header, Message, Outcome, RawOutput as Output};
+
+fn emit(key: Option<Vec<u8>>, value: Vec<u8>, headers: Vec<Header>, effects: Vec<sluice_sdk::Effect>) -> Outcome {
+    Outcome::Emit((vec![Output { route: None, key, value, headers }], effects))
+}
+
+fn reject(reason: &str, message: impl Into<String>) -> Outcome {
+    Outcome::Reject(ErrorInfo { reason: reason.to_string(), message: message.into() })
+}
 
 struct TestGuest;
 

@@ -17,8 +17,9 @@ pub struct NewArgs {
     /// Where to create the project. Default: a directory called NAME.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Rust only: the sluice-sdk crate to depend on. Default: the one in the
-    /// source tree this sluice was built from.
+    /// Rust only: a sluice-sdk crate directory to depend on (say, the
+    /// plugins/sdk of a Sluice source tree). Default: a copy of the SDK this
+    /// sluice was built with, in the project's sluice-sdk/.
     #[arg(long, env = "SLUICE_SDK")]
     pub sdk: Option<PathBuf>,
 }
@@ -36,6 +37,13 @@ pub enum Lang {
 
 /// The WIT world every plugin is built against.
 const WIT: &str = include_str!("../../wit/plugin@0.1.0/plugin.wit");
+
+/// The SDK's source, copied into a Rust project unless `--sdk` is given.
+const SDK_LIB: &str = include_str!("../../plugins/sdk/src/lib.rs");
+const SDK_MANIFEST: &str = include_str!("../templates/rust/sluice-sdk/Cargo.toml");
+/// Where the SDK finds the WIT world: in the source tree, and in the copy.
+const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.1.0""#;
+const SDK_WIT_IN_COPY: &str = r#"path: "wit""#;
 
 fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
     macro_rules! files {
@@ -67,8 +75,12 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
     if dir.exists() && std::fs::read_dir(&dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} already exists and is not empty", dir.display());
     }
-    let sdk = match args.lang {
-        Lang::Rust => sdk_path(args.sdk.as_deref())?.display().to_string(),
+    let sdk = match (args.lang, &args.sdk) {
+        (Lang::Rust, Some(given)) => sdk_path(given)?.display().to_string(),
+        (Lang::Rust, None) => {
+            write_sdk(&dir.join("sluice-sdk"))?;
+            "sluice-sdk".to_string()
+        }
         _ => String::new(),
     };
     let crate_name = name.replace('-', "_");
@@ -92,15 +104,59 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// The sluice-sdk crate directory, absolute.
-fn sdk_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
-    let path = given.map(Path::to_path_buf).unwrap_or(built_from);
-    if !path.join("Cargo.toml").is_file() {
+/// A given sluice-sdk crate directory, absolute.
+fn sdk_path(given: &Path) -> anyhow::Result<PathBuf> {
+    if !given.join("Cargo.toml").is_file() {
         bail!(
-            "no sluice-sdk crate at {}: pass --sdk (or set SLUICE_SDK) to the plugins/sdk directory of a Sluice source tree",
-            path.display()
+            "no sluice-sdk crate at {} (no Cargo.toml): --sdk (or SLUICE_SDK) names the plugins/sdk directory of a Sluice source tree",
+            given.display()
         );
     }
-    Ok(std::fs::canonicalize(&path)?)
+    Ok(std::fs::canonicalize(given)?)
+}
+
+/// Writes the SDK this sluice was built with into `dir`: a crate of its own
+/// that needs nothing but crates.io, with the WIT world beside it.
+fn write_sdk(dir: &Path) -> anyhow::Result<()> {
+    write(&dir.join("Cargo.toml"), &SDK_MANIFEST.replace("{{version}}", env!("CARGO_PKG_VERSION")))?;
+    write(&dir.join("src/lib.rs"), &sdk_source())?;
+    write(&dir.join("wit/plugin.wit"), WIT)
+}
+
+/// The SDK's source with the WIT path of the copy.
+fn sdk_source() -> String {
+    SDK_LIB.replacen(SDK_WIT_IN_TREE, SDK_WIT_IN_COPY, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sdk_copy_finds_its_wit_world() {
+        assert_eq!(SDK_LIB.matches(SDK_WIT_IN_TREE).count(), 1, "the SDK names its WIT path once");
+        let copy = sdk_source();
+        assert!(copy.contains(SDK_WIT_IN_COPY) && !copy.contains(SDK_WIT_IN_TREE));
+    }
+
+    /// The copy's dependencies are the workspace's, so the SDK builds the
+    /// same in both places.
+    #[test]
+    fn the_sdk_copy_depends_on_what_the_workspace_does() {
+        let table = |text: &str, key: &str| -> toml::Table {
+            let doc: toml::Table = text.parse().unwrap();
+            let mut at = &doc;
+            for part in key.split('.') {
+                at = at[part].as_table().unwrap();
+            }
+            at.clone()
+        };
+        let workspace = table(include_str!("../../Cargo.toml"), "workspace.dependencies");
+        let sdk = table(include_str!("../../plugins/sdk/Cargo.toml"), "dependencies");
+        let copy = table(SDK_MANIFEST, "dependencies");
+        assert_eq!(copy.keys().collect::<Vec<_>>(), sdk.keys().collect::<Vec<_>>());
+        for (name, spec) in &copy {
+            assert_eq!(spec, &workspace[name], "{name}");
+        }
+    }
 }

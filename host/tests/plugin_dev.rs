@@ -178,7 +178,7 @@ fn records_with_keys_and_headers_go_through_a_plugin() {
 
 #[test]
 fn bad_invocations_name_what_is_wrong() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["test", "plugins/dist/normalize.wasm", "--input", "nope.jsonl"], "cannot read nope.jsonl"),
         (&["test", "plugins/dist/nope.wasm", "--input", "plugins/normalize/test/input.jsonl"], "nope.wasm"),
         (
@@ -191,6 +191,10 @@ fn bad_invocations_name_what_is_wrong() {
         ),
         (&["test", "--input", "plugins/normalize/test/input.jsonl"], "required"),
         (&["new", "Bad_Name", "--lang", "rust"], "plugin name `Bad_Name`"),
+        (
+            &["new", "tagger", "--lang", "rust", "--dir", "target/no-sdk", "--sdk", "nope"],
+            "no sluice-sdk crate at nope",
+        ),
     ];
     for (args, message) in cases {
         let out = sluice(args);
@@ -227,9 +231,14 @@ fn scaffold_builds_and_passes_its_test(lang: &str, dir: &TempDir) -> PathBuf {
     project
 }
 
+/// The Rust project carries its own copy of the SDK, so it builds with
+/// nothing but crates.io, wherever sluice is installed.
 #[test]
 fn new_rust_plugin_builds_and_passes_its_test() {
-    scaffold_builds_and_passes_its_test("rust", &TempDir::new("new-rust"));
+    let project = scaffold_builds_and_passes_its_test("rust", &TempDir::new("new-rust"));
+    assert!(project.join("sluice-sdk/wit/plugin.wit").is_file());
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains(r#"sluice-sdk = { path = "sluice-sdk" }"#), "{manifest}");
 }
 
 #[test]

@@ -165,8 +165,15 @@ pub async fn assert_exact(brokers: &str, want: &Expected, redis_url: &str, count
         assert_eq!(repeats, 0, "orders emitted more than once");
     }
     let want_ids: BTreeSet<&String> = want.orders.iter().map(|o| &o.order_id).collect();
-    assert_eq!(first.len(), want_ids.len(), "order count");
-    assert!(first.keys().collect::<BTreeSet<_>>() == want_ids, "the emitted orders are not the valid orders");
+    let got_ids: BTreeSet<&String> = first.keys().collect();
+    let missing: Vec<_> = want_ids.difference(&got_ids).take(10).collect();
+    let unexpected: Vec<_> = got_ids.difference(&want_ids).take(10).collect();
+    assert!(
+        missing.is_empty() && unexpected.is_empty(),
+        "orders.enriched: {} of {} orders; missing (up to 10): {missing:?}; not valid orders (up to 10): {unexpected:?}",
+        got_ids.len(),
+        want_ids.len()
+    );
 
     let mut sources = BTreeSet::new();
     let first_of_source = |r: &Consumed| exact || sources.insert(source_of(r));

@@ -140,13 +140,17 @@ impl Producer {
 /// nothing more for `linger` (to catch any extra record), or fails after
 /// `timeout`.
 pub async fn consume(brokers: &str, topic: &str, expect: usize, timeout: Duration, linger: Duration) -> Vec<Consumed> {
-    consume_with(brokers, topic, expect, timeout, linger, "read_committed", |_| true).await
+    let out = consume_with(brokers, topic, expect, timeout, linger, "read_committed", |_| true).await;
+    assert!(out.len() >= expect, "{topic}: got {} records, expected {expect} within {timeout:?}", out.len());
+    out
 }
 
 /// [`consume`] with an explicit `isolation.level`, counting towards
 /// `expect` only the records for which `counts` is true (say, the first of
 /// each order where repeats are allowed): a reader that counted repeats
-/// could stop before the last distinct record arrived.
+/// could stop before the last distinct record arrived. Returns what it read
+/// by the timeout even when that is short, for the caller to name what is
+/// missing.
 pub async fn consume_with(
     brokers: &str,
     topic: &str,
@@ -200,6 +204,8 @@ pub async fn consume_with(
         counted += usize::from(counts(&consumed));
         out.push(consumed);
     }
-    assert!(counted >= expect, "{topic}: got {counted} of {expect} records within {timeout:?} ({} read)", out.len());
+    if counted < expect {
+        eprintln!("{topic}: got {counted} of {expect} records within {timeout:?} ({} read)", out.len());
+    }
     out
 }

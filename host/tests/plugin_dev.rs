@@ -235,7 +235,8 @@ fn scaffold_builds_and_passes_its_test(lang: &str, dir: &TempDir) -> PathBuf {
 /// nothing but crates.io, wherever sluice is installed.
 #[test]
 fn new_rust_plugin_builds_and_passes_its_test() {
-    let project = scaffold_builds_and_passes_its_test("rust", &TempDir::new("new-rust"));
+    let dir = TempDir::new("new-rust");
+    let project = scaffold_builds_and_passes_its_test("rust", &dir);
     assert!(project.join("sluice-sdk/wit/plugin.wit").is_file());
     let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
     assert!(manifest.contains(r#"sluice-sdk = { path = "sluice-sdk" }"#), "{manifest}");

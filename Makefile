@@ -58,6 +58,10 @@ clean:
 	cargo clean
 	rm -rf $(DIST)
 
-# The host container (needs a Docker engine).
-image:
-	docker build -t sluice:0.1.0 .
+# The host container image sluice:0.1.0, from this machine's build (the
+# Dockerfile's `prebuilt` target). scripts/container.sh starts a Docker
+# engine if none answers and makes the Debian base image from Debian's
+# packages if no registry has it. With a registry, `docker build -t
+# sluice:0.1.0 .` builds the image from source instead.
+image: host plugins
+	bash scripts/container.sh image

@@ -3,6 +3,7 @@
 //! when dropped; Redis keys live under a per-test prefix that is deleted.
 #![allow(dead_code)]
 
+pub mod container;
 pub mod inputs;
 pub mod kafka;
 pub mod model;

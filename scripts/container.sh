@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The host container on a machine with no image registry: a Docker engine,
+# base images made from Debian's packages, and the Sluice image made from
+# what `make build` built.
+#
+#   scripts/container.sh engine    start a Docker engine if none answers; print DOCKER_HOST
+#   scripts/container.sh image     build sluice:0.1.0 (Dockerfile target `prebuilt`)
+#   scripts/container.sh peers     build the stand-ins for the broker and Redis images
+#                                  that docker-compose.yml names (deploy/local/)
+#   scripts/container.sh prepare   all three; print the variables the container
+#                                  tests read, as `export` lines (nothing when no
+#                                  engine can be had: the tests then say they skip)
+#   scripts/container.sh stop      stop the engine this script started
+#
+# The base image `debian:bookworm-slim` is made once with mmdebstrap and
+# cached as target/docker/bookworm-slim.tar; the engine this script starts
+# keeps its images under target/docker/data, so later runs reuse them.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache="$root/target/docker"
+# Sockets have a short path limit: the engine's run-time files live in /tmp.
+state="/tmp/sluice-docker-$(printf '%s' "$root" | sha256sum | cut -c1-12)"
+image=${SLUICE_IMAGE:-sluice:0.1.0}
+
+log() { echo "container: $*" >&2; }
+
+# `docker build ARGS...`, quiet unless it fails.
+build() {
+  local out
+  if ! out=$(docker build --quiet "$@" 2>&1); then
+    printf '%s\n' "$out" >&2
+    log "docker build $* failed"
+    return 1
+  fi
+}
+
+# Whether an engine answers at DOCKER_HOST (or the default socket).
+answers() { docker info >/dev/null 2>&1; }
+
+engine() {
+  if answers; then
+    echo "${DOCKER_HOST:-unix:///var/run/docker.sock}"
+    return
+  fi
+  export DOCKER_HOST="unix://$state/docker.sock"
+  if answers; then
+    echo "$DOCKER_HOST"
+    return
+  fi
+  if ! command -v dockerd >/dev/null 2>&1; then
+    log "no Docker engine answers and dockerd is not installed"
+    return 1
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    log "no Docker engine answers and starting one needs root"
+    return 1
+  fi
+  mkdir -p "$state" "$cache/data"
+  # No default bridge, and no address translation to the outside: the
+  # containers of the tests reach one another on their compose network and
+  # the host on loopback, and nothing else.
+  dockerd --data-root "$cache/data" --exec-root "$state/exec" --pidfile "$state/docker.pid" \
+    --host "$DOCKER_HOST" --bridge=none --ip-masq=false \
+    >"$state/dockerd.log" 2>&1 &
+  local deadline=$((SECONDS + 60))
+  until answers; do
+    if [ $SECONDS -ge $deadline ] || ! kill -0 "$!" 2>/dev/null; then
+      log "dockerd did not start; its log:"
+      tail -n 20 "$state/dockerd.log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  log "started dockerd (log: $state/dockerd.log)"
+  echo "$DOCKER_HOST"
+}
+
+stop() {
+  local pidfile="$state/docker.pid"
+  [ -f "$pidfile" ] || return 0
+  local pid
+  pid=$(cat "$pidfile")
+  if kill "$pid" 2>/dev/null; then
+    local deadline=$((SECONDS + 30))
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+    log "stopped dockerd"
+  fi
+  rm -f "$pidfile"
+}
+
+# debian:bookworm-slim, from Debian's packages when no registry has it:
+# the minbase variant with merged /usr, without documentation, manual pages
+# and translations (what Debian's own slim image leaves out).
+base() {
+  if docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
+    return
+  fi
+  local tar="$cache/bookworm-slim.tar"
+  if [ ! -s "$tar" ]; then
+    if ! command -v mmdebstrap >/dev/null 2>&1; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
+    fi
+    mkdir -p "$cache"
+    log "making debian:bookworm-slim from Debian's packages (about a minute)"
+    if ! mmdebstrap --format=tar --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      bookworm "$tar.partial" >"$cache/mmdebstrap.log" 2>&1; then
+      tail -n 30 "$cache/mmdebstrap.log" >&2
+      log "mmdebstrap failed (log: $cache/mmdebstrap.log)"
+      return 1
+    fi
+    mv "$tar.partial" "$tar"
+  fi
+  docker import --change 'CMD ["bash"]' "$tar" debian:bookworm-slim >/dev/null
+  log "imported debian:bookworm-slim"
+}
+
+# The Sluice image from the host-built binary and the default plugins.
+image() {
+  base
+  local context="$cache/context"
+  for f in "$root/target/release/sluice" "$root"/plugins/dist/{normalize,enrich,categorize,totals}.wasm; do
+    [ -f "$f" ] || { log "$f is missing: run make build first"; return 1; }
+  done
+  rm -rf "$context"
+  mkdir -p "$context/plugins"
+  cp "$root/target/release/sluice" "$root/pipeline.toml" "$context/"
+  cp "$root"/plugins/dist/{normalize,enrich,categorize,totals}.wasm "$context/plugins/"
+  # The network is the host's: the runtime stage installs curl and CA
+  # certificates with apt.
+  build --network host --target prebuilt -t "$image" -f "$root/Dockerfile" "$context"
+  local bytes
+  bytes=$(docker image inspect --format '{{.Size}}' "$image")
+  log "built $image: $((bytes / 1000000)) MB"
+}
+
+# Stand-ins for apache/kafka and redis, built from the tansu broker the
+# tests use and Debian's redis-server (deploy/local/).
+peers() {
+  base
+  local context="$cache/tansu"
+  mkdir -p "$context"
+  cp "$("$root/scripts/tansu.sh")" "$context/tansu"
+  build -t sluice-local/tansu -f "$root/deploy/local/tansu.Dockerfile" "$context"
+  build --network host -t sluice-local/redis -f "$root/deploy/local/redis.Dockerfile" "$root/deploy/local"
+  log "built sluice-local/tansu and sluice-local/redis"
+}
+
+case "${1:-}" in
+  engine) engine ;;
+  stop) stop ;;
+  image | peers)
+    DOCKER_HOST=$(engine)
+    export DOCKER_HOST
+    "$1"
+    ;;
+  prepare)
+    if ! DOCKER_HOST=$(engine); then
+      log "skipped: no Docker engine can be had here, so the container tests skip"
+      exit 0
+    fi
+    export DOCKER_HOST
+    image
+    peers
+    echo "export DOCKER_HOST='$DOCKER_HOST'"
+    echo "export SLUICE_TEST_IMAGE='$image'"
+    ;;
+  *)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Offline checks of the deployment files: docker-compose.yml parses, the
-# Kubernetes manifests validate against the Kubernetes schemas (strict), the
-# KEDA ScaledObject against KEDA's schema, and the ConfigMap carries the
-# repository's pipeline.toml verbatim.
+# Offline checks of the deployment files: docker-compose.yml parses (alone
+# and with the local override), the Kubernetes manifests validate against
+# the Kubernetes schemas (strict), the KEDA ScaledObject against KEDA's
+# schema, and the ConfigMap carries the repository's pipeline.toml verbatim.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 docker-compose -f docker-compose.yml config -q
-echo "check-deploy: docker-compose.yml ok"
+docker-compose -f docker-compose.yml -f deploy/local/compose.yml config -q
+echo "check-deploy: docker-compose.yml ok (alone and with deploy/local/compose.yml)"
 
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==1.37.0"

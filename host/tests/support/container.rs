@@ -146,21 +146,12 @@ impl Container {
 
     /// The value of an unlabelled metric.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics")?;
-        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        super::process::metric(self.http_port, name)
     }
 
     /// Waits until `sluice_records_in_total` reaches `n`.
     pub fn wait_records_in(&self, n: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.metric("sluice_records_in_total").unwrap_or(0.0) as u64;
-            if got >= n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "only {got} of {n} records in within {timeout:?}:\n{}", self.logs());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        super::process::wait_records_in(self.http_port, n, timeout, || self.logs());
     }
 
     /// `docker stop --time GRACE`: how long it took and the exit code.

@@ -20,6 +20,27 @@ pub fn request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// The value of an unlabelled metric of the host whose admin API is on
+/// `port`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = request(port, "GET", "/metrics")?;
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits until `sluice_records_in_total` of the host on `port` reaches `n`;
+/// fails with what `log` returns.
+pub fn wait_records_in(port: u16, n: u64, timeout: Duration, log: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = metric(port, "sluice_records_in_total").unwrap_or(0.0) as u64;
+        if got >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {got} of {n} records in within {timeout:?}:\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Where a host connects and what it is called.
 #[derive(Clone)]
 pub struct HostEnv {
@@ -138,21 +159,12 @@ impl Host {
 
     /// The value of an unlabelled metric.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics")?;
-        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        metric(self.http_port, name)
     }
 
     /// Waits until `sluice_records_in_total` reaches `n`.
     pub fn wait_records_in(&self, n: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.metric("sluice_records_in_total").unwrap_or(0.0) as u64;
-            if got >= n {
-                return;
-            }
-            assert!(Instant::now() < deadline, "only {got} of {n} records in within {timeout:?}:\n{}", self.log_text());
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_records_in(self.http_port, n, timeout, || self.log_text());
     }
 
     /// Sends SIGTERM and waits for the exit.

@@ -27,3 +27,19 @@ fn invalid_configs_give_their_exact_error() {
         assert_eq!(error, expected.trim_end(), "{}", file.display());
     }
 }
+
+/// A value from the environment is data: quotes, backslashes and line
+/// breaks in it reach the setting as they are and add no keys.
+#[test]
+fn an_environment_value_cannot_inject_toml() {
+    let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml")).unwrap();
+    let hostile = "redis://h:6379\"\n[admin]\naddr = \"0.0.0.0:9\" # \\";
+    let config = sluice::config::load_str(&text, |name| (name == "REDIS_URL").then(|| hostile.to_string())).unwrap();
+    assert_eq!(config.redis.url, hostile);
+    assert_eq!(config.admin.addr, "127.0.0.1:8080");
+
+    let error = sluice::config::load_str(&text, |name| (name == "SLUICE_BATCH_SIZE").then(|| "1\ndelivery = 2".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`SLUICE_BATCH_SIZE`: its value is not a number or a boolean"), "{error}");
+}

@@ -128,8 +128,15 @@ impl Engine {
             // /tmp/perf-PID.map names the plugins' compiled functions for `perf`.
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
-        let cache_dir = dir.and_then(|dir| match std::fs::create_dir_all(&dir) {
-            Ok(()) => Some(Arc::from(dir.as_path())),
+        let cache_dir = dir.and_then(|dir| match std::fs::create_dir_all(&dir).map_err(|e| e.to_string()) {
+            Ok(()) => match private(&dir) {
+                Ok(()) => Some(Arc::from(dir.as_path())),
+                Err(why) => {
+                    tracing::warn!(dir = %dir.display(), why, "compiled-code cache disabled: compiled code is \
+                        loaded only from a folder that this user owns and nobody else may write to");
+                    None
+                }
+            },
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "compiled-code cache disabled");
                 None
@@ -238,10 +245,14 @@ impl Engine {
         if !file.exists() {
             return None;
         }
+        if let Err(why) = private(file) {
+            tracing::warn!(file = %file.display(), why, "ignoring a compiled-code cache entry another user could have written");
+            return None;
+        }
         // SAFETY: the file was written by `write_cached` from code this
         // engine compiled; wasmtime checks its header and the engine
-        // compatibility before using it. The cache directory must be
-        // writable only by the host's user, like the plugins folder.
+        // compatibility before using it. The file and its directory are
+        // owned by the host's user and writable by nobody else (`private`).
         match unsafe { Component::deserialize_file(&self.inner, file) } {
             Ok(component) => Some(component),
             Err(e) => {
@@ -275,6 +286,22 @@ fn write_cached(file: &Path, component: &Component) {
     if let Err(e) = result {
         tracing::warn!(file = %file.display(), error = %e, "cannot write the compiled-code cache");
     }
+}
+
+/// Whether `path` is owned by this process's user and writable by nobody
+/// else: the only place compiled code may be loaded from, since loading it
+/// runs it as native code.
+fn private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!("owned by uid {}, not by this process's uid {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("writable by its group or by others (mode {:o})", meta.mode() & 0o7777));
+    }
+    Ok(())
 }
 
 fn cache_dir() -> Option<PathBuf> {

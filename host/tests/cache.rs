@@ -42,3 +42,29 @@ fn compiled_code_is_cached_in_memory_and_on_disk_by_content() {
     assert_eq!(load(&Engine::with_cache(None).unwrap()), CodeOrigin::Compiled);
     std::fs::remove_dir_all(&cache).unwrap();
 }
+
+/// Loading compiled code runs it natively: a cache folder or entry that
+/// another user could have written is never read.
+#[test]
+fn a_cache_that_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let plugin = support::repo_root().join("plugins/dist/categorize.wasm");
+    let load = |cache: &std::path::Path| Engine::with_cache(Some(cache.to_path_buf())).unwrap().load(&plugin).unwrap();
+
+    let open = std::env::temp_dir().join(format!("sluice-cache-open-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&open);
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(load(&open).origin, CodeOrigin::Compiled);
+    assert_eq!(std::fs::read_dir(&open).unwrap().count(), 0, "nothing written to a world-writable folder");
+
+    // A private folder is used; an entry in it that others may write is not.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(load(&open).origin, CodeOrigin::Compiled);
+    assert_eq!(load(&open).origin, CodeOrigin::DiskCache);
+    for entry in std::fs::read_dir(&open).unwrap() {
+        std::fs::set_permissions(entry.unwrap().path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    assert_eq!(load(&open).origin, CodeOrigin::Compiled, "a group- or world-writable entry is compiled anew");
+    std::fs::remove_dir_all(&open).unwrap();
+}

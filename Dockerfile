@@ -6,17 +6,18 @@
 #       From source, in the `build` stage (needs rust:1.95-bookworm and
 #       debian:bookworm-slim from a registry).
 #   make image
-#       From the binary and plugins `make build` made on this machine: target
-#       `prebuilt`, built from a context folder that scripts/container.sh
-#       assembles. Needs only debian:bookworm-slim, which that script makes
-#       from Debian's packages where no registry can be reached.
+#       From the binary and plugins `make build` made on this machine: the
+#       `runtime-base` stage of this file, then deploy/local/sluice.Dockerfile
+#       on top of it (scripts/container.sh). Needs only debian:bookworm-slim,
+#       which that script makes from Debian's packages where no registry can
+#       be reached.
 #
 # Mount points: /etc/sluice/pipeline.toml, /plugins (the *.wasm files
 # pipeline.toml names) and the volume /var/lib/sluice/cache (compiled
 # plugins). The image runs with a read-only root filesystem.
 #
-# The classic builder builds every stage before the one asked for, so the
-# stages `prebuilt` needs come first and the Rust toolchain's stage last.
+# The classic builder builds every stage before the one asked for, so
+# `runtime-base` comes first: `--target runtime-base` then needs nothing else.
 
 # What every variant of the image shares: the user, the cache volume, the
 # health check and the command.
@@ -45,13 +46,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s \
         busybox wget -q -O - "http://$host:${addr##*:}/health" >/dev/null || exit 1
 ENTRYPOINT ["sluice"]
 CMD ["run", "/etc/sluice/pipeline.toml"]
-
-# A host-built binary and plugins. The context folder holds `sluice`,
-# `plugins/*.wasm` and `pipeline.toml` (scripts/container.sh image).
-FROM runtime-base AS prebuilt
-COPY sluice /usr/local/bin/sluice
-COPY plugins/ /plugins/
-COPY pipeline.toml /etc/sluice/pipeline.toml
 
 # From source: the host and the Rust plugins (the Python and JavaScript
 # examples are not part of the image).

@@ -54,14 +54,18 @@ test: setup build
 fmt:
 	cargo fmt --all
 
+# The Docker engine scripts/container.sh may have started keeps its images
+# under target/: stop it first.
 clean:
+	bash scripts/container.sh stop
 	cargo clean
 	rm -rf $(DIST)
 
 # The host container image sluice:0.1.0, from this machine's build (the
-# Dockerfile's `prebuilt` target). scripts/container.sh starts a Docker
-# engine if none answers and makes the Debian base image from Debian's
-# packages if no registry has it. With a registry, `docker build -t
-# sluice:0.1.0 .` builds the image from source instead.
+# Dockerfile's `runtime-base` stage and deploy/local/sluice.Dockerfile).
+# scripts/container.sh starts a Docker engine if none answers and makes the
+# Debian base image from Debian's packages if no registry has it. With a
+# registry, `docker build -t sluice:0.1.0 .` builds the image from source
+# instead.
 image: host plugins
 	bash scripts/container.sh image

@@ -3,8 +3,8 @@
 # base images made from Debian's packages, and the Sluice image made from
 # what `make build` built.
 #
-#   scripts/container.sh engine    start a Docker engine if none answers; print DOCKER_HOST
-#   scripts/container.sh image     build sluice:0.1.0 (Dockerfile target `prebuilt`)
+#   scripts/container.sh engine    start a Docker engine if none answers; print its DOCKER_HOST
+#   scripts/container.sh image     build sluice:0.1.0 from the host build (`make image`)
 #   scripts/container.sh peers     build the stand-ins for the broker and Redis images
 #                                  that docker-compose.yml names (deploy/local/)
 #   scripts/container.sh prepare   all three; print the variables the container
@@ -12,17 +12,25 @@
 #                                  engine can be had: the tests then say they skip)
 #   scripts/container.sh stop      stop the engine this script started
 #
-# The base image `debian:bookworm-slim` is made once with mmdebstrap and
-# cached as target/docker/bookworm-slim.tar; the engine this script starts
-# keeps its images under target/docker/data, so later runs reuse them.
+# debian:bookworm-slim is pulled where a registry answers, else made once
+# with mmdebstrap and cached as target/docker/bookworm-slim.tar; the engine
+# this script starts keeps its images under target/docker/data, so later
+# runs reuse them. Everything but the `export` lines goes to stderr.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache="$root/target/docker"
 # Sockets have a short path limit: the engine's run-time files live in /tmp.
 state="/tmp/sluice-docker-$(printf '%s' "$root" | sha256sum | cut -c1-12)"
 image=${SLUICE_IMAGE:-sluice:0.1.0}
+# The default pipeline's plugins, the ones the image carries.
+plugins=(normalize enrich categorize totals)
+# The image size to stay under, in MB.
+size_goal=120
 
 log() { echo "container: $*" >&2; }
+
+# Whether an engine answers at DOCKER_HOST (or the default socket).
+answers() { docker info >/dev/null 2>&1; }
 
 # `docker build ARGS...`, quiet unless it fails.
 build() {
@@ -33,9 +41,6 @@ build() {
     return 1
   fi
 }
-
-# Whether an engine answers at DOCKER_HOST (or the default socket).
-answers() { docker info >/dev/null 2>&1; }
 
 engine() {
   if answers; then
@@ -76,11 +81,11 @@ engine() {
 }
 
 stop() {
-  local pidfile="$state/docker.pid"
+  local pidfile="$state/docker.pid" pid
   [ -f "$pidfile" ] || return 0
-  local pid
   pid=$(cat "$pidfile")
-  if kill "$pid" 2>/dev/null; then
+  # Only the engine this script started: the pid file may be stale.
+  if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && kill "$pid" 2>/dev/null; then
     local deadline=$((SECONDS + 30))
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
     log "stopped dockerd"
@@ -88,21 +93,25 @@ stop() {
   rm -f "$pidfile"
 }
 
-# debian:bookworm-slim, from Debian's packages when no registry has it:
-# the minbase variant with merged /usr, without documentation, manual pages
-# and translations (what Debian's own slim image leaves out).
+# debian:bookworm-slim: from a registry if one answers, else from Debian's
+# packages: the minbase variant with merged /usr, without documentation,
+# manual pages and translations (what Debian's own slim image leaves out).
 base() {
   if docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
+    return
+  fi
+  if timeout 120 docker pull --quiet debian:bookworm-slim >/dev/null 2>&1; then
+    log "pulled debian:bookworm-slim"
     return
   fi
   local tar="$cache/bookworm-slim.tar"
   if [ ! -s "$tar" ]; then
     if ! command -v mmdebstrap >/dev/null 2>&1; then
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null
+      apt-get update -qq >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >&2
     fi
     mkdir -p "$cache"
-    log "making debian:bookworm-slim from Debian's packages (about a minute)"
+    log "no registry has debian:bookworm-slim: making it from Debian's packages (about a minute)"
     if ! mmdebstrap --format=tar --variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
@@ -118,23 +127,29 @@ base() {
   log "imported debian:bookworm-slim"
 }
 
-# The Sluice image from the host-built binary and the default plugins.
+# The Sluice image from the host-built binary and the default plugins: the
+# Dockerfile's `runtime-base` stage, then deploy/local/sluice.Dockerfile.
 image() {
   base
-  local context="$cache/context"
-  for f in "$root/target/release/sluice" "$root"/plugins/dist/{normalize,enrich,categorize,totals}.wasm; do
-    [ -f "$f" ] || { log "$f is missing: run make build first"; return 1; }
+  local context="$cache/context" files=("$root/target/release/sluice") p
+  for p in "${plugins[@]}"; do files+=("$root/plugins/dist/$p.wasm"); done
+  for p in "${files[@]}"; do
+    [ -f "$p" ] || { log "$p is missing: run make build first"; return 1; }
   done
   rm -rf "$context"
   mkdir -p "$context/plugins"
-  cp "$root/target/release/sluice" "$root/pipeline.toml" "$context/"
-  cp "$root"/plugins/dist/{normalize,enrich,categorize,totals}.wasm "$context/plugins/"
-  # The network is the host's: the runtime stage installs curl and CA
-  # certificates with apt.
-  build --network host --target prebuilt -t "$image" -f "$root/Dockerfile" "$context"
-  local bytes
-  bytes=$(docker image inspect --format '{{.Size}}' "$image")
-  log "built $image: $((bytes / 1000000)) MB"
+  cp "${files[0]}" "$root/pipeline.toml" "$context/"
+  cp "${files[@]:1}" "$context/plugins/"
+  # The network is the host's: the runtime stage installs busybox with apt.
+  build --network host --target runtime-base -t sluice-runtime-base -f "$root/Dockerfile" "$context"
+  build -t "$image" -f "$root/deploy/local/sluice.Dockerfile" "$context"
+  local mb
+  mb=$(($(docker image inspect --format '{{.Size}}' "$image") / 1000000))
+  if [ "$mb" -lt "$size_goal" ]; then
+    log "built $image: $mb MB (goal: under $size_goal MB)"
+  else
+    log "warning: built $image: $mb MB, over the goal of $size_goal MB"
+  fi
 }
 
 # Stand-ins for apache/kafka and redis, built from the tansu broker the
@@ -155,16 +170,20 @@ case "${1:-}" in
   image | peers)
     DOCKER_HOST=$(engine)
     export DOCKER_HOST
-    "$1"
+    "$1" >&2
     ;;
   prepare)
+    # Whether an engine answered before (then it is left running).
+    answered=0
+    if answers || DOCKER_HOST="unix://$state/docker.sock" answers; then answered=1; fi
     if ! DOCKER_HOST=$(engine); then
       log "skipped: no Docker engine can be had here, so the container tests skip"
       exit 0
     fi
     export DOCKER_HOST
-    image
-    peers
+    # Printed first, so that the engine is stopped even if a build fails.
+    [ "$answered" = 1 ] || echo "export SLUICE_DOCKER_STARTED=1"
+    { image && peers; } >&2
     echo "export DOCKER_HOST='$DOCKER_HOST'"
     echo "export SLUICE_TEST_IMAGE='$image'"
     ;;

@@ -35,18 +35,18 @@ pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs `docker` (or `docker-compose`) with `args`; panics with its output
-/// when it fails.
+/// Runs `program` with `args`; panics with its output when it fails.
 pub fn run(program: &str, args: &[&str]) -> String {
-    let out = output(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {}: {}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    run_command(Command::new(program).args(args))
+}
+
+/// Runs `command` and returns what it printed; panics with its output when
+/// it fails.
+pub fn run_command(command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{command:?}: {}\n{stdout}{stderr}", out.status);
+    stdout.trim().to_string()
 }
 
 /// Runs `program` with `args` and returns what it did.

@@ -70,11 +70,12 @@ pub struct Report {
 
 /// Reads the report; rankings keep the `top` first entries.
 pub async fn read(source: &Source, top: usize) -> anyhow::Result<Report> {
-    let client = redis::Client::open(source.url.as_str()).with_context(|| format!("bad Redis URL {}", source.url))?;
+    let shown = crate::redis::redacted(&source.url);
+    let client = redis::Client::open(source.url.as_str()).with_context(|| format!("bad Redis URL {shown}"))?;
     let mut redis = client
         .get_multiplexed_async_connection()
         .await
-        .with_context(|| format!("cannot connect to Redis at {}", source.url))?;
+        .with_context(|| format!("cannot connect to Redis at {shown}"))?;
     let p = &source.prefix;
     let mut hash = async |name: &str| -> anyhow::Result<BTreeMap<String, i64>> {
         let key = format!("{p}{name}");

@@ -72,7 +72,8 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             None => tables(),
         };
         let rows = load_lookups(&args.redis_url, &args.lookup_prefix, &tables).await?;
-        eprintln!("loaded {rows} lookup rows into {} (prefix {:?})", args.redis_url, args.lookup_prefix);
+        let url = crate::redis::redacted(&args.redis_url);
+        eprintln!("loaded {rows} lookup rows into {url} (prefix {:?})", args.lookup_prefix);
     }
     if args.count == 0 {
         return Ok(());
@@ -217,9 +218,12 @@ pub fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
 
 /// Writes `tables` as Redis hashes `{prefix}{table}:{id}`; returns the rows.
 pub async fn load_lookups(url: &str, prefix: &str, tables: &Tables) -> anyhow::Result<usize> {
-    let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
-    let mut connection =
-        client.get_multiplexed_async_connection().await.with_context(|| format!("cannot connect to Redis at {url}"))?;
+    let shown = crate::redis::redacted(url);
+    let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {shown}"))?;
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| format!("cannot connect to Redis at {shown}"))?;
     let mut pipe = redis::pipe();
     let mut rows = 0;
     for (table, entries) in tables {

@@ -1,0 +1,39 @@
+//! Credentials never leave the host: a password in the Redis URL shows in
+//! no log line and no admin API answer, while Redis is away and the host
+//! retries, reports the outage and answers the sales report.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::kafka::{Tansu, produce};
+use support::process::{Host, HostEnv};
+use support::{RedisPrefix, free_port};
+
+const PASSWORD: &str = "s3cret-pass";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_password_shows_in_no_log_line_and_no_answer() {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new("secrets");
+    // Nothing listens there: every Redis call fails and is retried.
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", free_port());
+    let env = HostEnv::new(&tansu.brokers(), "", &counters.0, "secrets").set("REDIS_URL", &url);
+    let host = Host::start(&env);
+    produce(&tansu.brokers(), "orders", &[(None, b"{\"hello\":\"world\"}".to_vec())]).await;
+
+    // A positive sign that the URL was about to be written: the retry of
+    // the effects names Redis, with its password masked.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !host.log_text().contains(":***@127.0.0.1") {
+        assert!(Instant::now() < deadline, "no retry against Redis logged within 60 s:\n{}", host.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut answers = String::new();
+    for path in ["/api/report", "/api/pipeline", "/api/stats", "/ready", "/metrics"] {
+        let (code, body) = host.get(path).unwrap_or_else(|| panic!("{path}: no answer"));
+        answers.push_str(&format!("{path} {code}: {body}\n"));
+    }
+    assert!(answers.contains("/api/report 5"), "the report fails while Redis is away:\n{answers}");
+    assert!(!answers.contains(PASSWORD), "an answer holds the password:\n{answers}");
+    assert!(!host.log_text().contains(PASSWORD), "a log line holds the password:\n{}", host.log_text());
+}

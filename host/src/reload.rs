@@ -145,7 +145,7 @@ impl StageView {
             code: spec.component.origin,
             load_ms: spec.component.load_time.as_secs_f64() * 1e3,
             loaded_at: spec.loaded_at,
-            config: serde_json::from_str(&spec.config_json).unwrap_or(Value::Null),
+            config: config::redact::value(serde_json::from_str(&spec.config_json).unwrap_or(Value::Null)),
             lookups: spec.tables.to_vec(),
             limits: spec.limits.clone(),
             on_failure: spec.on_failure,

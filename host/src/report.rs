@@ -70,7 +70,7 @@ pub struct Report {
 
 /// Reads the report; rankings keep the `top` first entries.
 pub async fn read(source: &Source, top: usize) -> anyhow::Result<Report> {
-    let shown = crate::redis::redacted(&source.url);
+    let shown = crate::config::redact::url(&source.url);
     let client = redis::Client::open(source.url.as_str()).with_context(|| format!("bad Redis URL {shown}"))?;
     let mut redis = client
         .get_multiplexed_async_connection()

@@ -363,7 +363,7 @@ impl Loop<'_> {
             match effects.apply_fenced(fence, batch).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
-                    let why = format!("{e} ({})", crate::redis::redacted(&self.config.redis.url));
+                    let why = format!("{e} ({})", crate::config::redact::url(&self.config.redis.url));
                     self.wait("applying Redis effects", &why, &mut backoff).await?;
                 }
             }

@@ -5,6 +5,7 @@
 //! what spans several keys (stage names, lookup references, routes).
 
 mod interpolate;
+pub mod redact;
 
 pub use interpolate::interpolate;
 

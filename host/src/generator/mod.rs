@@ -72,7 +72,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
             None => tables(),
         };
         let rows = load_lookups(&args.redis_url, &args.lookup_prefix, &tables).await?;
-        let url = crate::redis::redacted(&args.redis_url);
+        let url = crate::config::redact::url(&args.redis_url);
         eprintln!("loaded {rows} lookup rows into {url} (prefix {:?})", args.lookup_prefix);
     }
     if args.count == 0 {
@@ -218,7 +218,7 @@ pub fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
 
 /// Writes `tables` as Redis hashes `{prefix}{table}:{id}`; returns the rows.
 pub async fn load_lookups(url: &str, prefix: &str, tables: &Tables) -> anyhow::Result<usize> {
-    let shown = crate::redis::redacted(url);
+    let shown = crate::config::redact::url(url);
     let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {shown}"))?;
     let mut connection = client
         .get_multiplexed_async_connection()

@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-docker-compose -f docker-compose.yml config -q
-docker-compose -f docker-compose.yml -f deploy/local/compose.yml config -q
+# The compose file asks for an admin token of the user's own.
+SLUICE_ADMIN_TOKEN=check docker-compose -f docker-compose.yml config -q
+SLUICE_ADMIN_TOKEN=check docker-compose -f docker-compose.yml -f deploy/local/compose.yml config -q
 echo "check-deploy: docker-compose.yml ok (alone and with deploy/local/compose.yml)"
 
 if ! command -v kubernetes-validate >/dev/null 2>&1; then

@@ -84,6 +84,24 @@ fn authorized(token: Option<Arc<str>>) -> impl Filter<Extract = (), Error = warp
         .untuple_one()
 }
 
+/// Whether the admin API may listen on `addr`: beyond loopback without a
+/// token, anyone who reaches the port could ingest records, reload and
+/// promote, so that needs `admin.insecure = true`.
+pub fn check_exposure(addr: SocketAddr, has_token: bool, insecure: bool) -> Result<(), String> {
+    if addr.ip().is_loopback() || has_token {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(%addr, "the admin API listens beyond loopback with no token (admin.insecure = true)");
+        return Ok(());
+    }
+    Err(format!(
+        "the admin API would listen on {addr}, beyond loopback, with no token: set SLUICE_ADMIN_TOKEN (the \
+         endpoints that change something then need `Authorization: Bearer <token>`), listen on 127.0.0.1, \
+         or set `admin.insecure = true` in pipeline.toml to serve it open"
+    ))
+}
+
 /// Binds `addr` and serves the admin API until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,

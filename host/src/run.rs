@@ -67,6 +67,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         }),
         token: std::env::var("SLUICE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Arc::from),
     };
+    http::check_exposure(addr, admin.token.is_some(), config.admin.insecure).map_err(anyhow::Error::msg)?;
     let http =
         http::serve(addr, admin, stopped(stop_rx.clone())).await.with_context(|| format!("cannot listen on {addr}"))?;
 

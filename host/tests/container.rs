@@ -255,6 +255,7 @@ async fn docker_compose_up_brings_up_a_working_pipeline_in_order() {
             ("SLUICE_ADMIN_PORT", admin.to_string()),
             ("SLUICE_LOCAL_REDIS_PORT", redis.to_string()),
             ("SLUICE_LOCAL_ORDERS", orders.to_string()),
+            ("SLUICE_ADMIN_TOKEN", "compose-test-token".to_string()),
         ],
     };
     let started = Instant::now();

@@ -330,6 +330,11 @@ pub struct AdminConfig {
     /// Largest ingest body, in bytes. Default 1 MiB: thousands of orders.
     #[serde(default = "default_ingest_max_bytes")]
     pub ingest_max_bytes: NonZeroU64,
+    /// Serve the admin API beyond loopback without `SLUICE_ADMIN_TOKEN`, so
+    /// that whoever reaches the port may ingest, reload and promote.
+    /// Default false: `sluice run` refuses to start so exposed.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 fn default_admin_addr() -> String {
@@ -342,7 +347,12 @@ fn default_ingest_max_bytes() -> NonZeroU64 {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { addr: default_admin_addr(), ingest_topics: None, ingest_max_bytes: default_ingest_max_bytes() }
+        Self {
+            addr: default_admin_addr(),
+            ingest_topics: None,
+            ingest_max_bytes: default_ingest_max_bytes(),
+            insecure: false,
+        }
     }
 }
 

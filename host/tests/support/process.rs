@@ -81,9 +81,12 @@ impl Host {
         Self::start_with(env, &super::repo_root().join("pipeline.toml"))
     }
 
-    /// Starts `sluice run` on the pipeline file `pipeline`.
+    /// Starts `sluice run` on the pipeline file `pipeline`, its admin API
+    /// on `SLUICE_HTTP_ADDR` if `env` sets it, else on a free loopback port.
     pub fn start_with(env: &HostEnv, pipeline: &std::path::Path) -> Self {
-        let http_port = super::free_port();
+        let addr = env.vars.get("SLUICE_HTTP_ADDR").cloned();
+        let http_port = addr.as_ref().map_or_else(super::free_port, |a| a.rsplit(':').next().unwrap().parse().unwrap());
+        let addr = addr.unwrap_or_else(|| format!("127.0.0.1:{http_port}"));
         let log = std::env::temp_dir().join(format!("sluice-host-{}-{http_port}.log", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("run")
@@ -92,7 +95,7 @@ impl Host {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", std::env::var_os("HOME").unwrap_or_default())
             .envs(&env.vars)
-            .env("SLUICE_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
+            .env("SLUICE_HTTP_ADDR", addr)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -180,6 +183,18 @@ impl Host {
                 let _ = child.kill();
                 panic!("sluice did not stop within 60 s of SIGTERM:\n{}", self.log_text());
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to end by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sluice still running after {timeout:?}:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -39,6 +39,8 @@ pub struct Admin {
     pub ingest: Arc<Ingest>,
     /// The bearer token the changing endpoints need, if any.
     pub token: Option<Arc<str>>,
+    /// Host names answered besides IP addresses and `localhost`.
+    pub allowed_hosts: Arc<[String]>,
 }
 
 /// `POST /api/ingest/{topic}`: a producer and the topics it may write to.
@@ -102,6 +104,65 @@ pub fn check_exposure(addr: SocketAddr, has_token: bool, insecure: bool) -> Resu
     ))
 }
 
+/// Passes requests whose `Host` names this host the way only its own users
+/// would: an IP address, `localhost` or a name of `allowed` (no `Host`:
+/// not a browser). Any other name may be an attacker's that resolves here
+/// (DNS rebinding), so that a web page could read and drive the API.
+fn host_allowed(allowed: Arc<[String]>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("host")
+        .and_then(move |host: Option<String>| {
+            let allowed = allowed.clone();
+            async move {
+                match host {
+                    Some(host) if !host_is_allowed(&host, &allowed) => Err(warp::reject::custom(Unauthorized(
+                        StatusCode::FORBIDDEN,
+                        "this Host is not one the admin API answers to: use an IP address or localhost, or list \
+                         the name in admin.allowed_hosts",
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .untuple_one()
+}
+
+/// Whether a `Host` header (`name[:port]`, `[v6]:port`) is an IP address,
+/// `localhost` or one of `allowed`.
+fn host_is_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _port)| name),
+    };
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+}
+
+/// Refuses a request that a web page of another origin made, as the
+/// browser says in `Sec-Fetch-Site` or `Origin`: a page must not change the
+/// pipeline of a host its visitor can reach.
+fn same_origin() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    let header = |name| warp::header::optional::<String>(name);
+    header("sec-fetch-site")
+        .and(header("origin"))
+        .and(header("host"))
+        .and_then(|site: Option<String>, origin: Option<String>, host: Option<String>| async move {
+            let other_site = site.is_some_and(|s| s != "same-origin" && s != "none");
+            let other_origin = origin.is_some_and(|origin| {
+                let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+                origin_host.is_none_or(|o| host.as_deref().is_none_or(|h| !o.eq_ignore_ascii_case(h)))
+            });
+            if other_site || other_origin {
+                return Err(warp::reject::custom(Unauthorized(
+                    StatusCode::FORBIDDEN,
+                    "a request from a web page of another origin may not change anything",
+                )));
+            }
+            Ok(())
+        })
+        .untuple_one()
+}
+
 /// Binds `addr` and serves the admin API until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,
@@ -110,7 +171,8 @@ pub async fn serve(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin API listening");
-    let (admin_token, max_body) = (admin.token.clone(), admin.ingest.max_bytes);
+    let (admin_token, max_body, allowed_hosts) =
+        (admin.token.clone(), admin.ingest.max_bytes, admin.allowed_hosts.clone());
     let with = move || {
         let admin = admin.clone();
         warp::any().map(move || admin.clone())
@@ -130,7 +192,7 @@ pub async fn serve(
         }
         json_reply(StatusCode::OK, admin.status.to_json(&admin.metrics))
     });
-    let auth = authorized(admin_token);
+    let auth = same_origin().and(authorized(admin_token));
     let reload = warp::path!("api" / "reload")
         .and(warp::post())
         .and(auth.clone())
@@ -187,7 +249,7 @@ pub async fn serve(
         .unify()
         .or(chart)
         .unify();
-    let routes = routes.recover(rejection);
+    let routes = host_allowed(allowed_hosts).and(routes).recover(rejection);
     Ok(tokio::spawn(warp::serve(routes).incoming(listener).graceful(shutdown).run()))
 }
 
@@ -295,4 +357,19 @@ async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
     } else {
         error(StatusCode::BAD_REQUEST, &format!("{rejection:?}"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hosts_are_ip_addresses_localhost_or_listed() {
+        let allowed = ["sluice.prod.svc".to_string()];
+        for host in ["127.0.0.1:8080", "10.1.2.3", "[::1]:8080", "localhost:8080", "LOCALHOST", "sluice.prod.svc:8080"]
+        {
+            assert!(super::host_is_allowed(host, &allowed), "{host}");
+        }
+        for host in ["evil.example:8080", "localhost.evil.example", "127.0.0.1.nip.io", "sluice.prod.svc.evil"] {
+            assert!(!super::host_is_allowed(host, &allowed), "{host}");
+        }
+    }
 }

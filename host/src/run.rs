@@ -66,6 +66,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
             max_bytes: config.admin.ingest_max_bytes.get(),
         }),
         token: std::env::var("SLUICE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Arc::from),
+        allowed_hosts: config.admin.allowed_hosts.clone().into(),
     };
     http::check_exposure(addr, admin.token.is_some(), config.admin.insecure).map_err(anyhow::Error::msg)?;
     let http =

@@ -53,3 +53,62 @@ fn wait_health(host: &Host) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Sends `head` (request line and headers, without the blank line) and
+/// returns the status code and body.
+fn raw(port: u16, head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(stream, "{head}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{response}"));
+    (code, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[test]
+fn a_host_name_of_another_site_is_refused_and_addresses_are_served() {
+    let tansu = Tansu::start();
+    let prefix = RedisPrefix::new("exposure-host");
+    let host = Host::start(&HostEnv::new(&tansu.brokers(), "", &prefix.0, "exposure-host"));
+    wait_health(&host);
+    let port = host.http_port;
+    for name in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")] {
+        assert_eq!(raw(port, &format!("GET /health HTTP/1.1\r\nHost: {name}")).0, 200, "{name}");
+    }
+    // A name that resolves here by an attacker's DNS (rebinding).
+    for path in ["/health", "/api/stats", "/metrics"] {
+        let (code, body) = raw(port, &format!("GET {path} HTTP/1.1\r\nHost: rebind.evil.example:{port}"));
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(body.contains("admin.allowed_hosts"), "{body}");
+    }
+}
+
+#[test]
+fn a_web_page_of_another_origin_cannot_change_anything() {
+    let tansu = Tansu::start();
+    let prefix = RedisPrefix::new("exposure-origin");
+    let host = Host::start(&HostEnv::new(&tansu.brokers(), "", &prefix.0, "exposure-origin"));
+    wait_health(&host);
+    let port = host.http_port;
+    let here = format!("Host: 127.0.0.1:{port}");
+    for (path, header) in [
+        ("/api/reload", "Origin: https://evil.example".to_string()),
+        ("/api/ingest/orders", "Origin: null".to_string()),
+        ("/api/promote/categorize", "Sec-Fetch-Site: cross-site".to_string()),
+        ("/api/reload", format!("Origin: http://localhost:{port}")),
+    ] {
+        let (code, body) = raw(port, &format!("POST {path} HTTP/1.1\r\n{here}\r\n{header}"));
+        assert_eq!(code, 403, "{path} with {header}: {body}");
+        assert!(body.contains("another origin"), "{body}");
+    }
+    // The same origin, and clients that are no browser, go through.
+    let same = format!(
+        "POST /api/reload HTTP/1.1\r\n{here}\r\nOrigin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin"
+    );
+    let (code, body) = raw(port, &same);
+    assert_ne!(code, 403, "{body}");
+    let (code, body) = raw(port, &format!("POST /api/reload HTTP/1.1\r\n{here}"));
+    assert_ne!(code, 403, "{body}");
+}

@@ -335,6 +335,12 @@ pub struct AdminConfig {
     /// Default false: `sluice run` refuses to start so exposed.
     #[serde(default)]
     pub insecure: bool,
+    /// Host names the admin API answers to, besides IP addresses and
+    /// `localhost` (say the Kubernetes Service's name). A request whose
+    /// `Host` is another name is refused: a web page could have sent it
+    /// through a name of its own that resolves here (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_admin_addr() -> String {
@@ -352,6 +358,7 @@ impl Default for AdminConfig {
             ingest_topics: None,
             ingest_max_bytes: default_ingest_max_bytes(),
             insecure: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -33,8 +33,8 @@ pub struct Admin {
     pub status: Arc<Status>,
     /// The reloader's queue.
     pub requests: mpsc::Sender<Request>,
-    /// Where the sales report is read.
-    pub report: Arc<crate::report::Source>,
+    /// The sales report, read at most once per `report::REPORT_TTL`.
+    pub report: Arc<crate::report::Cached>,
     /// HTTP ingest.
     pub ingest: Arc<Ingest>,
     /// The bearer token the changing endpoints need, if any.
@@ -208,9 +208,9 @@ pub async fn serve(
         },
     );
     let report = warp::path!("api" / "report").and(warp::get()).and(with()).then(|admin: Admin| async move {
-        match crate::report::read(&admin.report, 10).await {
+        match admin.report.get().await {
             Ok(report) => json_reply(StatusCode::OK, serde_json::to_value(report).expect("a report is JSON")),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &format!("{e:#}")),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
         }
     });
     let stats = warp::path!("api" / "stats")

@@ -9,6 +9,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// Where the counters and the names are.
 #[derive(Debug, Clone)]
@@ -118,6 +119,40 @@ pub async fn read(source: &Source, top: usize) -> anyhow::Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// How long `GET /api/report` serves a report before reading Redis again.
+/// Default 2 s, the dashboard's polling interval: however many tabs poll,
+/// Redis sees one read (seven HGETALLs) per interval.
+pub const REPORT_TTL: Duration = Duration::from_secs(2);
+
+/// The report as the admin API serves it: read at most once per
+/// [`REPORT_TTL`], by one request at a time while the others wait for it.
+/// A failure is kept as long, so that a Redis that is down is not asked
+/// again by every request.
+pub struct Cached {
+    source: Source,
+    last: tokio::sync::Mutex<Option<(Instant, Result<Report, String>)>>,
+}
+
+impl Cached {
+    /// Reports from `source`, the first read on the first request.
+    pub fn new(source: Source) -> Self {
+        Self { source, last: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The report, or why it could not be read.
+    pub async fn get(&self) -> Result<Report, String> {
+        let mut last = self.last.lock().await;
+        match &*last {
+            Some((at, report)) if at.elapsed() < REPORT_TTL => report.clone(),
+            _ => {
+                let report = read(&self.source, 10).await.map_err(|e| format!("{e:#}"));
+                *last = Some((Instant::now(), report.clone()));
+                report
+            }
+        }
+    }
 }
 
 /// Cents as `1,234.56`.

@@ -59,7 +59,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         metrics: metrics.clone(),
         status: pipeline_status.clone(),
         requests: requests.clone(),
-        report: Arc::new(crate::report::Source::of(&config)),
+        report: Arc::new(crate::report::Cached::new(crate::report::Source::of(&config))),
         ingest: Arc::new(http::Ingest {
             producer: Sink::plain_producer(&config).context("cannot create the ingest producer")?,
             topics: config.admin.ingest_topics.clone().unwrap_or_else(|| config.source.topics.clone()),

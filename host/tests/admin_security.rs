@@ -112,3 +112,31 @@ fn a_web_page_of_another_origin_cannot_change_anything() {
     let (code, body) = raw(port, &format!("POST /api/reload HTTP/1.1\r\n{here}"));
     assert_ne!(code, 403, "{body}");
 }
+
+/// `HGETALL` calls the Redis at `port` has answered so far.
+fn hgetall_calls(port: u16) -> u64 {
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query(&mut con).unwrap();
+    let line = info.lines().find_map(|l| l.strip_prefix("cmdstat_hgetall:calls="));
+    line.map_or(0, |l| l.split(',').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn polling_the_sales_report_costs_redis_one_read_per_interval() {
+    let tansu = Tansu::start();
+    let redis = support::OwnRedis::start(free_port());
+    let env = HostEnv::new(&tansu.brokers(), "", "c:", "report-cache").set("REDIS_URL", &redis.url());
+    let host = Host::start(&env);
+    wait_health(&host);
+    let before = hgetall_calls(redis.port);
+    let started = std::time::Instant::now();
+    // As twenty dashboards polling at once would.
+    std::thread::scope(|s| {
+        for _ in 0..20 {
+            s.spawn(|| assert_eq!(host.get("/api/report").map(|(code, _)| code), Some(200)));
+        }
+    });
+    let reads = (started.elapsed().as_secs() / 2 + 1) * 7;
+    let calls = hgetall_calls(redis.port) - before;
+    assert!((7..=reads).contains(&calls), "{calls} HGETALLs for 20 reports (one read is 7)");
+}

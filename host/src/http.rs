@@ -51,7 +51,20 @@ pub struct Ingest {
     pub topics: Vec<String>,
     /// Largest body, in bytes.
     pub max_bytes: u64,
+    /// One permit per ingest request being served ([`INGEST_CONCURRENCY`]).
+    pub permits: Arc<tokio::sync::Semaphore>,
 }
+
+/// Ingest requests served at once; more are answered 429 at once. Default
+/// 4: each may hold `admin.ingest_max_bytes` in memory while it is read and
+/// produced, and the pipeline's own producer shares the broker.
+pub const INGEST_CONCURRENCY: usize = 4;
+
+/// Refused for want of a free ingest slot.
+#[derive(Debug)]
+struct Busy;
+
+impl warp::reject::Reject for Busy {}
 
 /// The dashboard page.
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -217,13 +230,20 @@ pub async fn serve(
         .and(warp::get())
         .and(with())
         .map(|admin: Admin| json_reply(StatusCode::OK, admin.metrics.snapshot()));
+    // The slot is taken before the body is read and held until the answer.
+    let slot = with().and_then(|admin: Admin| async move {
+        admin.ingest.permits.clone().try_acquire_owned().map_err(|_| warp::reject::custom(Busy))
+    });
     let ingest = warp::path!("api" / "ingest" / String)
         .and(warp::post())
         .and(auth)
+        .and(slot)
         .and(with())
         .and(warp::body::content_length_limit(max_body))
         .and(warp::body::bytes())
-        .then(|topic: String, admin: Admin, body: bytes::Bytes| async move { ingest(&admin, &topic, &body).await });
+        .then(|topic: String, _slot: tokio::sync::OwnedSemaphorePermit, admin: Admin, body: bytes::Bytes| async move {
+            ingest(&admin, &topic, &body).await
+        });
     let dashboard = warp::path::end().and(warp::get()).map(|| warp::reply::html(DASHBOARD).into_response());
     let chart = warp::path!("assets" / "chart.umd.min.js")
         .and(warp::get())
@@ -340,6 +360,11 @@ async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
     ];
     if let Some(Unauthorized(status, message)) = rejection.find::<Unauthorized>() {
         return Ok(error(*status, message));
+    }
+    if rejection.find::<Busy>().is_some() {
+        let message = format!("{INGEST_CONCURRENCY} ingest requests are being served: retry shortly");
+        return Ok(warp::reply::with_header(error(StatusCode::TOO_MANY_REQUESTS, &message), "retry-after", "1")
+            .into_response());
     }
     if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than admin.ingest_max_bytes"));

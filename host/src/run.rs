@@ -64,6 +64,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
             producer: Sink::plain_producer(&config).context("cannot create the ingest producer")?,
             topics: config.admin.ingest_topics.clone().unwrap_or_else(|| config.source.topics.clone()),
             max_bytes: config.admin.ingest_max_bytes.get(),
+            permits: Arc::new(tokio::sync::Semaphore::new(http::INGEST_CONCURRENCY)),
         }),
         token: std::env::var("SLUICE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).map(Arc::from),
         allowed_hosts: config.admin.allowed_hosts.clone().into(),

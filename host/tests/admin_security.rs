@@ -140,3 +140,41 @@ fn polling_the_sales_report_costs_redis_one_read_per_interval() {
     let calls = hgetall_calls(redis.port) - before;
     assert!((7..=reads).contains(&calls), "{calls} HGETALLs for 20 reports (one read is 7)");
 }
+
+#[test]
+fn ingest_serves_a_few_requests_at_once_and_asks_the_others_to_retry() {
+    use std::io::Write;
+    let tansu = Tansu::start();
+    let prefix = RedisPrefix::new("ingest-slots");
+    let host = Host::start(&HostEnv::new(&tansu.brokers(), "", &prefix.0, "ingest-slots"));
+    wait_health(&host);
+    let port = host.http_port;
+    let ingest = format!("POST /api/ingest/orders HTTP/1.1\r\nHost: 127.0.0.1:{port}");
+
+    // Four requests whose bodies are still on their way hold the four slots.
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            write!(stream, "{ingest}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{").unwrap();
+            stream
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (code, body) = loop {
+        let (code, body) = raw(port, &ingest);
+        if code == 429 || std::time::Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, 429, "a fifth request while four are served: {body}");
+    assert!(body.contains("retry shortly"), "{body}");
+
+    // Once they are gone, ingest answers again.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while raw(port, &ingest).0 == 429 {
+        assert!(std::time::Instant::now() < deadline, "the slots were not given back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

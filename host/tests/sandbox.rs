@@ -171,3 +171,21 @@ fn the_wasm_stack_is_limited_per_stage() {
     assert_eq!(reasons(&result), [("0".to_string(), "plugin_trap".to_string())]);
     assert_eq!(values(&result), ["depth 10"]);
 }
+
+#[test]
+fn a_reason_code_must_be_short_snake_case_outside_the_hosts_own() {
+    let mut chain = guest_chain("dead-letter");
+    let long = format!("reason {}", "x".repeat(49));
+    let commands =
+        ["reason out_of_stock", "reason Bad Reason", "reason a\"}\nfake_metric 1", &long, "reason plugin_timeout", ""];
+    let result = chain.process(&records(&commands)).unwrap();
+    let want = ["out_of_stock", "plugin_contract", "plugin_contract", "plugin_contract", "plugin_contract"];
+    let got: Vec<String> = reasons(&result).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(got[..5], want);
+    let message = |i: usize| {
+        let headers = &result.dead_letters[i].record.headers;
+        String::from_utf8_lossy(&headers.iter().find(|h| h.name == "sluice.error.message").unwrap().value).into_owned()
+    };
+    assert!(message(2).contains("reason code \"a\\\"}\\nfake_metric 1\" is not snake_case"), "{}", message(2));
+    assert!(message(2).ends_with("the plugin's message: rejected with the reason code the record names"));
+}

@@ -1,7 +1,7 @@
 //! One stage: a component instance in its own sandboxed store, with the
 //! host imports it may call and the limits it runs under.
 
-use crate::bindings::{self, LogLevel, Message, Outcome, Transform, TransformPre};
+use crate::bindings::{self, ErrorInfo, LogLevel, Message, Outcome, Transform, TransformPre};
 use crate::config::{FailurePolicy, Limits};
 use crate::engine::{Engine, LoadedComponent};
 use std::fmt;
@@ -293,7 +293,7 @@ impl Stage {
         let mut error = match result {
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 self.note_call(false);
-                return Ok(outcomes);
+                return Ok(outcomes.into_iter().map(checked_reason).collect());
             }
             Ok(outcomes) => CallError::Plugin {
                 reason: "plugin_contract",
@@ -430,4 +430,34 @@ fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
         None => error.root_cause().to_string(),
     };
     CallError::Plugin { reason, message: message.chars().take(MAX_MESSAGE).collect() }
+}
+
+/// The longest reason code a plugin may give. Default 48: a code names a
+/// kind of failure (`missing_field`), not an instance of it.
+pub const MAX_REASON: usize = 48;
+
+/// A plugin's reason code, if it is one: snake_case of at most
+/// [`MAX_REASON`] characters, outside the host's own `plugin_` codes (it
+/// becomes a header value and a metric label). Anything else breaks the
+/// plugin contract: `plugin_contract`, with the code given in the message.
+fn checked_reason(outcome: Outcome) -> Outcome {
+    let (Outcome::Reject(info) | Outcome::Retry(info)) = &outcome else { return outcome };
+    let code = &info.reason;
+    let valid = code.len() <= MAX_REASON
+        && code.starts_with(|c: char| c.is_ascii_lowercase())
+        && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !code.starts_with("plugin_")
+        && code != "circuit_open";
+    if valid {
+        return outcome;
+    }
+    let shown: String = code.chars().take(MAX_REASON).collect();
+    Outcome::Reject(ErrorInfo {
+        reason: "plugin_contract".into(),
+        message: format!(
+            "reason code {shown:?} is not snake_case of at most {MAX_REASON} characters outside the host's own \
+             codes; the plugin's message: {}",
+            info.message
+        ),
+    })
 }

@@ -5,8 +5,8 @@
 //! `panic` panics; `recurse` overflows the stack; `depth N` recurses N calls
 //! deep on the wasm stack; `open-file`, `connect` and
 //! `getenv` try a capability and emit `allowed: ...` or `denied: ...`;
-//! `retry` and `reject` return those decisions; `drop` filters; `route R`
-//! emits to route R.
+//! `retry` and `reject` return those decisions; `reason R` rejects with
+//! reason code R; `drop` filters; `route R` emits to route R.
 //!
 //! Config: `{"init_error": "why"}` makes `init` fail with that message;
 //! `{"always": "CMD"}` runs CMD for every record instead of its value (so
@@ -82,6 +82,7 @@ fn run(message: &Message) -> Outcome {
         "getenv" => say(verdict(std::env::var("PATH"))),
         "retry" => Outcome::Retry(ErrorInfo { reason: "asked_to_retry".into(), message: "retry".into() }),
         "reject" => reject("asked_to_reject", "reject"),
+        "reason" => reject(arg, "rejected with the reason code the record names"),
         "drop" => Outcome::Filtered,
         "route" => Outcome::Emit((
             vec![Output { route: Some(arg.to_string()), key: None, value: message.value.clone(), headers: Vec::new() }],

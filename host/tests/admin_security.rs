@@ -46,12 +46,37 @@ fn beyond_loopback_admin_insecure_serves_open_with_a_warning() {
     assert!(host.log_text().contains("listens beyond loopback with no token"), "{}", host.log_text());
 }
 
-fn wait_health(host: &Host) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while host.get("/health").map(|(code, _)| code) != Some(200) {
-        assert!(std::time::Instant::now() < deadline, "no /health within 60 s:\n{}", host.log_text());
-        std::thread::sleep(Duration::from_millis(100));
+/// Polls `seen` until `done` holds for what it returns, and returns that;
+/// fails after `timeout` with what `what` says and the last thing seen.
+fn poll<T: std::fmt::Debug>(
+    what: impl Fn() -> String,
+    timeout: Duration,
+    mut seen: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let value = seen();
+        if done(&value) {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} within {timeout:?}; last seen: {value:?}", what());
+        std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn wait_health(host: &Host) {
+    let code = || host.get("/health").map(|(code, _)| code);
+    poll(|| format!("no /health:\n{}", host.log_text()), Duration::from_secs(60), code, |c| *c == Some(200));
+}
+
+/// A host with its admin API on loopback and no token, serving.
+fn loopback_host(name: &str) -> (Tansu, RedisPrefix, Host) {
+    let tansu = Tansu::start();
+    let prefix = RedisPrefix::new(name);
+    let host = Host::start(&HostEnv::new(&tansu.brokers(), "", &prefix.0, name));
+    wait_health(&host);
+    (tansu, prefix, host)
 }
 
 /// Sends `head` (request line and headers, without the blank line) and
@@ -69,10 +94,7 @@ fn raw(port: u16, head: &str) -> (u16, String) {
 
 #[test]
 fn a_host_name_of_another_site_is_refused_and_addresses_are_served() {
-    let tansu = Tansu::start();
-    let prefix = RedisPrefix::new("exposure-host");
-    let host = Host::start(&HostEnv::new(&tansu.brokers(), "", &prefix.0, "exposure-host"));
-    wait_health(&host);
+    let (_tansu, _prefix, host) = loopback_host("exposure-host");
     let port = host.http_port;
     for name in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")] {
         assert_eq!(raw(port, &format!("GET /health HTTP/1.1\r\nHost: {name}")).0, 200, "{name}");
@@ -87,10 +109,7 @@ fn a_host_name_of_another_site_is_refused_and_addresses_are_served() {
 
 #[test]
 fn a_web_page_of_another_origin_cannot_change_anything() {
-    let tansu = Tansu::start();
-    let prefix = RedisPrefix::new("exposure-origin");
-    let host = Host::start(&HostEnv::new(&tansu.brokers(), "", &prefix.0, "exposure-origin"));
-    wait_health(&host);
+    let (_tansu, _prefix, host) = loopback_host("exposure-origin");
     let port = host.http_port;
     let here = format!("Host: 127.0.0.1:{port}");
     for (path, header) in [
@@ -144,10 +163,7 @@ fn polling_the_sales_report_costs_redis_one_read_per_interval() {
 #[test]
 fn ingest_serves_a_few_requests_at_once_and_asks_the_others_to_retry() {
     use std::io::Write;
-    let tansu = Tansu::start();
-    let prefix = RedisPrefix::new("ingest-slots");
-    let host = Host::start(&HostEnv::new(&tansu.brokers(), "", &prefix.0, "ingest-slots"));
-    wait_health(&host);
+    let (_tansu, _prefix, host) = loopback_host("ingest-slots");
     let port = host.http_port;
     let ingest = format!("POST /api/ingest/orders HTTP/1.1\r\nHost: 127.0.0.1:{port}");
 
@@ -159,22 +175,12 @@ fn ingest_serves_a_few_requests_at_once_and_asks_the_others_to_retry() {
             stream
         })
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let (code, body) = loop {
-        let (code, body) = raw(port, &ingest);
-        if code == 429 || std::time::Instant::now() > deadline {
-            break (code, body);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(code, 429, "a fifth request while four are served: {body}");
+    let wait = Duration::from_secs(30);
+    let (_, body) =
+        poll(|| "no 429 for a fifth request while four are served".into(), wait, || raw(port, &ingest), |r| r.0 == 429);
     assert!(body.contains("retry shortly"), "{body}");
 
     // Once they are gone, ingest answers again.
     drop(held);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while raw(port, &ingest).0 == 429 {
-        assert!(std::time::Instant::now() < deadline, "the slots were not given back");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll(|| "the slots were not given back".into(), wait, || raw(port, &ingest), |r| r.0 != 429);
 }

@@ -151,7 +151,7 @@ fn single_pipeline(plugin: &Path, args: &TestArgs, lookups: &Tables) -> anyhow::
          [source]\ntopics = [\"input\"]\n[output]\ntopic = \"next\"\n[dead_letter]\ntopic = \"dead-letters\"\n",
     );
     for table in lookups.keys() {
-        text.push_str(&format!("[lookups.{}]\nkey_prefix = \"\"\n", toml_key(table)));
+        text.push_str(&format!("[lookups.{}]\nkey_prefix = {}\n", toml_key(table), toml_key(&format!("{table}:"))));
     }
     text.push_str(&format!("[[stages]]\nname = \"{name}\"\nplugin = \"plugin.wasm\"\n"));
     let mut pipeline_config = config::load_str(&text, |_| None).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -159,6 +159,9 @@ fn single_pipeline(plugin: &Path, args: &TestArgs, lookups: &Tables) -> anyhow::
     stage.plugin = std::path::absolute(plugin)?;
     stage.lookups = lookups.keys().map(|t| toml::Spanned::new(0..0, t.clone())).collect();
     stage.config = stage_config(&args.config)?;
+    // Nothing is written: show every effect, except those on keys no stage
+    // may write (the fence, the lookup tables), which fail as in a pipeline.
+    stage.writes = vec![toml::Spanned::new(0..0, String::new())];
     if let Some(mib) = args.memory_mib {
         stage.limits.memory_mib = std::num::NonZeroU32::new(mib).context("--memory-mib must be at least 1")?;
     }

@@ -228,6 +228,13 @@ pub struct StageConfig {
     /// The lookup tables this stage may read.
     #[serde(default)]
     pub lookups: Vec<Spanned<String>>,
+    /// The Redis key prefixes this stage's effects may write (say the
+    /// `totals` stage's counter prefix). Default none: a stage that declares
+    /// nothing writes nothing. The offset fence and the lookup tables are
+    /// never writable, whatever the prefix; an effect on any other key
+    /// dead-letters its record as `effect_denied`.
+    #[serde(default)]
+    pub writes: Vec<Spanned<String>>,
     /// Sandbox limits.
     #[serde(default)]
     pub limits: Limits,
@@ -287,6 +294,29 @@ pub struct Limits {
     /// default); deeper recursion traps and dead-letters the record.
     #[serde(default = "default_stack_kib")]
     pub stack_kib: NonZeroU32,
+    /// Most bytes the host copies out of one call's results (outputs,
+    /// effects, reasons), in MiB. Default 64: the default memory cap, which
+    /// is all a plugin can return without pointing many results at the same
+    /// bytes. A call over it fails as `plugin_output_limit`.
+    #[serde(default = "default_results_mib")]
+    pub results_mib: NonZeroU32,
+    /// Most records one input record may emit. Default 1000: a split of an
+    /// order into its items, not a runaway loop. More dead-letters the
+    /// record as `plugin_output_limit`.
+    #[serde(default = "default_max_per_record")]
+    pub max_outputs: NonZeroU32,
+    /// Most Redis effects one input record may cause. Default 1000. More
+    /// dead-letters the record as `plugin_output_limit`.
+    #[serde(default = "default_max_per_record")]
+    pub max_effects: NonZeroU32,
+}
+
+fn default_results_mib() -> NonZeroU32 {
+    NonZeroU32::new(64).expect("non-zero")
+}
+
+fn default_max_per_record() -> NonZeroU32 {
+    NonZeroU32::new(1000).expect("non-zero")
 }
 
 fn default_stack_kib() -> NonZeroU32 {
@@ -312,6 +342,9 @@ impl Default for Limits {
             timeout_ms: default_timeout_ms(),
             max_retries: default_max_retries(),
             stack_kib: default_stack_kib(),
+            results_mib: default_results_mib(),
+            max_outputs: default_max_per_record(),
+            max_effects: default_max_per_record(),
         }
     }
 }
@@ -388,6 +421,25 @@ impl Pipeline {
 }
 
 impl PipelineConfig {
+    /// Key prefixes no effect may write: the offset fence (moving it would
+    /// skip or replay counts) and every lookup table (other stages read them).
+    pub fn protected_prefixes(&self) -> Vec<String> {
+        let tables = self.lookups.values().map(|t| t.key_prefix.clone());
+        std::iter::once(self.redis.fence_prefix.clone()).chain(tables).collect()
+    }
+
+    /// Why a stage may not declare `prefix` in `writes`, if it may not.
+    fn unwritable(&self, prefix: &str) -> Option<String> {
+        if prefix.is_empty() {
+            return Some("is empty: it would let the stage write every key".into());
+        }
+        if prefix.starts_with(&self.redis.fence_prefix) {
+            return Some(format!("is inside the offset fence (redis.fence_prefix `{}`)", self.redis.fence_prefix));
+        }
+        let (name, table) = self.lookups.iter().find(|(_, t)| prefix.starts_with(&t.key_prefix))?;
+        Some(format!("is inside the lookup table `{name}` (key_prefix `{}`)", table.key_prefix))
+    }
+
     /// The settings that differ between `self` and `next` and that a running
     /// host cannot change: the Kafka client, Redis, the delivery guarantee
     /// and the admin address. Everything else applies live.
@@ -515,6 +567,12 @@ impl PipelineConfig {
                         declared.join(", ")
                     );
                     return Err(ConfigError::spanned(text, table, message));
+                }
+            }
+            for prefix in &stage.writes {
+                if let Some(why) = self.unwritable(prefix.get_ref()) {
+                    let message = format!("stages[{i}].writes: `{}` {why}", prefix.get_ref());
+                    return Err(ConfigError::spanned(text, prefix, message));
                 }
             }
         }

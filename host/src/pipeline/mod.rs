@@ -12,11 +12,12 @@
 //! pipeline generation (1 at start, +1 per applied reload).
 
 mod canary;
+mod lift;
 mod output;
 mod stage;
 
 pub use canary::{CanaryDiff, CanaryStats};
-pub use stage::{LookupSource, Row, Stage, StageError, StageSpec, StageState, Unavailable, linker};
+pub use stage::{LookupSource, Row, Stage, StageError, StageSpec, StageState, Unavailable, Writes, linker};
 
 use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome};
 use crate::config::{self, FailurePolicy};
@@ -171,6 +172,7 @@ impl Chain {
         let mut engines: HashMap<usize, (Engine, Linker<StageState>)> = HashMap::new();
         let mut stages = Vec::with_capacity(config.stages.len());
         let mut canaries = Vec::with_capacity(config.stages.len());
+        let protected = config.protected_prefixes();
         for stage in &config.stages {
             let stack = stage.limits.stack_kib.get() as usize * 1024;
             if let Entry::Vacant(e) = engines.entry(stack) {
@@ -186,6 +188,10 @@ impl Chain {
                     config_json: serde_json::to_string(&stage.config).expect("a TOML table is valid JSON"),
                     tables: stage.lookups.iter().map(|t| t.get_ref().clone()).collect(),
                     limits: stage.limits.clone(),
+                    writes: Writes {
+                        allowed: stage.writes.iter().map(|w| w.get_ref().clone()).collect(),
+                        protected: protected.clone(),
+                    },
                     on_failure: stage.on_failure,
                     loaded_at: SystemTime::now(),
                 })
@@ -335,6 +341,7 @@ impl Chain {
             let mut next = Vec::with_capacity(batch.len());
             for ((origin, input), outcome) in origins.iter().zip(&batch).zip(outcomes) {
                 let origin = *origin;
+                let outcome = within_limits(stage.spec(), outcome);
                 match outcome {
                     Outcome::Emit((emitted, stage_effects)) => {
                         st.emitted += emitted.len() as u64;
@@ -421,6 +428,32 @@ impl Chain {
         }
         Ok(result)
     }
+}
+
+/// The outcome, or a rejection if it emits more records or effects than the
+/// stage's limits allow (`plugin_output_limit`) or writes a key the stage
+/// may not write (`effect_denied`).
+fn within_limits(spec: &StageSpec, outcome: Outcome) -> Outcome {
+    let Outcome::Emit((outputs, effects)) = &outcome else { return outcome };
+    let limits = &spec.limits;
+    let reject = |reason: &str, message: String| Outcome::Reject(ErrorInfo { reason: reason.into(), message });
+    if outputs.len() > limits.max_outputs.get() as usize {
+        let message =
+            format!("{} outputs for one record, more than limits.max_outputs = {}", outputs.len(), limits.max_outputs);
+        return reject("plugin_output_limit", message);
+    }
+    if effects.len() > limits.max_effects.get() as usize {
+        let message =
+            format!("{} effects for one record, more than limits.max_effects = {}", effects.len(), limits.max_effects);
+        return reject("plugin_output_limit", message);
+    }
+    for effect in effects {
+        let (Effect::HashIncr((key, ..)) | Effect::HashSet((key, ..))) = effect;
+        if let Err(why) = spec.writes.check(key) {
+            return reject("effect_denied", why);
+        }
+    }
+    outcome
 }
 
 fn first_message(record: &Record) -> Message {

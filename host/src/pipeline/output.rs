@@ -1,9 +1,12 @@
 //! What a plugin writes to its stdout and stderr (a Python traceback, a
-//! JavaScript `console.error`, a Rust panic message): logged line by line
-//! with the stage's name, at most [`LINES_PER_WINDOW`] lines per stream every
-//! 10 seconds, and the latest lines kept so that a trap's dead letter can
-//! say what the plugin printed before it failed.
+//! JavaScript `console.error`, a Rust panic message) and to the `log`
+//! import: logged line by line with the stage's name, at most
+//! [`LINES_PER_WINDOW`] lines per stream every 10 seconds and [`MAX_LINE`]
+//! bytes per line, and the latest lines kept so that a trap's dead letter
+//! can say what the plugin printed before it failed. A line never spans
+//! two log lines, so a plugin cannot forge a line of the host's own.
 
+use crate::bindings::LogLevel;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -17,7 +20,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 pub const LINES_PER_WINDOW: u32 = 100;
 const WINDOW: Duration = Duration::from_secs(10);
 /// Longest line logged, in bytes.
-const MAX_LINE: usize = 2000;
+pub const MAX_LINE: usize = 2000;
 /// Lines kept to explain a trap.
 const KEPT: usize = 12;
 
@@ -36,7 +39,7 @@ struct State {
 }
 
 impl PluginOutput {
-    /// The `stream` (`stdout` or `stderr`) of an instance of `stage`.
+    /// The `stream` (`stdout`, `stderr` or `log`) of an instance of `stage`.
     pub fn new(stage: Arc<str>, stream: &'static str) -> Self {
         Self(Arc::new(Mutex::new(State {
             stage,
@@ -73,10 +76,28 @@ impl PluginOutput {
             }
         }
     }
+
+    /// A message the plugin gave the `log` import, logged at its level.
+    pub fn log(&self, level: LogLevel, message: &str) {
+        let mut state = self.0.lock().expect("output lock");
+        for line in message.lines() {
+            let mut end = line.len().min(MAX_LINE);
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            state.emit_at(level, line[..end].to_string());
+        }
+    }
 }
 
 impl State {
+    /// A line of stdout or stderr: a warning, since nothing else is meant to
+    /// reach them.
     fn emit(&mut self, line: String) {
+        self.emit_at(LogLevel::Warn, line);
+    }
+
+    fn emit_at(&mut self, level: LogLevel, line: String) {
         let line = line.trim_end().to_string();
         if line.is_empty() {
             return;
@@ -89,7 +110,14 @@ impl State {
         }
         if self.logged < LINES_PER_WINDOW {
             self.logged += 1;
-            tracing::warn!(stage = %self.stage, stream = self.stream, "{line}");
+            let (stage, stream) = (&*self.stage, self.stream);
+            match level {
+                LogLevel::Trace => tracing::trace!(stage, stream, "{line}"),
+                LogLevel::Debug => tracing::debug!(stage, stream, "{line}"),
+                LogLevel::Info => tracing::info!(stage, stream, "{line}"),
+                LogLevel::Warn => tracing::warn!(stage, stream, "{line}"),
+                LogLevel::Error => tracing::error!(stage, stream, "{line}"),
+            }
         } else {
             self.dropped += 1;
         }

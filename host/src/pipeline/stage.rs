@@ -7,10 +7,14 @@ use crate::engine::{Engine, LoadedComponent};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::component::{Func, HasData, HasSelf, Linker, Resource, ResourceTable, TypedFunc};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::clocks::WasiClocksCtxView;
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::lift::{self, OverBudget};
 use super::output::PluginOutput;
 
 /// A row of a lookup table as (field, value) pairs.
@@ -47,6 +51,8 @@ pub struct StageSpec {
     pub tables: Arc<[String]>,
     /// Sandbox limits.
     pub limits: Limits,
+    /// The Redis keys the stage's effects may write.
+    pub writes: Writes,
     /// What to do while the stage's circuit breaker is open.
     pub on_failure: FailurePolicy,
     /// When this version of the stage was loaded.
@@ -62,20 +68,143 @@ impl StageSpec {
             && self.config_json == other.config_json
             && self.tables == other.tables
             && self.limits == other.limits
+            && self.writes == other.writes
             && self.on_failure == other.on_failure
     }
 }
 
+/// The Redis keys a stage may write: under one of the prefixes it declares,
+/// and never under a protected one (the offset fence, the lookup tables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    /// Prefixes the stage declared in `writes`.
+    pub allowed: Vec<String>,
+    /// Prefixes no stage may write.
+    pub protected: Vec<String>,
+}
+
+impl Writes {
+    /// Any key at all (`sluice test` of a single plugin, which writes nothing).
+    pub fn anywhere() -> Self {
+        Self { allowed: vec![String::new()], protected: Vec::new() }
+    }
+
+    /// Why the stage may not write `key`, if it may not.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        if let Some(protected) = self.protected.iter().find(|p| key.starts_with(p.as_str())) {
+            return Err(format!(
+                "an effect on Redis key `{}` is under `{protected}`, which no stage may write (the offset fence \
+                 or a lookup table)",
+                shown(key)
+            ));
+        }
+        if self.allowed.iter().any(|p| key.starts_with(p.as_str())) {
+            return Ok(());
+        }
+        let allowed = if self.allowed.is_empty() {
+            "the stage declares no `writes`".to_string()
+        } else {
+            format!("the stage's `writes` are {:?}", self.allowed)
+        };
+        Err(format!("an effect on Redis key `{}` is outside what the stage may write: {allowed}", shown(key)))
+    }
+}
+
+/// A key as shown in a message: at most 200 characters.
+fn shown(key: &str) -> String {
+    let mut shown: String = key.chars().take(200).collect();
+    if shown.len() < key.len() {
+        shown.push('…');
+    }
+    shown
+}
+
 /// Per-instance host state: WASI with nothing granted, limits, lookups.
 pub struct StageState {
-    stage: Arc<str>,
     wasi: WasiCtx,
-    /// What the plugin writes to stdout and stderr.
-    output: [PluginOutput; 2],
+    /// What the plugin writes to stdout and stderr, and to the `log` import.
+    output: [PluginOutput; 3],
     table: ResourceTable,
     limits: Limiter,
+    clock: CallClock,
     lookups: Arc<dyn LookupSource>,
     tables: Arc<[String]>,
+}
+
+/// The time of the call in progress that is the plugin's own: wall time
+/// since it started minus the time the host spent serving its lookups (a
+/// slow Redis is not the plugin's fault). Its deadline is `timeout`.
+#[derive(Debug, Clone, Copy)]
+struct CallClock {
+    started: Instant,
+    timeout: Duration,
+    host: Duration,
+    /// Whether a wait was cut short at the deadline: the plugin did not
+    /// finish in time, even if it returns before the epoch notices.
+    cut: bool,
+}
+
+impl CallClock {
+    fn new(timeout: Duration) -> Self {
+        Self { started: Instant::now(), timeout, host: Duration::ZERO, cut: false }
+    }
+
+    /// The plugin's time left before its deadline.
+    fn left(&self) -> Duration {
+        let spent = self.started.elapsed().saturating_sub(self.host);
+        self.timeout.saturating_sub(spent)
+    }
+}
+
+impl StageState {
+    /// `wasi:clocks/monotonic-clock` for this instance: waits end at the
+    /// call's deadline.
+    fn deadline_clock(&mut self) -> DeadlineClock<'_> {
+        let left = self.clock.left();
+        let clocks = WasiClocksCtxView { ctx: self.wasi.clocks(), table: &mut self.table };
+        DeadlineClock { clocks, left, cut: &mut self.clock.cut }
+    }
+}
+
+/// WASI's monotonic clock, except that a wait (`sleep` in Rust or Python, a
+/// timer in JavaScript) never outlasts the call's deadline. Epoch
+/// interruption stops a plugin only while it runs WebAssembly; a plugin
+/// blocked in the host would keep the processing thread past its deadline.
+/// Cut short, the wait returns at the deadline and the call fails as
+/// `plugin_timeout` (interrupted if it runs on, failed when it returns).
+struct DeadlineClock<'a> {
+    clocks: WasiClocksCtxView<'a>,
+    left: Duration,
+    cut: &'a mut bool,
+}
+
+struct DeadlineClocks;
+
+impl HasData for DeadlineClocks {
+    type Data<'a> = DeadlineClock<'a>;
+}
+
+impl monotonic_clock::Host for DeadlineClock<'_> {
+    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
+        self.clocks.now()
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
+        self.clocks.resolution()
+    }
+
+    fn subscribe_duration(&mut self, nanos: monotonic_clock::Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        let left = u64::try_from(self.left.as_nanos()).unwrap_or(u64::MAX);
+        if nanos > left {
+            *self.cut = true;
+        }
+        self.clocks.subscribe_duration(nanos.min(left))
+    }
+
+    fn subscribe_instant(&mut self, when: monotonic_clock::Instant) -> wasmtime::Result<Resource<DynPollable>> {
+        let now = self.clocks.now()?;
+        self.subscribe_duration(when.saturating_sub(now))
+    }
 }
 
 impl WasiView for StageState {
@@ -89,61 +218,88 @@ impl bindings::sluice::plugin::types::Host for StageState {}
 impl bindings::sluice::plugin::host::Host for StageState {
     fn lookup(&mut self, table: String, key: String) -> wasmtime::Result<Option<Row>> {
         if !self.tables.contains(&table) {
-            tracing::warn!(stage = %self.stage, table, "lookup of a table the stage did not declare");
+            let [.., log] = &self.output;
+            log.log(LogLevel::Warn, &format!("lookup of table `{table}`, which the stage did not declare"));
             return Ok(None);
         }
-        self.lookups.lookup(&table, &key).map_err(wasmtime::Error::new)
+        let started = Instant::now();
+        let row = self.lookups.lookup(&table, &key);
+        self.clock.host += started.elapsed();
+        row.map_err(wasmtime::Error::new)
     }
 
     fn log(&mut self, level: LogLevel, message: String) {
-        let stage = &*self.stage;
-        match level {
-            LogLevel::Trace => tracing::trace!(stage, "{message}"),
-            LogLevel::Debug => tracing::debug!(stage, "{message}"),
-            LogLevel::Info => tracing::info!(stage, "{message}"),
-            LogLevel::Warn => tracing::warn!(stage, "{message}"),
-            LogLevel::Error => tracing::error!(stage, "{message}"),
-        }
+        let [.., log] = &self.output;
+        log.log(level, &message);
     }
 }
 
-/// The store limits, keeping count of the instance's linear memory.
+/// Most table elements (function references) an instance may hold, over
+/// all its tables. Default one million: a Python or JavaScript runtime
+/// needs tens of thousands; the cap stops a plugin from growing tables
+/// until the host runs out of memory.
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// A sandbox limit the plugin ran into: what and which limit.
+#[derive(Debug, Clone)]
+pub struct LimitExceeded(String);
+
+impl fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LimitExceeded {}
+
+/// The instance's limits, over all its memories and tables together (a
+/// component has several core instances; a per-memory cap would let it
+/// hold several times `memory_mib`).
 struct Limiter {
-    inner: StoreLimits,
     memory: usize,
+    memory_cap: usize,
+    table_elements: usize,
 }
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if allowed {
-            self.memory = self.memory + desired - current;
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
         }
-        Ok(allowed)
+        let total = self.memory - current + desired;
+        if total > self.memory_cap {
+            return Err(LimitExceeded(format!(
+                "the instance's memory would grow to {} MiB, beyond limits.memory_mib = {}",
+                total.div_ceil(1 << 20),
+                self.memory_cap >> 20
+            ))
+            .into());
+        }
+        self.memory = total;
+        Ok(true)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.memory_grow_failed(error)
+        Err(LimitExceeded(format!("the host could not grow the instance's memory: {error}")).into())
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let total = self.table_elements - current + desired;
+        if total > MAX_TABLE_ELEMENTS {
+            return Err(LimitExceeded(format!(
+                "the instance's tables would hold {total} elements, beyond the limit of {MAX_TABLE_ELEMENTS}"
+            ))
+            .into());
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 
     fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.table_grow_failed(error)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
+        Err(LimitExceeded(format!("the host could not grow the instance's table: {error}")).into())
     }
 }
 
@@ -152,6 +308,9 @@ impl ResourceLimiter for Limiter {
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<StageState>> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    linker.allow_shadowing(true);
+    monotonic_clock::add_to_linker::<_, DeadlineClocks>(&mut linker, StageState::deadline_clock)?;
+    linker.allow_shadowing(false);
     Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
     Ok(linker)
 }
@@ -226,6 +385,8 @@ pub struct Stage {
     engine: Engine,
     store: Store<StageState>,
     instance: Transform,
+    /// `process`, typed with results that are lifted within the budget.
+    process: Func,
     breaker: Breaker,
 }
 
@@ -241,9 +402,9 @@ impl Stage {
         let pre = linker.instantiate_pre(&spec.component.component).and_then(TransformPre::new).map_err(|e| {
             StageError::World(spec.name.to_string(), spec.component.path.display().to_string(), format!("{e:#}"))
         })?;
-        let (store, instance) = instantiate(engine, &pre, &spec, &lookups)?;
+        let (store, instance, process) = instantiate(engine, &pre, &spec, &lookups)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
-        Ok(Self { spec, pre, lookups, engine: engine.clone(), store, instance, breaker })
+        Ok(Self { spec, pre, lookups, engine: engine.clone(), store, instance, process, breaker })
     }
 
     /// When the circuit breaker is open, until when.
@@ -287,13 +448,18 @@ impl Stage {
     /// fresh one, since a trapped instance cannot be trusted again.
     pub fn call(&mut self, batch: &[Message]) -> Result<Vec<Outcome>, CallError> {
         let timeout = Duration::from_millis(self.spec.limits.timeout_ms.get());
-        self.store.set_epoch_deadline(Engine::deadline_ticks(timeout));
+        arm(&mut self.store, timeout);
         forget_output(self.store.data());
-        let result = self.instance.call_process(&mut self.store, batch);
-        let mut error = match result {
+        // SAFETY: `instantiate` checked this signature against the component.
+        let process = unsafe { TypedFunc::<(&[Message],), lift::Results>::new_unchecked(self.process) };
+        let budget = (self.spec.limits.results_mib.get() as usize) << 20;
+        let result = lift::within(budget, || process.call(&mut self.store, (batch,)));
+        let cut = self.store.data().clock.cut;
+        let mut error = match result.map(|(outcomes,)| outcomes.0) {
+            Ok(_) if cut => timed_out(timeout),
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 self.note_call(false);
-                return Ok(outcomes.into_iter().map(checked_reason).collect());
+                return Ok(outcomes.into_iter().map(|o| checked_reason(o.into())).collect());
             }
             Ok(outcomes) => CallError::Plugin {
                 reason: "plugin_contract",
@@ -322,11 +488,18 @@ impl Stage {
     }
 
     fn recreate(&mut self) -> Result<(), StageError> {
-        let (store, instance) = instantiate(&self.engine, &self.pre, &self.spec, &self.lookups)?;
+        let (store, instance, process) = instantiate(&self.engine, &self.pre, &self.spec, &self.lookups)?;
         self.store = store;
         self.instance = instance;
+        self.process = process;
         Ok(())
     }
+}
+
+/// Starts the clock of a call whose deadline is `timeout` from now.
+fn arm(store: &mut Store<StageState>, timeout: Duration) {
+    store.data_mut().clock = CallClock::new(timeout);
+    store.set_epoch_deadline(Engine::deadline_ticks(timeout));
 }
 
 fn instantiate(
@@ -334,11 +507,12 @@ fn instantiate(
     pre: &TransformPre<StageState>,
     spec: &StageSpec,
     lookups: &Arc<dyn LookupSource>,
-) -> Result<(Store<StageState>, Transform), StageError> {
+) -> Result<(Store<StageState>, Transform, Func), StageError> {
     let memory_bytes = spec.limits.memory_mib.get() as usize * 1024 * 1024;
-    let output = [PluginOutput::new(spec.name.clone(), "stdout"), PluginOutput::new(spec.name.clone(), "stderr")];
+    let stream = |name| PluginOutput::new(spec.name.clone(), name);
+    let output = [stream("stdout"), stream("stderr"), stream("log")];
+    let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
     let state = StageState {
-        stage: spec.name.clone(),
         wasi: WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -348,24 +522,45 @@ fn instantiate(
             .build(),
         output,
         table: ResourceTable::new(),
-        limits: Limiter {
-            inner: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
-            memory: 0,
-        },
+        limits: Limiter { memory: 0, memory_cap: memory_bytes, table_elements: 0 },
+        clock: CallClock::new(timeout),
         lookups: lookups.clone(),
         tables: spec.tables.clone(),
     };
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|state| &mut state.limits);
-    let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
-    store.set_epoch_deadline(Engine::deadline_ticks(timeout));
+    // At the deadline in ticks, the deadline in the plugin's own time:
+    // extended by the time the host spent on its lookups.
+    store.epoch_deadline_callback(|store| {
+        let left = store.data().clock.left();
+        Ok(if left.is_zero() {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Continue(Engine::deadline_ticks(left))
+        })
+    });
+    arm(&mut store, timeout);
     let stage = spec.name.to_string();
-    let instance = pre.instantiate(&mut store).map_err(|e| StageError::Instantiate(stage.clone(), format!("{e:#}")))?;
-    match instance.call_init(&mut store, &spec.config_json) {
-        Ok(Ok(())) => Ok((store, instance)),
+    let failed = |e: wasmtime::Error| StageError::Instantiate(stage.clone(), format!("{e:#}"));
+    let instance = pre.instance_pre().instantiate(&mut store).map_err(failed)?;
+    let transform = Transform::new(&mut store, &instance).map_err(failed)?;
+    let process =
+        *instance.get_typed_func::<(&[Message],), lift::Results>(&mut store, "process").map_err(failed)?.func();
+    let init = transform.call_init(&mut store, &spec.config_json);
+    if store.data().clock.cut {
+        let message = format!("init did not finish within its deadline of {} ms", timeout.as_millis());
+        return Err(StageError::Init(stage, message));
+    }
+    match init {
+        Ok(Ok(())) => Ok((store, transform, process)),
         Ok(Err(error)) => Err(StageError::Init(stage, error)),
         Err(e) => {
-            let mut message = format!("init trapped: {e:#}");
+            let mut message = match classify(&e, timeout) {
+                CallError::Plugin { reason: "plugin_timeout", .. } => {
+                    format!("init did not finish within its deadline of {} ms", timeout.as_millis())
+                }
+                _ => format!("init trapped: {e:#}"),
+            };
             with_output(&mut message, store.data());
             Err(StageError::Init(stage, message))
         }
@@ -385,9 +580,10 @@ fn forget_output(state: &StageState) {
 /// Appends the last lines the plugin wrote (stderr first) to the message of
 /// its failure: a Python traceback or a panic message says what went wrong.
 fn with_output(message: &mut String, state: &StageState) {
-    let [stdout, stderr] = &state.output;
+    let [stdout, stderr, log] = &state.output;
     let mut lines = stderr.take_recent();
     lines.extend(stdout.take_recent());
+    lines.extend(log.take_recent());
     if lines.is_empty() {
         return;
     }
@@ -408,22 +604,27 @@ fn with_output(message: &mut String, state: &StageState) {
     }
 }
 
+fn timed_out(timeout: Duration) -> CallError {
+    CallError::Plugin {
+        reason: "plugin_timeout",
+        message: format!("the call did not finish within its deadline of {} ms", timeout.as_millis()),
+    }
+}
+
 fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
     if let Some(unavailable) = error.downcast_ref::<Unavailable>() {
         return CallError::Unavailable(unavailable.clone());
     }
     if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
-        return CallError::Plugin {
-            reason: "plugin_timeout",
-            message: format!("the call did not finish within its deadline of {} ms", timeout.as_millis()),
-        };
+        return timed_out(timeout);
     }
-    let text = format!("{error:#}");
-    let reason = if text.contains("growing memory") || text.contains("memory growth failure") {
-        "plugin_oom"
-    } else {
-        "plugin_trap"
-    };
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return CallError::Plugin { reason: "plugin_oom", message: limit.to_string() };
+    }
+    if let Some(over) = error.downcast_ref::<OverBudget>() {
+        return CallError::Plugin { reason: "plugin_output_limit", message: over.to_string() };
+    }
+    let reason = "plugin_trap";
     // The trap itself, not the wasm backtrace that follows it in the chain.
     let message = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
@@ -460,4 +661,44 @@ fn checked_reason(outcome: Outcome) -> Outcome {
             info.message
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn memory_is_capped_over_all_of_an_instances_memories() {
+        let mut limiter = Limiter { memory: 0, memory_cap: 16 * MIB, table_elements: 0 };
+        assert!(limiter.memory_growing(0, 10 * MIB, None).unwrap(), "the first memory");
+        let error = limiter.memory_growing(0, 10 * MIB, None).unwrap_err();
+        assert_eq!(
+            error.downcast_ref::<LimitExceeded>().unwrap().to_string(),
+            "the instance's memory would grow to 20 MiB, beyond limits.memory_mib = 16"
+        );
+        assert!(limiter.memory_growing(10 * MIB, 12 * MIB, None).unwrap(), "growth within the cap");
+        assert_eq!(limiter.memory, 12 * MIB);
+    }
+
+    #[test]
+    fn table_elements_are_capped_over_all_of_an_instances_tables() {
+        let mut limiter = Limiter { memory: 0, memory_cap: MIB, table_elements: 0 };
+        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
+        let error = limiter.table_growing(0, 1, None).unwrap_err();
+        assert!(error.downcast_ref::<LimitExceeded>().is_some(), "{error}");
+        assert!(!limiter.table_growing(0, 10, Some(5)).unwrap(), "a table's own maximum holds");
+    }
+
+    #[test]
+    fn the_call_clock_leaves_out_the_hosts_time() {
+        let mut clock = CallClock::new(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(60));
+        clock.host += Duration::from_millis(60);
+        assert!(clock.left() > Duration::from_millis(90), "{:?}", clock.left());
+        clock.host = Duration::ZERO;
+        assert!(clock.left() <= Duration::from_millis(40), "{:?}", clock.left());
+    }
 }

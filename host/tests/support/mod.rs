@@ -8,6 +8,7 @@ pub mod inputs;
 pub mod kafka;
 pub mod model;
 pub mod process;
+pub mod slow;
 pub mod workdir;
 
 use std::collections::BTreeMap;

@@ -8,13 +8,20 @@
 //! `retry` and `reject` return those decisions; `reason R` rejects with
 //! reason code R; `drop` filters; `route R` emits to route R.
 //!
+//! Against the host's limits: `sleep MS` sleeps (a blocking WASI wait);
+//! `lookup TABLE N` looks up N distinct keys of TABLE and emits how many it
+//! found; `outputs N BYTES` emits N records of BYTES bytes; `effects N KEY`
+//! emits one record and N increments of hash KEY; `log N BYTES` logs N
+//! lines of BYTES bytes, and `log-forge` one message with a newline in it.
+//!
 //! Config: `{"init_error": "why"}` makes `init` fail with that message;
-//! `{"always": "CMD"}` runs CMD for every record instead of its value (so
-//! `always = "ok"` is a pass-through stage, `always = "panic"` a broken one).
+//! `{"init_sleep_ms": N}` makes it sleep first; `{"always": "CMD"}` runs CMD
+//! for every record instead of its value (so `always = "ok"` is a
+//! pass-through stage, `always = "panic"` a broken one).
 
 // The raw world, without the SDK's `Stage` trait: this plugin exercises the
 // contract itself.
-use sluice_sdk::{ErrorInfo, Guest, Header, Message, Outcome, RawOutput as Output};
+use sluice_sdk::{Effect, ErrorInfo, Guest, Header, Message, Outcome, RawOutput as Output};
 
 fn emit(key: Option<Vec<u8>>, value: Vec<u8>, headers: Vec<Header>, effects: Vec<sluice_sdk::Effect>) -> Outcome {
     Outcome::Emit((vec![Output { route: None, key, value, headers }], effects))
@@ -40,6 +47,12 @@ fn depth(n: u32) -> u32 {
     }
     let below = depth(std::hint::black_box(n - 1));
     std::hint::black_box(below) + 1
+}
+
+/// `N BYTES` as two numbers (default 1 each).
+fn numbers(arg: &str) -> (usize, usize) {
+    let mut words = arg.split(' ').map(|w| w.parse().unwrap_or(1));
+    (words.next().unwrap_or(1), words.next().unwrap_or(1))
 }
 
 fn verdict<T, E: std::fmt::Display>(result: Result<T, E>) -> String {
@@ -88,6 +101,43 @@ fn run(message: &Message) -> Outcome {
             vec![Output { route: Some(arg.to_string()), key: None, value: message.value.clone(), headers: Vec::new() }],
             Vec::new(),
         )),
+        "sleep" => {
+            let started = std::time::Instant::now();
+            std::thread::sleep(std::time::Duration::from_millis(arg.parse().unwrap_or(1000)));
+            say(format!("slept {} ms", started.elapsed().as_millis()))
+        }
+        "lookup" => {
+            let (table, n) = arg.split_once(' ').unwrap_or((arg, "1"));
+            let n: u32 = n.parse().unwrap_or(1);
+            let found =
+                (0..n).filter(|i| sluice_sdk::lookup(table, &format!("{}-{i}", message.offset)).is_some()).count();
+            say(format!("found {found} of {n}"))
+        }
+        "outputs" => {
+            let (n, bytes) = numbers(arg);
+            let outputs = (0..n)
+                .map(|_| Output { route: None, key: None, value: vec![b'x'; bytes], headers: Vec::new() })
+                .collect();
+            Outcome::Emit((outputs, Vec::new()))
+        }
+        "effects" => {
+            let (n, key) = arg.split_once(' ').unwrap_or((arg, "testguest:counts"));
+            let n: usize = n.parse().unwrap_or(1);
+            let effects = (0..n).map(|i| Effect::HashIncr((key.to_string(), format!("f{i}"), 1))).collect();
+            emit(None, b"counted".to_vec(), Vec::new(), effects)
+        }
+        "log" => {
+            let (n, bytes) = numbers(arg);
+            let line = "x".repeat(bytes);
+            for i in 0..n {
+                sluice_sdk::log::info(&format!("line {i} {line}"));
+            }
+            say(format!("logged {n}"))
+        }
+        "log-forge" => {
+            sluice_sdk::log::info("an honest line\nERROR sluice: a forged line of the host's own");
+            say("logged".into())
+        }
         other => reject("unknown_command", format!("unknown command `{other}`")),
     }
 }
@@ -95,6 +145,9 @@ fn run(message: &Message) -> Outcome {
 impl Guest for TestGuest {
     fn init(config_json: String) -> Result<(), String> {
         let config: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| e.to_string())?;
+        if let Some(ms) = config.get("init_sleep_ms").and_then(|v| v.as_u64()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         if let Some(why) = config.get("init_error").and_then(|v| v.as_str()) {
             return Err(why.to_string());
         }

@@ -2,8 +2,12 @@
 //! reloads, the sales report, HTTP ingest and the dashboard. Every answer
 //! is JSON (metrics and the dashboard aside), errors included:
 //! `{"error": "..."}` with a status code that fits. When a token is set
-//! (`SLUICE_ADMIN_TOKEN`), the endpoints that change something (reload,
-//! promote, ingest) need `Authorization: Bearer <token>`.
+//! (`SLUICE_ADMIN_TOKEN`), the endpoints that show the pipeline's data
+//! (`/api/pipeline`, `/api/stats`, `/api/report`) and those that change
+//! something (reload, promote, ingest) need `Authorization: Bearer <token>`;
+//! the probes (`/health`, `/ready`), `/metrics`, and the dashboard's page and
+//! script, which hold no data, stay open. The endpoints that change something
+//! take only `Content-Type: application/json` (see `json_only`).
 
 use crate::metrics::Metrics;
 use crate::reload::{Outcome, Report, Request, Status, Trigger};
@@ -37,7 +41,7 @@ pub struct Admin {
     pub report: Arc<crate::report::Cached>,
     /// HTTP ingest.
     pub ingest: Arc<Ingest>,
-    /// The bearer token the changing endpoints need, if any.
+    /// The bearer token the data and the changing endpoints need, if any.
     pub token: Option<Arc<str>>,
     /// Host names answered besides IP addresses and `localhost`.
     pub allowed_hosts: Arc<[String]>,
@@ -72,13 +76,23 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 /// that the dashboard works offline.
 const CHART_JS: &[u8] = include_bytes!("../../dashboard/node_modules/chart.js/dist/chart.umd.min.js");
 
-/// A request refused for want of the admin token.
+/// A request refused for want of the admin token, or for where it comes
+/// from: the status, the error, and the `WWW-Authenticate` challenge if
+/// any.
 #[derive(Debug)]
-struct Unauthorized(StatusCode, &'static str);
+struct Unauthorized(StatusCode, &'static str, Option<&'static str>);
 
 impl warp::reject::Reject for Unauthorized {}
 
-/// Passes when no token is set or the request carries it.
+/// The challenge of a 401: the token goes in `Authorization: Bearer`
+/// (RFC 6750).
+const CHALLENGE: &str = r#"Bearer realm="sluice""#;
+/// The challenge of the 403 for a wrong token, by which the dashboard tells
+/// it from the other 403s (a foreign `Host` or origin) and asks again.
+const WRONG_TOKEN: &str = r#"Bearer realm="sluice", error="invalid_token""#;
+
+/// Passes when no token is set or the request carries it: 401 (with a
+/// `WWW-Authenticate` challenge) without it, 403 with another.
 fn authorized(token: Option<Arc<str>>) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("authorization")
         .and_then(move |header: Option<String>| {
@@ -89,10 +103,15 @@ fn authorized(token: Option<Arc<str>>) -> impl Filter<Extract = (), Error = warp
                     None => Err(warp::reject::custom(Unauthorized(
                         StatusCode::UNAUTHORIZED,
                         "this endpoint needs `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`",
+                        Some(CHALLENGE),
                     ))),
                     // In constant time: how much of a guess matches must not show in the answer time.
                     Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
-                    Some(_) => Err(warp::reject::custom(Unauthorized(StatusCode::FORBIDDEN, "wrong admin token"))),
+                    Some(_) => Err(warp::reject::custom(Unauthorized(
+                        StatusCode::FORBIDDEN,
+                        "wrong admin token",
+                        Some(WRONG_TOKEN),
+                    ))),
                 }
             }
         })
@@ -100,8 +119,8 @@ fn authorized(token: Option<Arc<str>>) -> impl Filter<Extract = (), Error = warp
 }
 
 /// Whether the admin API may listen on `addr`: beyond loopback without a
-/// token, anyone who reaches the port could ingest records, reload and
-/// promote, so that needs `admin.insecure = true`.
+/// token, anyone who reaches the port could read the pipeline's data,
+/// ingest records, reload and promote, so that needs `admin.insecure = true`.
 pub fn check_exposure(addr: SocketAddr, has_token: bool, insecure: bool) -> Result<(), String> {
     if addr.ip().is_loopback() || has_token {
         return Ok(());
@@ -112,7 +131,8 @@ pub fn check_exposure(addr: SocketAddr, has_token: bool, insecure: bool) -> Resu
     }
     Err(format!(
         "the admin API would listen on {addr}, beyond loopback, with no token: set SLUICE_ADMIN_TOKEN (the \
-         endpoints that change something then need `Authorization: Bearer <token>`), listen on 127.0.0.1, \
+         API's data and the endpoints that change something then need `Authorization: Bearer <token>`), \
+         listen on 127.0.0.1, \
          or set `admin.insecure = true` in pipeline.toml to serve it open"
     ))
 }
@@ -131,6 +151,7 @@ fn host_allowed(allowed: Arc<[String]>) -> impl Filter<Extract = (), Error = war
                         StatusCode::FORBIDDEN,
                         "this Host is not one the admin API answers to: use an IP address or localhost, or list \
                          the name in admin.allowed_hosts",
+                        None,
                     ))),
                     _ => Ok(()),
                 }
@@ -169,11 +190,51 @@ fn same_origin() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
                 return Err(warp::reject::custom(Unauthorized(
                     StatusCode::FORBIDDEN,
                     "a request from a web page of another origin may not change anything",
+                    None,
                 )));
             }
             Ok(())
         })
         .untuple_one()
+}
+
+/// A change refused for its `Content-Type` (415): the one it had, if any.
+#[derive(Debug)]
+struct NotJson(Option<String>);
+
+impl warp::reject::Reject for NotJson {}
+
+/// Passes requests whose `Content-Type` is `application/json` (parameters
+/// such as `; charset=utf-8` aside), on every endpoint that changes
+/// something, whether it reads a body (ingest, which takes one JSON value)
+/// or not (reload, promote); anything else, or none, is answered 415.
+///
+/// This is what keeps web pages of other sites from those endpoints, with a
+/// token or without. A page can make its visitor's browser send a request
+/// to another site without asking that site first (a CORS "simple
+/// request": an HTML `<form>`, `fetch` in `no-cors` mode,
+/// `navigator.sendBeacon`) only with a body typed `text/plain`,
+/// `application/x-www-form-urlencoded` or `multipart/form-data`. Any other
+/// type, `application/json` included, makes the browser ask first with a
+/// preflight `OPTIONS`, which this API never grants (it sends no
+/// `Access-Control-Allow-*` headers), so the request itself is never sent.
+/// [`same_origin`] refuses the requests whose browser says where they come
+/// from; this one does not depend on what the browser says.
+fn json_only() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and_then(|content_type: Option<String>| async move {
+            match content_type {
+                Some(t) if is_json(&t) => Ok(()),
+                other => Err(warp::reject::custom(NotJson(other))),
+            }
+        })
+        .untuple_one()
+}
+
+/// Whether a `Content-Type` is `application/json`, in any case, with or
+/// without parameters.
+fn is_json(content_type: &str) -> bool {
+    content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json")
 }
 
 /// Binds `addr` and serves the admin API until `shutdown` resolves.
@@ -197,15 +258,19 @@ pub async fn serve(
         json_reply(status, json!({"ready": ready}))
     });
     let prometheus = warp::path!("metrics").and(warp::get()).and(with()).map(|admin: Admin| {
-        warp::reply::with_header(admin.metrics.render(), "content-type", "text/plain; version=0.0.4").into_response()
+        warp::reply::with_header(admin.metrics.render(), "content-type", crate::metrics::CONTENT_TYPE).into_response()
     });
-    let pipeline = warp::path!("api" / "pipeline").and(warp::get()).and(with()).map(|admin: Admin| {
-        if !admin.status.is_live() {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is still loading");
-        }
-        json_reply(StatusCode::OK, admin.status.to_json(&admin.metrics))
-    });
-    let auth = same_origin().and(authorized(admin_token));
+    // With a token, the reads that show data need it too: the stages' configs
+    // and canary examples (record values), the counters, the sales report.
+    let data = authorized(admin_token.clone());
+    let pipeline =
+        warp::path!("api" / "pipeline").and(warp::get()).and(data.clone()).and(with()).map(|admin: Admin| {
+            if !admin.status.is_live() {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "the pipeline is still loading");
+            }
+            json_reply(StatusCode::OK, admin.status.to_json(&admin.metrics))
+        });
+    let auth = same_origin().and(authorized(admin_token)).and(json_only());
     let reload = warp::path!("api" / "reload")
         .and(warp::post())
         .and(auth.clone())
@@ -220,14 +285,16 @@ pub async fn serve(
             }
         },
     );
-    let report = warp::path!("api" / "report").and(warp::get()).and(with()).then(|admin: Admin| async move {
-        match admin.report.get().await {
-            Ok(report) => json_reply(StatusCode::OK, serde_json::to_value(report).expect("a report is JSON")),
-            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
-        }
-    });
+    let report =
+        warp::path!("api" / "report").and(warp::get()).and(data.clone()).and(with()).then(|admin: Admin| async move {
+            match admin.report.get().await {
+                Ok(report) => json_reply(StatusCode::OK, serde_json::to_value(report).expect("a report is JSON")),
+                Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
+            }
+        });
     let stats = warp::path!("api" / "stats")
         .and(warp::get())
+        .and(data)
         .and(with())
         .map(|admin: Admin| json_reply(StatusCode::OK, admin.metrics.snapshot()));
     // The slot is taken before the body is read and held until the answer.
@@ -344,7 +411,8 @@ async fn ingest(admin: &Admin, topic: &str, body: &[u8]) -> Response {
     json_reply(StatusCode::OK, json!({"topic": topic, "records": offsets}))
 }
 
-/// Unknown paths, wrong methods, missing tokens and oversize bodies, as JSON.
+/// Unknown paths, wrong methods, missing tokens, bodies that are not JSON and
+/// oversize bodies, as JSON.
 async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
     let known = [
         "GET /",
@@ -358,8 +426,17 @@ async fn rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
         "POST /api/promote/{stage}",
         "POST /api/ingest/{topic}",
     ];
-    if let Some(Unauthorized(status, message)) = rejection.find::<Unauthorized>() {
-        return Ok(error(*status, message));
+    if let Some(Unauthorized(status, message, challenge)) = rejection.find::<Unauthorized>() {
+        let reply = error(*status, message);
+        return Ok(match challenge {
+            Some(challenge) => warp::reply::with_header(reply, "www-authenticate", *challenge).into_response(),
+            None => reply,
+        });
+    }
+    if let Some(NotJson(got)) = rejection.find::<NotJson>() {
+        let got = got.as_deref().map_or_else(|| "none".to_string(), |t| format!("`{t}`"));
+        let message = format!("this endpoint takes only `Content-Type: application/json` (got {got})");
+        return Ok(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, &message));
     }
     if rejection.find::<Busy>().is_some() {
         let message = format!("{INGEST_CONCURRENCY} ingest requests are being served: retry shortly");
@@ -395,6 +472,19 @@ mod tests {
         }
         for host in ["evil.example:8080", "localhost.evil.example", "127.0.0.1.nip.io", "sluice.prod.svc.evil"] {
             assert!(!super::host_is_allowed(host, &allowed), "{host}");
+        }
+    }
+
+    #[test]
+    fn json_is_application_json_with_or_without_parameters() {
+        for json in ["application/json", "Application/JSON", "application/json; charset=utf-8", "application/json;q"] {
+            assert!(super::is_json(json), "{json}");
+        }
+        for other in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""] {
+            assert!(!super::is_json(other), "{other}");
+        }
+        for other in ["application/jsonp", "application/json-seq", "text/json", "application/json+x", "json"] {
+            assert!(!super::is_json(other), "{other}");
         }
     }
 }

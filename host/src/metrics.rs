@@ -1,23 +1,70 @@
 //! Counters of what the pipeline did, shared by the run loop and the admin
 //! API. Every record read ends up counted in exactly one of `records_out`
 //! (by input record), `dead_letters` or `filtered`.
+//!
+//! `/metrics` is OpenMetrics text written by the `prometheus-client` crate,
+//! which also escapes label values (stage and topic names come from the
+//! configuration and from plugins' routes). The values live here, where the
+//! run loop bumps them and the admin API reads them back, so a scrape copies
+//! them into a [`Scrape`], a collector of the crate, instead of keeping a
+//! second set of counters in a registry.
 
 use crate::pipeline::{BatchResult, Record};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
+use prometheus_client::metrics::TypedMetric;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-#[derive(Default)]
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Distinct reason codes of its own that a stage's dead letters are counted
+/// under; further new codes of the stage are counted as `other`. Plugins
+/// choose their codes, and one that puts an instance in its code (an id, a
+/// field's value) instead of a kind of failure would add a series per
+/// record, each kept by Prometheus for its retention. 32 is far above the
+/// handful of codes a stage documents.
+pub const MAX_REASONS_PER_STAGE: usize = 32;
+
+/// The reason that the codes past [`MAX_REASONS_PER_STAGE`] are counted as.
+const OTHER_REASON: &str = "other";
+
+#[derive(Debug, Clone)]
 struct StageTotals {
     records_in: u64,
     emitted: u64,
     filtered: u64,
     rejected: u64,
     nanos: u128,
-    /// Time of one call of the stage (one batch), in seconds.
+    /// Calls of the stage (batches): the crate's histogram keeps its count
+    /// to itself.
+    calls: u64,
+    /// Time of one call of the stage (one batch), in seconds. A clone shares
+    /// the counts.
     latency: Histogram,
     memory_bytes: u64,
+}
+
+impl StageTotals {
+    fn new() -> Self {
+        Self {
+            records_in: 0,
+            emitted: 0,
+            filtered: 0,
+            rejected: 0,
+            nanos: 0,
+            calls: 0,
+            latency: Histogram::new(LATENCY_BOUNDS.iter().copied()),
+            memory_bytes: 0,
+        }
+    }
 }
 
 /// Upper bounds of the per-stage call time buckets, in seconds.
@@ -25,38 +72,14 @@ const LATENCY_BOUNDS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 
 /// Upper bounds of the batch size buckets, in records.
 const BATCH_BOUNDS: &[f64] = &[1.0, 8.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
 
-/// A Prometheus histogram: cumulative counts per upper bound.
-#[derive(Default, Clone)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
+/// Records per batch; a type of its own because the crate's histogram has
+/// no `Default`.
+#[derive(Debug)]
+struct BatchSizes(Histogram);
 
-impl Histogram {
-    fn observe(&mut self, bounds: &[f64], value: f64) {
-        if self.counts.len() != bounds.len() {
-            self.counts = vec![0; bounds.len()];
-        }
-        for (count, bound) in self.counts.iter_mut().zip(bounds) {
-            if value <= *bound {
-                *count += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str, bounds: &[f64]) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (i, bound) in bounds.iter().enumerate() {
-            let n = self.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+impl Default for BatchSizes {
+    fn default() -> Self {
+        Self(Histogram::new(BATCH_BOUNDS.iter().copied()))
     }
 }
 
@@ -83,12 +106,14 @@ pub struct Metrics {
     pub rebalances: AtomicU64,
     /// The generation of the live pipeline (1 at start, +1 per applied reload).
     pub generation: AtomicU64,
-    dead_letters: Mutex<BTreeMap<(String, String), u64>>,
+    /// Per stage, per reason (at most [`MAX_REASONS_PER_STAGE`] of the
+    /// stage's own, see [`reason_label`]).
+    dead_letters: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     stages: Mutex<BTreeMap<String, StageTotals>>,
     reloads: Mutex<BTreeMap<&'static str, u64>>,
     topics_in: Mutex<BTreeMap<String, u64>>,
     topics_out: Mutex<BTreeMap<String, u64>>,
-    batch_sizes: Mutex<Histogram>,
+    batch_sizes: BatchSizes,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Per partition: the next offset to process, and the broker's last
     /// stable offset (from the consumer's statistics).
@@ -115,7 +140,7 @@ impl Metrics {
     pub fn record_batch(&self, batch: &[Record], result: &BatchResult) {
         let records = batch.len();
         self.records_in.fetch_add(records as u64, Ordering::Relaxed);
-        self.batch_sizes.lock().expect("metrics lock").observe(BATCH_BOUNDS, records as f64);
+        self.batch_sizes.0.observe(records as f64);
         {
             // Per partition of the batch (a handful): records and the next offset.
             let mut partitions: Vec<(&str, i32, u64, i64)> = Vec::new();
@@ -148,20 +173,31 @@ impl Metrics {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let mut dead = self.dead_letters.lock().expect("metrics lock");
         for d in &result.dead_letters {
-            *dead.entry((d.stage.to_string(), d.reason.clone())).or_default() += 1;
+            let reasons = match dead.get_mut(&*d.stage) {
+                Some(reasons) => reasons,
+                None => dead.entry(d.stage.to_string()).or_default(),
+            };
+            let reason = reason_label(reasons, &d.reason);
+            match reasons.get_mut(reason) {
+                Some(n) => *n += 1,
+                None => {
+                    reasons.insert(reason.to_string(), 1);
+                }
+            }
         }
         let mut stages = self.stages.lock().expect("metrics lock");
         for s in &result.stages {
             let t = match stages.get_mut(&*s.name) {
                 Some(t) => t,
-                None => stages.entry(s.name.to_string()).or_default(),
+                None => stages.entry(s.name.to_string()).or_insert_with(StageTotals::new),
             };
             t.records_in += s.records_in;
             t.emitted += s.emitted;
             t.filtered += s.filtered;
             t.rejected += s.rejected;
             t.nanos += s.elapsed.as_nanos();
-            t.latency.observe(LATENCY_BOUNDS, s.elapsed.as_secs_f64());
+            t.calls += 1;
+            t.latency.observe(s.elapsed.as_secs_f64());
             t.memory_bytes = s.memory_bytes;
         }
     }
@@ -237,7 +273,7 @@ impl Metrics {
             "stages": stages.iter().map(|(name, t)| serde_json::json!({
                 "name": name,
                 "records_in": t.records_in,
-                "calls": t.latency.count,
+                "calls": t.calls,
                 "seconds": t.nanos as f64 / 1e9,
                 "memory_bytes": t.memory_bytes,
             })).collect::<Vec<_>>(),
@@ -249,111 +285,473 @@ impl Metrics {
     pub fn plugin_failures(&self, stage: &str) -> u64 {
         let dead = self.dead_letters.lock().expect("metrics lock");
         let failed = |reason: &str| reason.starts_with("plugin_") || reason == "circuit_open";
-        dead.iter().filter(|((s, reason), _)| s == stage && failed(reason)).map(|(_, n)| n).sum()
+        let reasons = dead.get(stage).into_iter().flatten();
+        reasons.filter(|(reason, _)| failed(reason)).map(|(_, n)| n).sum()
     }
 
     /// Dead letters so far.
     pub fn dead_letter_total(&self) -> u64 {
-        self.dead_letters.lock().expect("metrics lock").values().sum()
+        self.dead_letters.lock().expect("metrics lock").values().flat_map(|reasons| reasons.values()).sum()
     }
 
-    /// The Prometheus text exposition of every counter.
+    /// The OpenMetrics text exposition of every counter, to serve as
+    /// [`CONTENT_TYPE`].
     pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.scrape()));
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        };
-        counter("sluice_records_in_total", "Records read and fully handled.", self.records_in.load(Ordering::Relaxed));
-        counter("sluice_records_out_total", "Records written to outputs.", self.records_out.load(Ordering::Relaxed));
-        counter("sluice_filtered_total", "Input records filtered by a stage.", self.filtered.load(Ordering::Relaxed));
-        counter(
-            "sluice_records_completed_total",
-            "Input records that produced output. records_in = completed + dead_letters + filtered.",
-            self.completed.load(Ordering::Relaxed),
-        );
-        counter("sluice_batches_total", "Batches handled.", self.batches.load(Ordering::Relaxed));
-        counter("sluice_retries_total", "Transient failures retried.", self.retries.load(Ordering::Relaxed));
-        counter("sluice_rebalances_total", "Partition assignment changes.", self.rebalances.load(Ordering::Relaxed));
-        out.push_str("# HELP sluice_dead_letters_total Records dead-lettered, by stage and reason.\n");
-        out.push_str("# TYPE sluice_dead_letters_total counter\n");
-        for ((stage, reason), n) in self.dead_letters.lock().expect("metrics lock").iter() {
-            let _ = writeln!(out, "sluice_dead_letters_total{{stage=\"{stage}\",reason=\"{reason}\"}} {n}");
+        text::encode(&mut out, &registry).expect("every value fits its OpenMetrics type");
+        out
+    }
+
+    /// The values of a scrape, copied out.
+    fn scrape(&self) -> Scrape {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        let errors = self.errors.lock().expect("metrics lock");
+        let reloads = self.reloads.lock().expect("metrics lock");
+        Scrape {
+            records_in: load(&self.records_in),
+            records_out: load(&self.records_out),
+            filtered: load(&self.filtered),
+            completed: load(&self.completed),
+            batches: load(&self.batches),
+            retries: load(&self.retries),
+            rebalances: load(&self.rebalances),
+            dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
+            stages: self.stages.lock().expect("metrics lock").clone(),
+            topics_in: self.topics_in.lock().expect("metrics lock").clone(),
+            topics_out: self.topics_out.lock().expect("metrics lock").clone(),
+            batch_sizes: self.batch_sizes.0.clone(),
+            lag: self.lag(),
+            errors: ["kafka", "redis"].map(|peer| (peer, errors.get(peer).copied().unwrap_or(0))),
+            reloads: ["applied", "unchanged", "rejected", "restart-required"]
+                .map(|result| (result, reloads.get(result).copied().unwrap_or(0))),
+            generation: load(&self.generation),
+            ready: self.is_ready(),
         }
-        let stages = self.stages.lock().expect("metrics lock");
-        for (metric, help, get) in [
+    }
+}
+
+/// The reason that a dead letter of `reason` is counted as, given the
+/// `reasons` its stage has so far: its own, unless it is new and the stage
+/// already has [`MAX_REASONS_PER_STAGE`] of its own, then `other`. The host's
+/// codes are a small fixed set and always keep their names: `plugin_failures`
+/// counts some of them.
+fn reason_label<'a>(reasons: &BTreeMap<String, u64>, reason: &'a str) -> &'a str {
+    if host_reason(reason) || reasons.contains_key(reason) {
+        return reason;
+    }
+    let own = reasons.keys().filter(|r| !host_reason(r) && *r != OTHER_REASON).count();
+    if own < MAX_REASONS_PER_STAGE { reason } else { OTHER_REASON }
+}
+
+/// Whether `reason` is one of the host's codes: `plugin_*` and
+/// `circuit_open`, which a plugin cannot give (see `pipeline::stage`), and
+/// `effect_denied` and `unknown_route`.
+fn host_reason(reason: &str) -> bool {
+    reason.starts_with("plugin_") || matches!(reason, "circuit_open" | "effect_denied" | "unknown_route")
+}
+
+/// What one scrape exposes, copied out of [`Metrics`]: the crate's
+/// collectors own what they encode. The histograms are shared, not copied.
+#[derive(Debug)]
+struct Scrape {
+    records_in: u64,
+    records_out: u64,
+    filtered: u64,
+    completed: u64,
+    batches: u64,
+    retries: u64,
+    rebalances: u64,
+    dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
+    stages: BTreeMap<String, StageTotals>,
+    topics_in: BTreeMap<String, u64>,
+    topics_out: BTreeMap<String, u64>,
+    batch_sizes: Histogram,
+    lag: BTreeMap<(String, i32), i64>,
+    errors: [(&'static str, u64); 2],
+    reloads: [(&'static str, u64); 4],
+    generation: u64,
+    ready: bool,
+}
+
+impl Scrape {
+    /// Encodes the family `name`, a sample per stage.
+    fn per_stage<M>(
+        &self,
+        e: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+        value: impl Fn(&StageTotals) -> M,
+    ) -> fmt::Result
+    where
+        M: EncodeMetric + TypedMetric,
+    {
+        family(e, name, help, self.stages.iter().map(|(stage, t)| ([("stage", stage.as_str())], value(t))))
+    }
+}
+
+impl Collector for Scrape {
+    /// Every family, in a fixed order. A counter is named without `_total`:
+    /// OpenMetrics names the family so and the crate appends `_total` to its
+    /// sample, so `sluice_records_in` is scraped as `sluice_records_in_total`.
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        for (name, help, n) in [
+            ("sluice_records_in", "Records read and fully handled.", self.records_in),
+            ("sluice_records_out", "Records written to outputs.", self.records_out),
+            ("sluice_filtered", "Input records filtered by a stage.", self.filtered),
             (
-                "sluice_stage_records_in_total",
-                "Records passed to a stage.",
-                (|t: &StageTotals| t.records_in) as fn(&StageTotals) -> u64,
+                "sluice_records_completed",
+                "Input records that produced output. records_in = completed + dead_letters + filtered.",
+                self.completed,
             ),
-            ("sluice_stage_emitted_total", "Records a stage emitted.", |t| t.emitted),
-            ("sluice_stage_filtered_total", "Records a stage filtered.", |t| t.filtered),
-            ("sluice_stage_rejected_total", "Records a stage rejected.", |t| t.rejected),
+            ("sluice_batches", "Batches handled.", self.batches),
+            ("sluice_retries", "Transient failures retried.", self.retries),
+            ("sluice_rebalances", "Partition assignment changes.", self.rebalances),
         ] {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for (name, t) in stages.iter() {
-                let _ = writeln!(out, "{metric}{{stage=\"{name}\"}} {}", get(t));
-            }
+            single(e, name, help, ConstCounter::new(n))?;
         }
-        out.push_str(
-            "# HELP sluice_stage_seconds_total Time spent in a stage.\n# TYPE sluice_stage_seconds_total counter\n",
-        );
-        for (name, t) in stages.iter() {
-            let _ = writeln!(out, "sluice_stage_seconds_total{{stage=\"{name}\"}} {:.6}", t.nanos as f64 / 1e9);
+        let dead = self.dead_letters.iter().flat_map(|(stage, reasons)| {
+            let stage = ("stage", stage.as_str());
+            reasons.iter().map(move |(reason, n)| ([stage, ("reason", reason.as_str())], ConstCounter::new(*n)))
+        });
+        family(e, "sluice_dead_letters", "Records dead-lettered, by stage and reason.", dead)?;
+        for (name, help, value) in [
+            ("sluice_stage_records_in", "Records passed to a stage.", (|t| t.records_in) as fn(&StageTotals) -> u64),
+            ("sluice_stage_emitted", "Records a stage emitted.", |t| t.emitted),
+            ("sluice_stage_filtered", "Records a stage filtered.", |t| t.filtered),
+            ("sluice_stage_rejected", "Records a stage rejected.", |t| t.rejected),
+        ] {
+            self.per_stage(e, name, help, |t| ConstCounter::new(value(t)))?;
         }
-        out.push_str("# HELP sluice_stage_call_seconds Time of one call of a stage (one batch).\n# TYPE sluice_stage_call_seconds histogram\n");
-        for (name, t) in stages.iter() {
-            t.latency.render(&mut out, "sluice_stage_call_seconds", &format!("stage=\"{name}\""), LATENCY_BOUNDS);
-        }
-        out.push_str("# HELP sluice_stage_memory_bytes Linear memory of a stage's instance.\n# TYPE sluice_stage_memory_bytes gauge\n");
-        for (name, t) in stages.iter() {
-            let _ = writeln!(out, "sluice_stage_memory_bytes{{stage=\"{name}\"}} {}", t.memory_bytes);
-        }
-        drop(stages);
-        for (metric, help, map) in [
-            ("sluice_topic_records_in_total", "Records read and handled, by source topic.", &self.topics_in),
+        let seconds = |t: &StageTotals| ConstCounter::new(t.nanos as f64 / 1e9);
+        self.per_stage(e, "sluice_stage_seconds", "Time spent in a stage.", seconds)?;
+        let calls = |t: &StageTotals| t.latency.clone();
+        self.per_stage(e, "sluice_stage_call_seconds", "Time of one call of a stage (one batch).", calls)?;
+        let memory = |t: &StageTotals| ConstGauge::new(t.memory_bytes);
+        self.per_stage(e, "sluice_stage_memory_bytes", "Linear memory of a stage's instance.", memory)?;
+        for (name, help, topics) in [
+            ("sluice_topic_records_in", "Records read and handled, by source topic.", &self.topics_in),
             (
-                "sluice_topic_records_out_total",
+                "sluice_topic_records_out",
                 "Records written, by destination topic (dead letters included).",
                 &self.topics_out,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for (topic, n) in map.lock().expect("metrics lock").iter() {
-                let _ = writeln!(out, "{metric}{{topic=\"{topic}\"}} {n}");
+            let samples = topics.iter().map(|(topic, n)| ([("topic", topic.as_str())], ConstCounter::new(*n)));
+            family(e, name, help, samples)?;
+        }
+        single(e, "sluice_batch_records", "Records per batch.", self.batch_sizes.clone())?;
+        let lag = self.lag.iter().map(|((topic, partition), lag)| {
+            (([("topic", topic.as_str())], [("partition", *partition)]), ConstGauge::new(*lag))
+        });
+        family(e, "sluice_consumer_lag", "Records not yet processed, per partition.", lag)?;
+        let errors = self.errors.iter().map(|(peer, n)| ([("peer", *peer)], ConstCounter::new(*n)));
+        family(e, "sluice_errors", "Failed calls to a peer (retried), by peer.", errors)?;
+        let reloads = self.reloads.iter().map(|(result, n)| ([("result", *result)], ConstCounter::new(*n)));
+        family(e, "sluice_reloads", "Reload attempts, by result.", reloads)?;
+        let generation = ConstGauge::new(self.generation);
+        single(e, "sluice_pipeline_generation", "Generation of the live pipeline.", generation)?;
+        let ready = ConstGauge::new(i64::from(self.ready));
+        single(e, "sluice_ready", "1 when consuming with every stage loaded and no outage.", ready)
+    }
+}
+
+/// Encodes the family `name` of one unlabelled sample.
+fn single<M: EncodeMetric + TypedMetric>(e: &mut DescriptorEncoder, name: &str, help: &str, metric: M) -> fmt::Result {
+    metric.encode(e.encode_descriptor(name, help, None, M::TYPE)?)
+}
+
+/// Encodes the family `name`, a sample per label set of `samples`.
+fn family<L, M>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result
+where
+    L: EncodeLabelSet,
+    M: EncodeMetric + TypedMetric,
+{
+    let mut family = e.encode_descriptor(name, help, None, M::TYPE)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::{DeadLetter, Produce, StageStats};
+    use std::time::Duration;
+
+    fn record(topic: &str, offset: i64) -> Record {
+        let value = Some(b"{}".to_vec());
+        Record { key: None, value, headers: Vec::new(), topic: topic.into(), partition: 0, offset, timestamp_ms: None }
+    }
+
+    fn produce(topic: &str) -> Produce {
+        Produce { topic: topic.into(), key: None, value: Vec::new(), headers: Vec::new() }
+    }
+
+    fn dead(stage: &str, reason: &str) -> DeadLetter {
+        DeadLetter { origin: 0, stage: stage.into(), reason: reason.into(), record: produce("orders.dlq") }
+    }
+
+    /// A stage that passed one record through in `seconds`.
+    fn stage(name: &str, seconds: f64) -> StageStats {
+        let elapsed = Duration::from_secs_f64(seconds);
+        StageStats { name: name.into(), records_in: 1, emitted: 1, elapsed, memory_bytes: 65536, ..Default::default() }
+    }
+
+    /// A sample: its name, its labels (unescaped) and its value.
+    type Sample = (String, Vec<(String, String)>, f64);
+
+    /// A sample line as OpenMetrics writes it, `name{label="value",...}
+    /// value`; `None` for anything else.
+    fn parse_sample(line: &str) -> Option<Sample> {
+        let name_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        let (name, mut rest) = line.split_at(line.find(|c| !name_char(c)).unwrap_or(line.len()));
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            rest = inner;
+            loop {
+                let (key, after) = rest.split_once("=\"")?;
+                if key.is_empty() || !key.chars().all(name_char) {
+                    return None;
+                }
+                let mut value = String::new();
+                let mut chars = after.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (i, '"') => break i,
+                        (_, '\\') => value.push(match chars.next()?.1 {
+                            '\\' => '\\',
+                            '"' => '"',
+                            'n' => '\n',
+                            _ => return None,
+                        }),
+                        (_, c) => value.push(c),
+                    }
+                };
+                labels.push((key.to_string(), value));
+                rest = &after[end + 1..];
+                match rest.strip_prefix(',') {
+                    Some(more) => rest = more,
+                    None => {
+                        rest = rest.strip_prefix('}')?;
+                        break;
+                    }
+                }
             }
         }
-        out.push_str("# HELP sluice_batch_records Records per batch.\n# TYPE sluice_batch_records histogram\n");
-        self.batch_sizes.lock().expect("metrics lock").render(&mut out, "sluice_batch_records", "", BATCH_BOUNDS);
-        out.push_str(
-            "# HELP sluice_consumer_lag Records not yet processed, per partition.\n# TYPE sluice_consumer_lag gauge\n",
-        );
-        for ((topic, partition), lag) in self.lag() {
-            let _ = writeln!(out, "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}");
+        let value = rest.strip_prefix(' ')?;
+        let value = if value == "+Inf" { f64::INFINITY } else { value.parse().ok()? };
+        (!name.is_empty()).then(|| (name.to_string(), labels, value))
+    }
+
+    /// Every sample of an exposition; fails on a line that is neither a
+    /// sample nor a comment.
+    fn samples(text: &str) -> Vec<Sample> {
+        let sample = |l: &str| parse_sample(l).unwrap_or_else(|| panic!("not one sample: {l:?} in\n{text}"));
+        text.lines().filter(|l| !l.starts_with('#')).map(sample).collect()
+    }
+
+    /// The value of the sample `name` with exactly `labels`, in any order.
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<&str, &str> = labels.iter().copied().collect();
+        let matches =
+            |l: &[(String, String)]| l.len() == want.len() && l.iter().all(|(k, v)| want.get(&**k) == Some(&&**v));
+        samples.iter().find(|(n, l, _)| n == name && matches(l)).map(|s| s.2)
+    }
+
+    /// The label `key` of a sample.
+    fn label<'a>(sample: &'a Sample, key: &str) -> Option<&'a str> {
+        sample.1.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn render_exposes_every_series() {
+        let metrics = Metrics::default();
+        metrics.generation.store(1, Ordering::Relaxed);
+        metrics.ready.store(true, Ordering::Relaxed);
+        metrics.assigned.store(true, Ordering::Relaxed);
+        let result = BatchResult {
+            outputs: vec![produce("orders.enriched")],
+            output_origins: vec![0],
+            dead_letters: vec![dead("enrich", "unknown_sku")],
+            completed: 1,
+            stages: vec![stage("normalize", 0.001), stage("enrich", 0.002)],
+            ..Default::default()
+        };
+        metrics.record_batch(&[record("orders", 0), record("orders", 1)], &result);
+        metrics.record_high_watermark("orders", 0, 5);
+        metrics.record_error("redis");
+        metrics.record_reload("applied");
+        let text = metrics.render();
+        let s = samples(&text);
+        let want: &[(&str, &[(&str, &str)], f64)] = &[
+            ("sluice_records_in_total", &[], 2.0),
+            ("sluice_records_out_total", &[], 1.0),
+            ("sluice_filtered_total", &[], 0.0),
+            ("sluice_records_completed_total", &[], 1.0),
+            ("sluice_batches_total", &[], 1.0),
+            ("sluice_retries_total", &[], 0.0),
+            ("sluice_rebalances_total", &[], 0.0),
+            ("sluice_dead_letters_total", &[("stage", "enrich"), ("reason", "unknown_sku")], 1.0),
+            ("sluice_stage_records_in_total", &[("stage", "normalize")], 1.0),
+            ("sluice_stage_emitted_total", &[("stage", "enrich")], 1.0),
+            ("sluice_stage_filtered_total", &[("stage", "enrich")], 0.0),
+            ("sluice_stage_rejected_total", &[("stage", "enrich")], 0.0),
+            ("sluice_stage_seconds_total", &[("stage", "enrich")], 0.002),
+            ("sluice_stage_call_seconds_bucket", &[("stage", "enrich"), ("le", "+Inf")], 1.0),
+            ("sluice_stage_call_seconds_sum", &[("stage", "enrich")], 0.002),
+            ("sluice_stage_call_seconds_count", &[("stage", "normalize")], 1.0),
+            ("sluice_stage_memory_bytes", &[("stage", "enrich")], 65536.0),
+            ("sluice_topic_records_in_total", &[("topic", "orders")], 2.0),
+            ("sluice_topic_records_out_total", &[("topic", "orders.enriched")], 1.0),
+            ("sluice_topic_records_out_total", &[("topic", "orders.dlq")], 1.0),
+            ("sluice_batch_records_bucket", &[("le", "+Inf")], 1.0),
+            ("sluice_batch_records_sum", &[], 2.0),
+            ("sluice_batch_records_count", &[], 1.0),
+            ("sluice_consumer_lag", &[("topic", "orders"), ("partition", "0")], 3.0),
+            ("sluice_errors_total", &[("peer", "kafka")], 0.0),
+            ("sluice_errors_total", &[("peer", "redis")], 1.0),
+            ("sluice_reloads_total", &[("result", "applied")], 1.0),
+            ("sluice_reloads_total", &[("result", "unchanged")], 0.0),
+            ("sluice_reloads_total", &[("result", "rejected")], 0.0),
+            ("sluice_reloads_total", &[("result", "restart-required")], 0.0),
+            ("sluice_pipeline_generation", &[], 1.0),
+            ("sluice_ready", &[], 1.0),
+        ];
+        for (name, labels, want) in want {
+            assert_eq!(value(&s, name, labels), Some(*want), "{name}{labels:?} in\n{text}");
         }
-        out.push_str("# HELP sluice_errors_total Failed calls to a peer (retried), by peer.\n# TYPE sluice_errors_total counter\n");
-        let errors = self.errors.lock().expect("metrics lock");
-        for peer in ["kafka", "redis"] {
-            let _ = writeln!(out, "sluice_errors_total{{peer=\"{peer}\"}} {}", errors.get(peer).copied().unwrap_or(0));
+        // The lines that the integration tests and scripts match as text.
+        for line in [
+            "\nsluice_records_in_total 2\n",
+            "\nsluice_consumer_lag{topic=\"orders\",partition=\"0\"} 3\n",
+            "\nsluice_dead_letters_total{stage=\"enrich\",reason=\"unknown_sku\"} 1\n",
+            "\nsluice_reloads_total{result=\"applied\"} 1\n",
+            "\nsluice_stage_call_seconds_count{stage=\"normalize\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
         }
-        drop(errors);
-        out.push_str("# HELP sluice_reloads_total Reload attempts, by result.\n# TYPE sluice_reloads_total counter\n");
-        let reloads = self.reloads.lock().expect("metrics lock");
-        for result in ["applied", "unchanged", "rejected", "restart-required"] {
-            let n = reloads.get(result).copied().unwrap_or(0);
-            let _ = writeln!(out, "sluice_reloads_total{{result=\"{result}\"}} {n}");
+        for (family, kind) in [
+            ("sluice_records_in", "counter"),
+            ("sluice_dead_letters", "counter"),
+            ("sluice_stage_call_seconds", "histogram"),
+            ("sluice_stage_memory_bytes", "gauge"),
+            ("sluice_batch_records", "histogram"),
+            ("sluice_consumer_lag", "gauge"),
+        ] {
+            assert!(text.contains(&format!("\n# TYPE {family} {kind}\n")), "{family} {kind} in\n{text}");
         }
-        drop(reloads);
-        let generation = self.generation.load(Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "# HELP sluice_pipeline_generation Generation of the live pipeline.\n# TYPE sluice_pipeline_generation gauge\nsluice_pipeline_generation {generation}"
+        assert!(text.starts_with("# HELP sluice_records_in Records read and fully handled.\n"), "{text}");
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn stage_call_buckets_are_cumulative() {
+        let metrics = Metrics::default();
+        let observed = [0.0003, 0.003, 2.0];
+        for seconds in observed {
+            let result = BatchResult { completed: 1, stages: vec![stage("normalize", seconds)], ..Default::default() };
+            metrics.record_batch(&[record("orders", 0)], &result);
+        }
+        let text = metrics.render();
+        let s = samples(&text);
+        let buckets: Vec<(f64, f64)> = s
+            .iter()
+            .filter(|sample| {
+                sample.0 == "sluice_stage_call_seconds_bucket" && label(sample, "stage") == Some("normalize")
+            })
+            .map(|sample| {
+                let le = label(sample, "le").unwrap();
+                (if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, sample.2)
+            })
+            .collect();
+        let mut want: Vec<(f64, f64)> =
+            LATENCY_BOUNDS.iter().map(|&le| (le, observed.iter().filter(|&&v| v <= le).count() as f64)).collect();
+        want.push((f64::INFINITY, 3.0));
+        assert_eq!(buckets, want, "in\n{text}");
+        assert_eq!(
+            &want[..6],
+            &[(0.0001, 0.0), (0.00025, 0.0), (0.0005, 1.0), (0.001, 1.0), (0.0025, 1.0), (0.005, 2.0)],
+            "cumulative: each bucket counts the observations at most its bound"
         );
-        let ready = u64::from(self.is_ready());
-        let _ = writeln!(
-            out,
-            "# HELP sluice_ready 1 when consuming with every stage loaded and no outage.\n# TYPE sluice_ready gauge\nsluice_ready {ready}"
-        );
-        out
+        let stage = [("stage", "normalize")];
+        assert_eq!(value(&s, "sluice_stage_call_seconds_count", &stage), Some(3.0));
+        let sum = value(&s, "sluice_stage_call_seconds_sum", &stage).unwrap();
+        assert!((sum - 2.0033).abs() < 1e-9, "{text}");
+        assert_eq!(value(&s, "sluice_batch_records_bucket", &[("le", "1.0")]), Some(3.0), "{text}");
+        assert_eq!(metrics.snapshot()["stages"][0]["calls"], 3);
+    }
+
+    #[test]
+    fn reasons_beyond_the_cap_are_counted_as_other() {
+        let metrics = Metrics::default();
+        let mut dead_letters: Vec<DeadLetter> = (0..40).map(|i| dead("enrich", &format!("code_{i}"))).collect();
+        for reason in ["plugin_trap", "circuit_open", "unknown_route", "effect_denied", "code_0"] {
+            dead_letters.push(dead("enrich", reason));
+        }
+        dead_letters.push(dead("normalize", "code_39"));
+        metrics.record_batch(&[], &BatchResult { dead_letters, ..Default::default() });
+        let later = vec![dead("enrich", "code_40"), dead("enrich", "code_5"), dead("enrich", "plugin_timeout")];
+        metrics.record_batch(&[], &BatchResult { dead_letters: later, ..Default::default() });
+
+        let text = metrics.render();
+        let s = samples(&text);
+        let reasons = |stage: &str| -> BTreeMap<String, f64> {
+            let of_stage =
+                |sample: &&Sample| sample.0 == "sluice_dead_letters_total" && label(sample, "stage") == Some(stage);
+            s.iter().filter(of_stage).map(|sample| (label(sample, "reason").unwrap().to_string(), sample.2)).collect()
+        };
+        let enrich = reasons("enrich");
+        let own = enrich.keys().filter(|r| r.starts_with("code_")).count();
+        assert_eq!(own, MAX_REASONS_PER_STAGE, "{text}");
+        assert!((0..32).all(|i| enrich.contains_key(&format!("code_{i}"))), "the first codes keep their names");
+        assert_eq!(enrich["other"], 9.0, "code_32..=code_40");
+        assert_eq!(enrich["code_0"], 2.0);
+        assert_eq!(enrich["code_5"], 2.0, "a kept code still counts once the cap is reached");
+        for host in ["plugin_trap", "plugin_timeout", "circuit_open", "unknown_route", "effect_denied"] {
+            assert_eq!(enrich[host], 1.0, "{host}");
+        }
+        assert_eq!(enrich.len(), MAX_REASONS_PER_STAGE + 1 + 5);
+        assert_eq!(reasons("normalize"), BTreeMap::from([("code_39".to_string(), 1.0)]), "a cap per stage");
+        assert_eq!(metrics.dead_letter_total(), 49);
+        assert_eq!(metrics.plugin_failures("enrich"), 3);
+        assert_eq!(metrics.plugin_failures("normalize"), 0);
+    }
+
+    #[test]
+    fn label_values_cannot_inject_lines() {
+        let evil = "evil\"} 1\nsluice_injected_total 99\n# EOF\n\\";
+        let metrics = Metrics::default();
+        let result = BatchResult {
+            outputs: vec![produce(evil)],
+            output_origins: vec![0],
+            dead_letters: vec![DeadLetter { record: produce(evil), ..dead(evil, "bad_input") }],
+            completed: 1,
+            stages: vec![stage(evil, 0.001)],
+            ..Default::default()
+        };
+        metrics.record_batch(&[record(evil, 0), record(evil, 1)], &result);
+        metrics.record_high_watermark(evil, 0, 7);
+        let text = metrics.render();
+
+        for line in text.lines().filter(|l| l.starts_with('#')) {
+            let known = line.starts_with("# HELP sluice_") || line.starts_with("# TYPE sluice_");
+            assert!(known || line == "# EOF", "{line:?} in\n{text}");
+        }
+        assert_eq!(text.lines().filter(|l| *l == "# EOF").count(), 1, "{text}");
+        let s = samples(&text);
+        assert!(s.iter().all(|(name, _, _)| name.starts_with("sluice_") && !name.contains("injected")), "{text}");
+        let named: Vec<&str> = s.iter().flat_map(|sample| label(sample, "stage").or(label(sample, "topic"))).collect();
+        assert!(named.len() >= 20, "the stage, topic and lag series:\n{text}");
+        assert!(named.iter().all(|&v| v == evil), "{named:?}");
+        assert_eq!(value(&s, "sluice_consumer_lag", &[("topic", evil), ("partition", "0")]), Some(5.0));
     }
 }

@@ -1,7 +1,8 @@
 //! Seeing it work, against tansu, the real Redis and the sluice binary: HTTP
 //! ingest with its errors and token, the sales report (JSON and terminal),
 //! the metrics' values after a known workload, and the dashboard in a real
-//! browser (Debian's Chromium driven by playwright-core).
+//! browser (Debian's Chromium driven by playwright-core), which asks for the
+//! token before it shows anything.
 
 mod support;
 
@@ -19,6 +20,95 @@ use support::process::{Host, HostEnv};
 
 const TOKEN: &str = "s3cret-token";
 
+/// Opens the dashboard of a host with a token in headless Chromium (Debian's,
+/// driven by playwright-core), with every request off the host blocked:
+/// first with no token (the page must ask for it), then a wrong one (refused,
+/// asked again), then the right one, until its charts show data as orders
+/// flow; then, in a fresh session, with the token in the link's fragment.
+/// Saves a screenshot and prints a JSON summary. Run by `node
+/// --input-type=module` in `dashboard/` (for playwright-core), with
+/// `DASHBOARD_URL`, `DASHBOARD_OUT` and `DASHBOARD_TOKEN` set. Console
+/// errors, page errors and failed requests are listed in `errors`, except
+/// Chromium's note of each 401 or 403 the API answered, which are counted in
+/// `refused`.
+const DASHBOARD_WITH_TOKEN: &str = r##"
+import { chromium } from "playwright-core";
+const { DASHBOARD_URL: base, DASHBOARD_OUT: out, DASHBOARD_TOKEN: token } = process.env;
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic"],
+});
+const errors = [], urls = [];
+let refused = 0;
+async function open(url) {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1200 } });
+  const page = await context.newPage();
+  page.on("console", m => {
+    if (m.type() !== "error") return;
+    if (/status of 40[13]/.test(m.text())) refused++;
+    else errors.push(`console: ${m.text()}`);
+  });
+  page.on("pageerror", e => errors.push(`page: ${e}`));
+  page.on("requestfailed", r => errors.push(`request failed: ${r.url()}`));
+  page.on("request", r => urls.push(r.url()));
+  await page.route("**/*", route => route.request().url().startsWith(base) ? route.continue() : route.abort());
+  await page.goto(url, { waitUntil: "load" });
+  return page;
+}
+const state = () => ({
+  href: location.href,
+  stored: sessionStorage.getItem("sluice.token"),
+  cookie: document.cookie,
+  form: !document.getElementById("login").hidden,
+  message: document.getElementById("login-message").textContent,
+  asked: window.sluice.asked,
+  stats: window.sluice.stats,
+});
+const wait = { timeout: 30000, polling: 100 };
+const seen = {};
+try {
+  const page = await open(`${base}/`);
+  await page.waitForFunction(() => !document.getElementById("login").hidden, null, wait);
+  seen.asked = await page.evaluate(state);
+  await page.fill("#login-token", "wrong-" + token);
+  await page.press("#login-token", "Enter");
+  await page.waitForFunction(() => window.sluice.asked >= 2 && !document.getElementById("login").hidden, null, wait);
+  seen.wrong = await page.evaluate(state);
+  await page.fill("#login-token", token);
+  await page.click("#login button[type=submit]");
+  await page.waitForFunction(() => {
+    const s = window.sluice;
+    if (s.stats < 3 || s.reports < 1 || s.pipelines < 1) return false;
+    const c = s.charts;
+    return c.throughput.data.datasets[0].data.some(v => v > 0) && c.category.data.labels.length > 0 &&
+      c.products.data.labels.length > 0 && c.day.data.labels.length > 0 && c.store.data.labels.length > 0 &&
+      c.latency.data.labels.length > 0;
+  }, null, { timeout: 60000, polling: 250 });
+  seen.entered = await page.evaluate(state);
+  Object.assign(seen, await page.evaluate(() => {
+    const c = window.sluice.charts;
+    return {
+      categories: c.category.data.labels,
+      stages: [...document.querySelectorAll("#stages tr td:first-child")].map(td => td.textContent),
+      max_in_per_s: Math.max(...c.throughput.data.datasets[0].data),
+    };
+  }));
+  await page.screenshot({ path: `${out}/dashboard.png`, fullPage: true });
+  const linked = await open(`${base}/#token=${encodeURIComponent(token)}`);
+  await linked.waitForFunction(() => window.sluice.stats >= 2 && window.sluice.pipelines >= 1, null, wait);
+  seen.fragment = await linked.evaluate(state);
+} catch (e) {
+  errors.push(String(e));
+} finally {
+  await browser.close();
+}
+const token_in_urls = urls.filter(u => u.includes(token));
+console.log(JSON.stringify({ errors, refused, token_in_urls, ...seen }));
+process.exit(errors.length ? 1 : 0);
+"##;
+
 fn metric(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
@@ -32,8 +122,10 @@ async fn ingest_report_metrics_and_dashboard() {
     let mut host = Host::start(&env);
     host.wait_ready(Duration::from_secs(60));
     let auth = [("Authorization", &*format!("Bearer {TOKEN}"))];
+    // As JSON, as the endpoints that change something require.
     let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
-        let (code, body) = host.send("POST", path, headers, body);
+        let headers = [&[("Content-Type", "application/json")], headers].concat();
+        let (code, body) = host.send("POST", path, &headers, body);
         (code, serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{code} `{body}`: {e}")))
     };
     let order = br#"{"order_id":"x","product_id":"P-100","quantity":1,"timestamp":"2025-03-10T10:00:00Z"}"#;
@@ -47,7 +139,8 @@ async fn ingest_report_metrics_and_dashboard() {
     assert_eq!(error(post("/api/ingest/orders", &[("Authorization", "Bearer nope")], order)).0, 403);
     assert_eq!(error(post("/api/reload", &[], b"")).0, 401, "reload needs the token too");
     assert_eq!(error(post("/api/promote/categorize", &[], b"")).0, 401, "and promote");
-    assert_eq!(host.json("GET", "/api/pipeline").0, 200, "reads stay open");
+    assert_eq!(host.json("GET", "/api/pipeline").0, 401, "reads of the pipeline's data need it too");
+    assert_eq!(host.json_with_token("GET", "/api/pipeline", TOKEN).0, 200);
     let (code, why) = error(post("/api/ingest/orders.enriched", &auth, order));
     assert_eq!(code, 404);
     assert!(why.contains("`orders.enriched` is not open for ingest (allowed: orders)"), "{why}");
@@ -87,7 +180,7 @@ async fn ingest_report_metrics_and_dashboard() {
     let counters_want = model::counters(&want.orders);
 
     // The report, as JSON: the model's sums, ranked.
-    let (code, report) = host.json("GET", "/api/report");
+    let (code, report) = host.json_with_token("GET", "/api/report", TOKEN);
     assert_eq!(code, 200, "{report}");
     let totals = &counters_want["totals"];
     assert_eq!(report["orders"], totals["orders"]);
@@ -177,7 +270,8 @@ async fn ingest_report_metrics_and_dashboard() {
     let want_reasons: BTreeMap<String, f64> = want.dead.iter().map(|(k, v)| (k.to_string(), *v as f64)).collect();
     assert_eq!(reasons, want_reasons);
 
-    // The dashboard in a real browser while orders flow.
+    // The dashboard in a real browser while orders flow: it asks for the
+    // token, and takes it from a link's fragment.
     let flowing = Arc::new(AtomicBool::new(true));
     let load = tokio::spawn({
         let (flowing, brokers) = (flowing.clone(), tansu.brokers());
@@ -195,13 +289,15 @@ async fn ingest_report_metrics_and_dashboard() {
     let out = support::repo_root().join("target/test-output/dashboard");
     std::fs::create_dir_all(&out).unwrap();
     let _ = std::fs::remove_file(out.join("dashboard.png"));
+    let base = format!("http://127.0.0.1:{}", host.http_port);
     let browser = tokio::task::spawn_blocking({
-        let (url, out) = (format!("http://127.0.0.1:{}", host.http_port), out.clone());
+        let (url, out) = (base.clone(), out.clone());
         move || {
             Command::new("node")
-                .arg(support::repo_root().join("dashboard/check-dashboard.mjs"))
-                .arg(url)
-                .arg(out)
+                .args(["--input-type=module", "--eval", DASHBOARD_WITH_TOKEN])
+                .env("DASHBOARD_URL", url)
+                .env("DASHBOARD_OUT", out)
+                .env("DASHBOARD_TOKEN", TOKEN)
                 .current_dir(support::repo_root().join("dashboard"))
                 .output()
                 .unwrap()
@@ -216,6 +312,21 @@ async fn ingest_report_metrics_and_dashboard() {
     let seen: Value = serde_json::from_str(stdout.trim()).unwrap();
     eprintln!("dashboard: {seen}");
     assert_eq!(seen["errors"], json!([]));
+    // First the token form and no data; a wrong token is refused, said so
+    // and asked for again; the right one is kept for the session only.
+    let (asked, wrong, entered) = (&seen["asked"], &seen["wrong"], &seen["entered"]);
+    assert_eq!((&asked["form"], &asked["stats"], &asked["stored"]), (&json!(true), &json!(0), &Value::Null), "{seen}");
+    assert!(asked["message"].as_str().unwrap().contains("admin token"), "{seen}");
+    assert!(seen["refused"].as_u64().unwrap() > 0, "the API refused the page before the token: {seen}");
+    assert_eq!((&wrong["form"], &wrong["stored"]), (&json!(true), &Value::Null), "{seen}");
+    assert!(wrong["message"].as_str().unwrap().contains("wrong admin token"), "{seen}");
+    assert_eq!((&entered["form"], &entered["stored"], &entered["cookie"]), (&json!(false), &json!(TOKEN), &json!("")));
+    assert_eq!(entered["href"], format!("{base}/"));
+    // From a link's fragment: kept, gone from the address, never asked.
+    let fragment = &seen["fragment"];
+    assert_eq!((&fragment["href"], &fragment["stored"]), (&json!(format!("{base}/")), &json!(TOKEN)), "{seen}");
+    assert_eq!((&fragment["form"], &fragment["asked"]), (&json!(false), &json!(0)), "{seen}");
+    assert_eq!(seen["token_in_urls"], json!([]), "no request carried the token in its URL");
     assert_eq!(seen["stages"], json!(["normalize", "enrich", "categorize", "totals"]));
     assert!(seen["max_in_per_s"].as_f64().unwrap() > 0.0);
     let categories = seen["categories"].as_array().unwrap();

@@ -50,3 +50,36 @@ async fn a_redis_password_shows_in_no_log_line_and_no_answer() {
         assert!(!host.log_text().contains(secret), "a log line holds {secret}:\n{}", host.log_text());
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kafka_sasl_password_shows_in_no_log_line_and_no_answer() {
+    const KAFKA_PASSWORD: &str = "k4fka-s3cret";
+    let counters = RedisPrefix::new("secrets-kafka");
+    // Nothing listens there: the broker is down the whole time.
+    let port = free_port();
+    let sasl = "\"security.protocol\" = \"sasl_plaintext\"\n\"sasl.mechanisms\" = \"PLAIN\"\n\
+                \"sasl.username\" = \"sluice\"\n\"sasl.password\" = \"${KAFKA_PASSWORD}\"\n";
+    let text = Workdir::default_pipeline()
+        .replacen("[kafka.consumer]\n", &format!("[kafka.consumer]\n{sasl}"), 1)
+        .replacen("[redis]\n", &format!("[kafka.producer]\n{sasl}\n[redis]\n"), 1);
+    let work = Workdir::new("secrets-kafka", &text);
+    let env = HostEnv::new(&format!("127.0.0.1:{port}"), "", &counters.0, "secrets-kafka")
+        .set("KAFKA_PASSWORD", KAFKA_PASSWORD)
+        .set("SLUICE_PLUGIN_DIR", &work.plugin_dir());
+    let host = Host::start_with(&env, &work.pipeline());
+
+    // A positive sign that the client tried the broker with its settings.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !host.log_text().contains(&format!("127.0.0.1:{port}")) {
+        assert!(Instant::now() < deadline, "no attempt on the broker logged within 60 s:\n{}", host.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut answers = String::new();
+    for path in ["/api/pipeline", "/api/stats", "/api/report", "/ready", "/metrics"] {
+        let (code, body) = host.get(path).unwrap_or_else(|| panic!("{path}: no answer"));
+        answers.push_str(&format!("{path} {code}: {body}\n"));
+    }
+    assert!(answers.contains("/ready 503"), "not ready without a broker:\n{answers}");
+    assert!(!answers.contains(KAFKA_PASSWORD), "an answer holds the password:\n{answers}");
+    assert!(!host.log_text().contains(KAFKA_PASSWORD), "a log line holds the password:\n{}", host.log_text());
+}

@@ -7,12 +7,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A request with no body to the admin API on `port`: status code and
+/// A request with no body to the admin API on `port`, as a JSON client
+/// sends it (a method other than GET says `Content-Type: application/json`,
+/// which the endpoints that change something require): status code and
 /// body, or `None` if nothing answered.
 pub fn request(port: u16, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").ok()?;
+    let json = if method == "GET" { "" } else { "Content-Type: application/json\r\n" };
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{json}Content-Length: 0\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split(' ').nth(1)?.parse().ok()?;
@@ -38,6 +41,32 @@ pub fn wait_records_in(port: u16, n: u64, timeout: Duration, log: impl Fn() -> S
         }
         assert!(Instant::now() < deadline, "only {got} of {n} records in within {timeout:?}:\n{}", log());
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An answer of the admin API.
+#[derive(Debug)]
+pub struct Answer {
+    pub code: u16,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The value of the header `name` (lower case), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (fails the test if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{} `{}`: {e}", self.code, self.body))
+    }
+
+    /// The `error` of a JSON body, or "".
+    pub fn error(&self) -> String {
+        self.json()["error"].as_str().unwrap_or_default().to_string()
     }
 }
 
@@ -130,6 +159,13 @@ impl Host {
 
     /// A request with headers and a body: status code and body.
     pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+        let answer = self.exchange(method, path, headers, body);
+        (answer.code, answer.body)
+    }
+
+    /// A request with exactly `headers` (besides `Host` and
+    /// `Content-Length`) and a body: the whole answer.
+    pub fn exchange(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
         let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.http_port)).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n", body.len());
@@ -144,8 +180,26 @@ impl Host {
         let _ = stream.read_to_end(&mut response);
         let response = String::from_utf8_lossy(&response).into_owned();
         let code = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{response}"));
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (code, body)
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        Answer { code, headers, body: body.to_string() }
+    }
+
+    /// A request with the admin token as `Authorization: Bearer`, no body,
+    /// and an answer that is JSON: status code and parsed body.
+    pub fn json_with_token(&self, method: &str, path: &str, token: &str) -> (u16, serde_json::Value) {
+        let bearer = format!("Bearer {token}");
+        let mut headers = vec![("Authorization", bearer.as_str())];
+        if method != "GET" {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let answer = self.exchange(method, path, &headers, b"");
+        (answer.code, answer.json())
     }
 
     /// A request whose answer is JSON: status code and parsed body.

@@ -103,6 +103,29 @@ fn default_counters_prefix() -> String {
     "sluice:".into()
 }
 
+/// Consumer properties the host sets itself and `kafka.consumer` may not
+/// override, with why: the delivery guarantees rest on them.
+pub const RESERVED_CONSUMER: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set `kafka.brokers` instead"),
+    ("metadata.broker.list", "set `kafka.brokers` instead"),
+    ("group.id", "set `kafka.group` instead"),
+    ("enable.auto.commit", "the host commits an offset only once its records' outputs and effects are confirmed"),
+    ("auto.commit.enable", "the host commits an offset only once its records' outputs and effects are confirmed"),
+    ("enable.auto.offset.store", "the host stores an offset only once its records are fully handled"),
+    ("isolation.level", "records of aborted transactions must never be read (read_committed)"),
+];
+
+/// Producer properties the host sets itself and `kafka.producer` may not
+/// override, with why.
+pub const RESERVED_PRODUCER: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set `kafka.brokers` instead"),
+    ("metadata.broker.list", "set `kafka.brokers` instead"),
+    ("enable.idempotence", "a retried send must never write a record twice"),
+    ("acks", "a record counts as written only once every in-sync replica has it (acks=all)"),
+    ("request.required.acks", "a record counts as written only once every in-sync replica has it (acks=all)"),
+    ("transactional.id", "it is `{group}-{instance_id}`: set `kafka.instance_id` instead"),
+];
+
 /// Kafka connection settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,12 +134,14 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// The consumer group id.
     pub group: String,
-    /// Extra librdkafka properties for the consumer, e.g. `session.timeout.ms`.
+    /// Extra librdkafka properties for the consumer, e.g. `session.timeout.ms`
+    /// (not those in [`RESERVED_CONSUMER`]).
     #[serde(default)]
-    pub consumer: BTreeMap<String, String>,
-    /// Extra librdkafka properties for the producer, e.g. `compression.type`.
+    pub consumer: BTreeMap<Spanned<String>, String>,
+    /// Extra librdkafka properties for the producer, e.g. `compression.type`
+    /// (not those in [`RESERVED_PRODUCER`]).
     #[serde(default)]
-    pub producer: BTreeMap<String, String>,
+    pub producer: BTreeMap<Spanned<String>, String>,
     /// This instance's name in the group, stable across restarts; with
     /// exactly-once, the transactional id is `{group}-{instance_id}`, so a
     /// restarted instance fences its predecessor's open transaction. Default:
@@ -516,6 +541,17 @@ impl PipelineConfig {
             if value.trim().is_empty() { Err(whole(format!("`{what}` must not be empty"))) } else { Ok(()) }
         };
         non_empty("kafka.brokers", &self.kafka.brokers)?;
+        for (table, properties, reserved) in [
+            ("kafka.consumer", &self.kafka.consumer, RESERVED_CONSUMER),
+            ("kafka.producer", &self.kafka.producer, RESERVED_PRODUCER),
+        ] {
+            for key in properties.keys() {
+                if let Some((_, why)) = reserved.iter().find(|(name, _)| *name == key.get_ref().trim()) {
+                    let message = format!("`{table}.\"{}\"`: the host sets this property itself: {why}", key.get_ref());
+                    return Err(ConfigError::spanned(text, key, message));
+                }
+            }
+        }
         non_empty("kafka.group", &self.kafka.group)?;
         non_empty("redis.url", &self.redis.url)?;
         non_empty("output.topic", &self.output.topic)?;

@@ -46,9 +46,7 @@ impl Sink {
     pub fn plain_producer(config: &PipelineConfig) -> KafkaResult<FutureProducer> {
         let mut client = producer_config(config);
         for (key, value) in &config.kafka.producer {
-            if key != "transactional.id" {
-                client.set(key, value);
-            }
+            client.set(key.get_ref(), value);
         }
         client.create()
     }
@@ -63,7 +61,7 @@ impl Sink {
             client.set("transactional.id", id).set("transaction.timeout.ms", "60000");
         }
         for (key, value) in &config.kafka.producer {
-            client.set(key, value);
+            client.set(key.get_ref(), value);
         }
         let sink = Self {
             producer: client.create_with_context(LogContext { role: "producer", metrics: None })?,

@@ -51,7 +51,7 @@ impl Source {
             // latency to every record.
             .set("fetch.wait.max.ms", "50");
         for (key, value) in &config.kafka.consumer {
-            client.set(key, value);
+            client.set(key.get_ref(), value);
         }
         let consumer: StreamConsumer<LogContext> =
             client.create_with_context(LogContext { role: "consumer", metrics: Some(metrics.clone()) })?;

@@ -147,12 +147,12 @@ fn time_spent_serving_lookups_is_not_the_plugins() {
 
 #[test]
 fn results_over_the_budget_fail_the_call_not_the_host() {
-    let mut chain = guest("limits = { results_mib = 4, memory_mib = 64 }");
-    let result = chain.process(&records(&["outputs 8 1048576", "outputs 2 1048576", "ok"])).unwrap();
+    let mut chain = guest("limits = { results_mib = 1, memory_mib = 64 }");
+    let result = chain.process(&records(&["outputs 8 262144", "outputs 2 262144", "ok"])).unwrap();
     assert_eq!(reasons(&result), [pair("0", "plugin_output_limit")]);
     let message = &dead(&result)[0].2;
-    assert!(message.starts_with("the call's results are larger than 4 MiB (limits.results_mib)"), "{message}");
-    assert_eq!(result.outputs.len(), 3, "two outputs of a MiB, then `ok`");
+    assert!(message.starts_with("the call's results are larger than 1 MiB (limits.results_mib)"), "{message}");
+    assert_eq!(result.outputs.len(), 3, "two outputs of 256 KiB, then `ok`");
     assert_eq!(values(&result)[2], "ok");
 }
 
@@ -212,6 +212,29 @@ fn a_stage_cannot_declare_writes_on_the_fence_or_a_table() {
         assert!(error.contains(why), "{writes}: {error}");
         assert!(error.contains("line 10"), "the error names the line: {error}");
     }
+}
+
+#[test]
+fn an_output_over_message_max_bytes_dead_letters_its_record_and_a_large_dead_letter_is_cut() {
+    let mut config = pipeline("").config;
+    config.kafka.producer.insert(toml::Spanned::new(0..0, "message.max.bytes".into()), "100000".into());
+    let pipeline = Pipeline { config, base_dir: repo_root() };
+    let mut chain = Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline)).unwrap();
+    let big_reject = format!("reject {}", "x".repeat(99_900));
+    let result = chain.process(&records(&["outputs 1 200000", "outputs 1 1000", &big_reject])).unwrap();
+    assert_eq!(reasons(&result), [pair("0", "output_too_large"), pair("2", "asked_to_reject")]);
+    assert_eq!(
+        dead(&result)[0].2,
+        "an output to `out` of 200256 bytes is larger than the producer's message.max.bytes (100000)"
+    );
+    assert_eq!(result.outputs.len(), 1, "the record under the limit is written");
+    let cut = &result.dead_letters[1].record;
+    let header =
+        cut.headers.iter().find(|h| h.name == "sluice.error.truncated").expect("a truncated dead letter says so");
+    assert_eq!(header.value, b"99907");
+    let size: usize = cut.value.len() + cut.headers.iter().map(|h| h.name.len() + h.value.len() + 8).sum::<usize>();
+    assert!(size + 256 <= 100_000, "the dead letter fits: {size} bytes");
+    assert!(cut.value.starts_with(b"reject xxx"), "the start of the value is kept");
 }
 
 fn sluice_test(dir: &Path, input: &str, args: &[&str]) -> (std::process::Output, Duration) {
@@ -291,4 +314,34 @@ async fn sluice_run_dead_letters_a_sleeping_record_and_stops_promptly() {
     let status = host.terminate();
     assert!(started.elapsed() < Duration::from_secs(10), "SIGTERM took {:?}", started.elapsed());
     assert!(status.success(), "{status:?}\n{}", host.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_run_dead_letters_an_output_too_large_to_produce_and_goes_on() {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new("hostile-large");
+    // The guest alone: its 1.5 MB output goes to Kafka, over librdkafka's
+    // default message.max.bytes of 1,000,000.
+    let stages = Workdir::default_pipeline().find("[[stages]]").unwrap();
+    let guest = "[[stages]]\nname = \"guest\"\nplugin = \"${SLUICE_PLUGIN_DIR}/testguest.wasm\"\n\
+                 config = { always = \"outputs 1 1500000\" }\n";
+    let text = format!("{}{guest}", &Workdir::default_pipeline()[..stages]);
+    let work = Workdir::new("hostile-large", &text);
+    let env = HostEnv::new(&tansu.brokers(), "", &counters.0, "hostile-large")
+        .set("SLUICE_PLUGIN_DIR", &work.plugin_dir())
+        .set("SLUICE_DELIVERY", "at-least-once");
+    let mut host = Host::start_with(&env, &work.pipeline());
+    host.wait_ready(Duration::from_secs(60));
+    produce(&tansu.brokers(), "orders", &[(None, b"first".to_vec()), (None, b"second".to_vec())]).await;
+    let dead = consume(&tansu.brokers(), "orders.dlq", 2, Duration::from_secs(30), Duration::ZERO).await;
+    let reasons: Vec<_> = dead.iter().map(|d| d.headers.get("sluice.error.reason").cloned()).collect();
+    assert_eq!(
+        reasons,
+        [Some("output_too_large".to_string()), Some("output_too_large".to_string())],
+        "{}",
+        host.log_text()
+    );
+    // Both are handled and committed: the pipeline did not wedge on them.
+    host.wait_records_in(2, Duration::from_secs(30));
+    assert!(host.terminate().success());
 }

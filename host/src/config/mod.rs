@@ -126,6 +126,18 @@ pub const RESERVED_PRODUCER: &[(&str, &str)] = &[
     ("transactional.id", "it is `{group}-{instance_id}`: set `kafka.instance_id` instead"),
 ];
 
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+impl KafkaConfig {
+    /// The largest record the producer writes: `message.max.bytes` from
+    /// `kafka.producer`, else librdkafka's default of 1,000,000 bytes.
+    pub fn message_max_bytes(&self) -> usize {
+        let set = self.producer.iter().find(|(key, _)| key.get_ref() == "message.max.bytes");
+        set.and_then(|(_, value)| value.trim().parse().ok()).unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+}
+
 /// Kafka connection settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -158,6 +158,19 @@ pub struct Chain {
     /// Whether a route missing from `routes` goes to the topic of its name
     /// (`sluice test` of a single plugin) instead of being rejected.
     open_routes: bool,
+    /// The largest record the producer writes (`message.max.bytes`).
+    max_record_bytes: usize,
+}
+
+/// Bytes a record takes beyond its key, value and headers, counted towards
+/// `message.max.bytes` (the record's and its batch's framing), with room to
+/// spare.
+const RECORD_OVERHEAD: usize = 256;
+
+/// The size of a record as the producer counts it, framing included.
+fn record_size(produce: &Produce) -> usize {
+    let headers: usize = produce.headers.iter().map(|h| h.name.len() + h.value.len() + 8).sum();
+    produce.key.as_ref().map_or(0, Vec::len) + produce.value.len() + headers + RECORD_OVERHEAD
 }
 
 impl Chain {
@@ -227,6 +240,7 @@ impl Chain {
             generation: 1,
             lineage,
             open_routes: false,
+            max_record_bytes: config.kafka.message_max_bytes(),
         })
     }
 
@@ -372,11 +386,21 @@ impl Chain {
                                     }
                                 },
                             };
-                            outputs.push((
-                                origin,
-                                index,
-                                Produce { topic, key: out.key, value: out.value, headers: out.headers },
-                            ));
+                            let produce = Produce { topic, key: out.key, value: out.value, headers: out.headers };
+                            let size = record_size(&produce);
+                            if size > self.max_record_bytes {
+                                let info = ErrorInfo {
+                                    reason: "output_too_large".into(),
+                                    message: format!(
+                                        "an output to `{}` of {size} bytes is larger than the producer's \
+                                         message.max.bytes ({})",
+                                        produce.topic, self.max_record_bytes
+                                    ),
+                                };
+                                rejected[origin].get_or_insert((index, info));
+                                continue;
+                            }
+                            outputs.push((origin, index, produce));
                         }
                     }
                     Outcome::Filtered => st.filtered += 1,
@@ -415,6 +439,7 @@ impl Chain {
                     let stage = self.stages[*index].name();
                     let mut dead = dead_letter_record(&self.dead_letter, record, stage, info);
                     provenance(&mut dead.headers, *index);
+                    truncate_to_fit(&mut dead, self.max_record_bytes);
                     result.dead_letters.push(DeadLetter {
                         origin,
                         stage: stage.clone(),
@@ -493,6 +518,25 @@ pub fn dead_letter_record(topic: &Arc<str>, record: &Record, stage: &str, info: 
     add("sluice.source.partition", record.partition.to_string());
     add("sluice.source.offset", record.offset.to_string());
     Produce { topic: topic.clone(), key: record.key.clone(), value: record.value.clone().unwrap_or_default(), headers }
+}
+
+/// Header of a dead letter whose value was cut to fit `message.max.bytes`:
+/// the original value's length in bytes.
+pub const TRUNCATED_HEADER: &str = "sluice.error.truncated";
+
+/// Cuts the value of a dead letter that would be too large to write (an
+/// input near the limit, plus the error headers), so that the record is
+/// dead-lettered rather than wedging the pipeline, and says so in a header.
+fn truncate_to_fit(dead: &mut Produce, max: usize) {
+    let size = record_size(dead);
+    if size <= max {
+        return;
+    }
+    let original = dead.value.len();
+    let header = Header { name: TRUNCATED_HEADER.into(), value: original.to_string().into_bytes() };
+    let room = original.saturating_sub(size - max + header.name.len() + header.value.len() + 8);
+    dead.value.truncate(room);
+    dead.headers.push(header);
 }
 
 /// Calls a stage, then retries the records it asked to retry, with backoff,

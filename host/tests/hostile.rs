@@ -7,7 +7,7 @@ mod support;
 
 use sluice::config::{self, Pipeline};
 use sluice::engine::Engine;
-use sluice::pipeline::{BatchResult, Chain, LookupSource, Record};
+use sluice::pipeline::{BatchResult, Chain, LookupSource};
 use sluice::redis::{Offline, RedisLookups};
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +17,7 @@ use support::kafka::{Tansu, consume, produce};
 use support::process::{Host, HostEnv};
 use support::slow::SlowProxy;
 use support::workdir::Workdir;
-use support::{RedisPrefix, repo_root};
+use support::{RedisPrefix, command_records, repo_root};
 
 /// A pipeline of the test guest alone. Redis keys of the application live
 /// under `app:`: the fence under `app:fence:`, the lookup table `user`
@@ -50,22 +50,6 @@ fn chain_with(stage: &str, lookups: Arc<dyn LookupSource>) -> Chain {
     Chain::build(&Engine::new().unwrap(), &pipeline(stage), lookups).unwrap()
 }
 
-fn records(commands: &[&str]) -> Vec<Record> {
-    commands
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Record {
-            key: None,
-            value: Some(c.as_bytes().to_vec()),
-            headers: Vec::new(),
-            topic: "in".into(),
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-        })
-        .collect()
-}
-
 /// (offset, reason, message) of each dead letter.
 fn dead(result: &BatchResult) -> Vec<(String, String, String)> {
     let header = |d: &sluice::pipeline::DeadLetter, name: &str| {
@@ -95,7 +79,7 @@ fn pair(offset: &str, reason: &str) -> (String, String) {
 fn a_plugin_that_sleeps_is_stopped_at_its_deadline() {
     let mut chain = guest("limits = { timeout_ms = 1000 }");
     let started = Instant::now();
-    let result = chain.process(&records(&["sleep 30000", "ok", "sleep 20"])).unwrap();
+    let result = chain.process(&command_records(&["sleep 30000", "ok", "sleep 20"])).unwrap();
     let elapsed = started.elapsed();
     assert_eq!(reasons(&result), [pair("0", "plugin_timeout")]);
     let message = &dead(&result)[0].2;
@@ -136,19 +120,19 @@ fn time_spent_serving_lookups_is_not_the_plugins() {
     let lookups = RedisLookups::new(&format!("redis://127.0.0.1:{}", proxy.port), &tables).unwrap();
     let mut chain = chain_with("limits = { timeout_ms = 300 }", Arc::new(lookups));
     let started = Instant::now();
-    let result = chain.process(&records(&["lookup user 6"])).unwrap();
+    let result = chain.process(&command_records(&["lookup user 6"])).unwrap();
     assert!(started.elapsed() >= Duration::from_millis(600), "the lookups went through the slow link");
     assert_eq!(reasons(&result), [], "{:?}", dead(&result));
     assert_eq!(values(&result), ["found 0 of 6"]);
     // The plugin's own time is still bounded.
-    let result = chain.process(&records(&["loop"])).unwrap();
+    let result = chain.process(&command_records(&["loop"])).unwrap();
     assert_eq!(reasons(&result), [pair("0", "plugin_timeout")]);
 }
 
 #[test]
 fn results_over_the_budget_fail_the_call_not_the_host() {
     let mut chain = guest("limits = { results_mib = 1, memory_mib = 64 }");
-    let result = chain.process(&records(&["outputs 8 262144", "outputs 2 262144", "ok"])).unwrap();
+    let result = chain.process(&command_records(&["outputs 8 262144", "outputs 2 262144", "ok"])).unwrap();
     assert_eq!(reasons(&result), [pair("0", "plugin_output_limit")]);
     let message = &dead(&result)[0].2;
     assert!(message.starts_with("the call's results are larger than 1 MiB (limits.results_mib)"), "{message}");
@@ -159,8 +143,9 @@ fn results_over_the_budget_fail_the_call_not_the_host() {
 #[test]
 fn a_record_emits_at_most_max_outputs_and_max_effects() {
     let mut chain = guest("writes = [\"app:\"]\nlimits = { max_outputs = 10, max_effects = 10 }");
-    let result =
-        chain.process(&records(&["outputs 11 1", "outputs 10 1", "effects 11 app:c", "effects 10 app:c"])).unwrap();
+    let result = chain
+        .process(&command_records(&["outputs 11 1", "outputs 10 1", "effects 11 app:c", "effects 10 app:c"]))
+        .unwrap();
     assert_eq!(reasons(&result), [pair("0", "plugin_output_limit"), pair("2", "plugin_output_limit")]);
     let messages: Vec<String> = dead(&result).into_iter().map(|d| d.2).collect();
     assert_eq!(messages[0], "11 outputs for one record, more than limits.max_outputs = 10");
@@ -173,7 +158,7 @@ fn a_record_emits_at_most_max_outputs_and_max_effects() {
 fn effects_write_only_under_the_stages_prefixes_and_never_the_fence_or_a_table() {
     let mut chain = guest("writes = [\"app:\"]");
     let commands = ["effects 1 app:counts", "effects 1 other:counts", "effects 1 app:fence:g", "effects 1 app:user:7"];
-    let result = chain.process(&records(&commands)).unwrap();
+    let result = chain.process(&command_records(&commands)).unwrap();
     assert_eq!(reasons(&result), [pair("1", "effect_denied"), pair("2", "effect_denied"), pair("3", "effect_denied")]);
     let messages: Vec<String> = dead(&result).into_iter().map(|d| d.2).collect();
     assert_eq!(
@@ -185,7 +170,7 @@ fn effects_write_only_under_the_stages_prefixes_and_never_the_fence_or_a_table()
     assert_eq!(result.effects.len(), 1, "only the allowed effect is kept");
 
     let mut silent = guest("");
-    let result = silent.process(&records(&["effects 1 app:counts"])).unwrap();
+    let result = silent.process(&command_records(&["effects 1 app:counts"])).unwrap();
     assert_eq!(reasons(&result), [pair("0", "effect_denied")], "a stage with no `writes` writes nothing");
     assert!(dead(&result)[0].2.ends_with("the stage declares no `writes`"));
 }
@@ -221,7 +206,7 @@ fn an_output_over_message_max_bytes_dead_letters_its_record_and_a_large_dead_let
     let pipeline = Pipeline { config, base_dir: repo_root() };
     let mut chain = Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline)).unwrap();
     let big_reject = format!("reject {}", "x".repeat(99_900));
-    let result = chain.process(&records(&["outputs 1 200000", "outputs 1 1000", &big_reject])).unwrap();
+    let result = chain.process(&command_records(&["outputs 1 200000", "outputs 1 1000", &big_reject])).unwrap();
     assert_eq!(reasons(&result), [pair("0", "output_too_large"), pair("2", "asked_to_reject")]);
     assert_eq!(
         dead(&result)[0].2,
@@ -288,19 +273,32 @@ fn the_log_import_is_capped_in_lines_and_length_and_cannot_forge_a_line() {
     assert!(stdout.contains("logged 5000"), "the flood costs the record nothing: {stdout}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sluice_run_dead_letters_a_sleeping_record_and_stops_promptly() {
+/// `sluice run` of `pipeline` (at-least-once) against its own broker, ready.
+struct Running {
+    tansu: Tansu,
+    host: Host,
+    _counters: RedisPrefix,
+    _work: Workdir,
+}
+
+fn run(name: &str, pipeline: &str) -> Running {
     let tansu = Tansu::start();
-    let counters = RedisPrefix::new("hostile-run");
-    let guest = "[[stages]]\nname = \"guest\"\nplugin = \"${SLUICE_PLUGIN_DIR}/testguest.wasm\"\n\
-                 limits = { timeout_ms = 1000 }\n\n[[stages]]\nname = \"normalize\"";
-    let text = Workdir::default_pipeline().replacen("[[stages]]\nname = \"normalize\"", guest, 1);
-    let work = Workdir::new("hostile-run", &text);
-    let env = HostEnv::new(&tansu.brokers(), "", &counters.0, "hostile-run")
+    let counters = RedisPrefix::new(name);
+    let work = Workdir::new(name, pipeline);
+    let env = HostEnv::new(&tansu.brokers(), "", &counters.0, name)
         .set("SLUICE_PLUGIN_DIR", &work.plugin_dir())
         .set("SLUICE_DELIVERY", "at-least-once");
     let mut host = Host::start_with(&env, &work.pipeline());
     host.wait_ready(Duration::from_secs(60));
+    Running { tansu, host, _counters: counters, _work: work }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_run_dead_letters_a_sleeping_record_and_stops_promptly() {
+    let guest = "[[stages]]\nname = \"guest\"\nplugin = \"${SLUICE_PLUGIN_DIR}/testguest.wasm\"\n\
+                 limits = { timeout_ms = 1000 }\n\n[[stages]]\nname = \"normalize\"";
+    let text = Workdir::default_pipeline().replacen("[[stages]]\nname = \"normalize\"", guest, 1);
+    let Running { tansu, mut host, _counters, _work } = run("hostile-run", &text);
     produce(&tansu.brokers(), "orders", &[(None, b"sleep 30000".to_vec())]).await;
     let dead = consume(&tansu.brokers(), "orders.dlq", 1, Duration::from_secs(30), Duration::ZERO).await;
     let reason = dead[0].headers.get("sluice.error.reason");
@@ -309,6 +307,8 @@ async fn sluice_run_dead_letters_a_sleeping_record_and_stops_promptly() {
     // A second sleeper is being processed when SIGTERM comes: the batch
     // ends at the deadline, not after 30 s.
     produce(&tansu.brokers(), "orders", &[(None, b"sleep 30000".to_vec())]).await;
+    // Nothing shows while a batch is inside a plugin; the consumer fetches
+    // within 50 ms (fetch.wait.max.ms), so after half a second it is there.
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
     let status = host.terminate();
@@ -318,20 +318,13 @@ async fn sluice_run_dead_letters_a_sleeping_record_and_stops_promptly() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sluice_run_dead_letters_an_output_too_large_to_produce_and_goes_on() {
-    let tansu = Tansu::start();
-    let counters = RedisPrefix::new("hostile-large");
     // The guest alone: its 1.5 MB output goes to Kafka, over librdkafka's
     // default message.max.bytes of 1,000,000.
     let stages = Workdir::default_pipeline().find("[[stages]]").unwrap();
     let guest = "[[stages]]\nname = \"guest\"\nplugin = \"${SLUICE_PLUGIN_DIR}/testguest.wasm\"\n\
                  config = { always = \"outputs 1 1500000\" }\n";
     let text = format!("{}{guest}", &Workdir::default_pipeline()[..stages]);
-    let work = Workdir::new("hostile-large", &text);
-    let env = HostEnv::new(&tansu.brokers(), "", &counters.0, "hostile-large")
-        .set("SLUICE_PLUGIN_DIR", &work.plugin_dir())
-        .set("SLUICE_DELIVERY", "at-least-once");
-    let mut host = Host::start_with(&env, &work.pipeline());
-    host.wait_ready(Duration::from_secs(60));
+    let Running { tansu, mut host, _counters, _work } = run("hostile-large", &text);
     produce(&tansu.brokers(), "orders", &[(None, b"first".to_vec()), (None, b"second".to_vec())]).await;
     let dead = consume(&tansu.brokers(), "orders.dlq", 2, Duration::from_secs(30), Duration::ZERO).await;
     let reasons: Vec<_> = dead.iter().map(|d| d.headers.get("sluice.error.reason").cloned()).collect();

@@ -7,10 +7,11 @@ mod support;
 
 use sluice::config::{self, Pipeline};
 use sluice::engine::Engine;
-use sluice::pipeline::{BatchResult, Chain, Record};
+use sluice::pipeline::{BatchResult, Chain};
 use sluice::redis::Offline;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::command_records;
 
 fn guest_chain(on_failure: &str) -> Chain {
     guest_chain_with(on_failure, "timeout_ms = 200")
@@ -37,22 +38,6 @@ fn guest_chain_with(on_failure: &str, limits: &str) -> Chain {
     Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline)).unwrap()
 }
 
-fn records(commands: &[&str]) -> Vec<Record> {
-    commands
-        .iter()
-        .enumerate()
-        .map(|(i, c)| Record {
-            key: None,
-            value: Some(c.as_bytes().to_vec()),
-            headers: Vec::new(),
-            topic: "in".into(),
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-        })
-        .collect()
-}
-
 fn reasons(result: &BatchResult) -> Vec<(String, String)> {
     result
         .dead_letters
@@ -74,19 +59,20 @@ fn a_loop_is_interrupted_within_twice_its_deadline() {
     // next to the margin.
     let mut chain = guest_chain_with("dead-letter", "timeout_ms = 1000");
     let started = Instant::now();
-    let result = chain.process(&records(&["loop"])).unwrap();
+    let result = chain.process(&command_records(&["loop"])).unwrap();
     let elapsed = started.elapsed();
     assert_eq!(reasons(&result), [("0".to_string(), "plugin_timeout".to_string())]);
     assert!(elapsed >= Duration::from_millis(1000), "not before its deadline: {elapsed:?}");
     assert!(elapsed < Duration::from_millis(2000), "interrupted after {elapsed:?}, deadline 1000 ms");
-    assert_eq!(values(&chain.process(&records(&["ok"])).unwrap()), ["ok"], "the next record is served");
+    assert_eq!(values(&chain.process(&command_records(&["ok"])).unwrap()), ["ok"], "the next record is served");
 }
 
 #[test]
 fn each_failure_costs_only_its_own_record() {
     let mut chain = guest_chain("dead-letter");
-    let result =
-        chain.process(&records(&["ok", "alloc 64", "ok", "panic", "recurse", "alloc 2", "loop", "ok"])).unwrap();
+    let result = chain
+        .process(&command_records(&["ok", "alloc 64", "ok", "panic", "recurse", "alloc 2", "loop", "ok"]))
+        .unwrap();
     let want = [("1", "plugin_oom"), ("3", "plugin_trap"), ("4", "plugin_trap"), ("6", "plugin_timeout")];
     let want: Vec<(String, String)> = want.iter().map(|(o, r)| (o.to_string(), r.to_string())).collect();
     assert_eq!(reasons(&result), want);
@@ -118,7 +104,7 @@ fn each_failure_costs_only_its_own_record() {
 #[test]
 fn capabilities_are_denied() {
     let mut chain = guest_chain("dead-letter");
-    let result = chain.process(&records(&["open-file", "connect", "getenv"])).unwrap();
+    let result = chain.process(&command_records(&["open-file", "connect", "getenv"])).unwrap();
     for value in values(&result) {
         assert!(value.starts_with("denied"), "{value}");
     }
@@ -129,7 +115,8 @@ fn capabilities_are_denied() {
 fn decisions_retry_reject_filter_and_route() {
     let mut chain = guest_chain("dead-letter");
     let started = Instant::now();
-    let result = chain.process(&records(&["retry", "reject", "drop", "route vip", "route nowhere", "ok"])).unwrap();
+    let result =
+        chain.process(&command_records(&["retry", "reject", "drop", "route vip", "route nowhere", "ok"])).unwrap();
     assert!(started.elapsed() >= Duration::from_millis(150), "retries back off (50 + 100 ms)");
     let want = [("0", "asked_to_retry"), ("1", "asked_to_reject"), ("4", "unknown_route")];
     let want: Vec<(String, String)> = want.iter().map(|(o, r)| (o.to_string(), r.to_string())).collect();
@@ -142,20 +129,20 @@ fn decisions_retry_reject_filter_and_route() {
 #[test]
 fn a_stage_that_keeps_failing_opens_its_circuit_breaker() {
     let mut chain = guest_chain("dead-letter");
-    let result = chain.process(&records(&["panic"; 8])).unwrap();
+    let result = chain.process(&command_records(&["panic"; 8])).unwrap();
     let got: Vec<String> = reasons(&result).into_iter().map(|(_, r)| r).collect();
     // The batch call and the first four record-by-record calls fail: five in a row.
     assert_eq!(got[..4], ["plugin_trap"; 4], "each failed call dead-letters its record");
     assert_eq!(got[4..], ["circuit_open"; 4], "then records are dead-lettered without a call");
-    let result = chain.process(&records(&["ok"])).unwrap();
+    let result = chain.process(&command_records(&["ok"])).unwrap();
     assert_eq!(reasons(&result)[0].1, "circuit_open", "still open");
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(values(&chain.process(&records(&["ok"])).unwrap()), ["ok"], "a trial call after 1 s closes it");
+    assert_eq!(values(&chain.process(&command_records(&["ok"])).unwrap()), ["ok"], "a trial call after 1 s closes it");
 
     let mut halting = guest_chain("halt");
-    let error = halting.process(&records(&["panic"; 5])).unwrap_err();
+    let error = halting.process(&command_records(&["panic"; 5])).unwrap_err();
     assert!(error.to_string().contains("circuit breaker is open"), "{error}");
-    let error = halting.process(&records(&["ok"])).unwrap_err();
+    let error = halting.process(&command_records(&["ok"])).unwrap_err();
     assert!(
         error.to_string().contains("circuit breaker is open"),
         "the batch waits, nothing is dead-lettered: {error}"
@@ -165,9 +152,9 @@ fn a_stage_that_keeps_failing_opens_its_circuit_breaker() {
 #[test]
 fn the_wasm_stack_is_limited_per_stage() {
     let mut roomy = guest_chain("dead-letter");
-    assert_eq!(values(&roomy.process(&records(&["depth 4000"])).unwrap()), ["depth 4000"]);
+    assert_eq!(values(&roomy.process(&command_records(&["depth 4000"])).unwrap()), ["depth 4000"]);
     let mut tight = guest_chain_with("dead-letter", "timeout_ms = 200, stack_kib = 16");
-    let result = tight.process(&records(&["depth 4000", "depth 10"])).unwrap();
+    let result = tight.process(&command_records(&["depth 4000", "depth 10"])).unwrap();
     assert_eq!(reasons(&result), [("0".to_string(), "plugin_trap".to_string())]);
     assert_eq!(values(&result), ["depth 10"]);
 }
@@ -178,7 +165,7 @@ fn a_reason_code_must_be_short_snake_case_outside_the_hosts_own() {
     let long = format!("reason {}", "x".repeat(49));
     let commands =
         ["reason out_of_stock", "reason Bad Reason", "reason a\"}\nfake_metric 1", &long, "reason plugin_timeout", ""];
-    let result = chain.process(&records(&commands)).unwrap();
+    let result = chain.process(&command_records(&commands)).unwrap();
     let want = ["out_of_stock", "plugin_contract", "plugin_contract", "plugin_contract", "plugin_contract"];
     let got: Vec<String> = reasons(&result).into_iter().map(|(_, r)| r).collect();
     assert_eq!(got[..5], want);

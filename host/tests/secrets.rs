@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::kafka::{Tansu, produce};
 use support::process::{Host, HostEnv};
 use support::workdir::Workdir;
@@ -33,11 +33,7 @@ async fn a_redis_password_shows_in_no_log_line_and_no_answer() {
 
     // A positive sign that the URL was about to be written: the retry of
     // the effects names Redis, with its password masked.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !host.log_text().contains(":***@127.0.0.1") {
-        assert!(Instant::now() < deadline, "no retry against Redis logged within 60 s:\n{}", host.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    host.wait_log(":***@127.0.0.1", Duration::from_secs(60));
     let mut answers = String::new();
     for path in ["/api/report", "/api/pipeline", "/api/stats", "/ready", "/metrics"] {
         let (code, body) = host.get(path).unwrap_or_else(|| panic!("{path}: no answer"));
@@ -69,11 +65,7 @@ async fn a_kafka_sasl_password_shows_in_no_log_line_and_no_answer() {
     let host = Host::start_with(&env, &work.pipeline());
 
     // A positive sign that the client tried the broker with its settings.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !host.log_text().contains(&format!("127.0.0.1:{port}")) {
-        assert!(Instant::now() < deadline, "no attempt on the broker logged within 60 s:\n{}", host.log_text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    host.wait_log(&format!("127.0.0.1:{port}"), Duration::from_secs(60));
     let mut answers = String::new();
     for path in ["/api/pipeline", "/api/stats", "/api/report", "/ready", "/metrics"] {
         let (code, body) = host.get(path).unwrap_or_else(|| panic!("{path}: no answer"));

@@ -151,3 +151,21 @@ pub fn default_pipeline(env: &BTreeMap<String, String>) -> sluice::config::Pipel
     let config = sluice::config::load_str(&text, |name| env.get(name).cloned()).unwrap();
     sluice::config::Pipeline { config, base_dir: repo_root() }
 }
+
+/// Records of the topic `in`, partition 0, at offsets 0, 1, ..., whose
+/// values are `commands` (for the test guest, plugins/testguest).
+pub fn command_records(commands: &[&str]) -> Vec<sluice::pipeline::Record> {
+    commands
+        .iter()
+        .enumerate()
+        .map(|(i, c)| sluice::pipeline::Record {
+            key: None,
+            value: Some(c.as_bytes().to_vec()),
+            headers: Vec::new(),
+            topic: "in".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: None,
+        })
+        .collect()
+}

@@ -220,6 +220,19 @@ impl Host {
     }
 
     /// Waits until `sluice_records_in_total` reaches `n`.
+    /// Waits until the host's log contains `needle`; fails with the log after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.log_text().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`{needle}` not logged within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn wait_records_in(&self, n: u64, timeout: Duration) {
         wait_records_in(self.http_port, n, timeout, || self.log_text());
     }

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end benchmark, on a fresh local tansu broker and the local Redis:
+#   0. the raw copy (host/examples/raw_copy.rs: a bare librdkafka
+#      BaseConsumer -> BaseProducer with the host's producer settings),
 #   1. native pass-through (`sluice passthrough`: consume -> produce, no stages),
 #   2. the default pipeline, at-least-once, then exactly-once,
 #   3. end-to-end latency (p50/p99) at half the at-least-once rate,
@@ -12,6 +14,8 @@ count=${1:-1000000}
 quick=""
 if [ "$count" = "--quick" ]; then quick=1; count=20000; fi
 sluice=$PWD/target/release/sluice
+raw_copy=$PWD/target/release/examples/raw_copy
+cargo build --release --quiet -p sluice --example raw_copy
 out=target/bench
 mkdir -p "$out"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -30,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-for t in orders:3 orders.enriched:3 orders.dlq:1 orders.copy:3 orders.latency:3 orders.latency.out:3; do
+for t in orders:3 orders.enriched:3 orders.dlq:1 orders.raw:3 orders.copy:3 orders.latency:3 orders.latency.out:3; do
   "$tansu" topic create "${t%%:*}" --broker "tcp://127.0.0.1:$port" --partitions "${t##*:}" >/dev/null
 done
 export KAFKA_BROKERS=127.0.0.1:$port SLUICE_LOOKUP_PREFIX=bench:$port: SLUICE_PLUGIN_DIR=$PWD/plugins/dist
@@ -46,7 +50,14 @@ usage() {
     'BEGIN { printf "%.1f %.0f", (u + s) / t * 1e6 / c, h / 1024 }'
 }
 
-# 1. The ceiling: the same consumer, producer and batching, no stages.
+# 0. The raw ceiling: librdkafka alone on one thread, no batches of our own, no commits.
+/usr/bin/time -f "%U %S %M" -o "$out/raw.time" \
+  "$raw_copy" "$KAFKA_BROKERS" orders orders.raw "$count" bench-raw >"$out/raw.txt" 2>"$out/raw.log"
+raw_usage=$(awk -v c="$count" '{ printf "%.1f %.0f", ($1 + $2) * 1e6 / c, $3 / 1024 }' "$out/raw.time")
+raw_rate=$(awk '{print $(NF-1)}' "$out/raw.txt")
+echo "benchmark: $(cat "$out/raw.txt")" >&2
+
+# 1. The host's ceiling: the same consumer, producer and batching, no stages.
 SLUICE_GROUP=bench-passthrough /usr/bin/time -f "%U %S %M" -o "$out/passthrough.time" \
   "$sluice" passthrough pipeline.toml --to orders.copy --count "$count" >"$out/passthrough.txt" 2>"$out/passthrough.log"
 pass_usage=$(awk -v c="$count" '{ printf "%.1f %.0f", ($1 + $2) * 1e6 / c, $3 / 1024 }' "$out/passthrough.time")
@@ -101,17 +112,21 @@ echo "benchmark: $(cat "$out/latency.txt") at $rate records/s" >&2
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 {
-  echo "| | records/s | vs pass-through | CPU s per million | peak RSS MB |"
-  echo "| --- | --- | --- | --- | --- |"
-  echo "| native pass-through | $pass_rate | 1.00 | ${pass_usage% *} | ${pass_usage#* } |"
-  echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_rss |"
-  echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_rss |"
+  echo "| | records/s | vs raw copy | vs pass-through | CPU s per million | peak RSS MB |"
+  echo "| --- | --- | --- | --- | --- | --- |"
+  echo "| raw copy (librdkafka) | $raw_rate | 1.00 | $(ratio "$raw_rate" "$pass_rate") | ${raw_usage% *} | ${raw_usage#* } |"
+  echo "| native pass-through | $pass_rate | $(ratio "$pass_rate" "$raw_rate") | 1.00 | ${pass_usage% *} | ${pass_usage#* } |"
+  echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$raw_rate") | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_rss |"
+  echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$raw_rate") | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_rss |"
   echo
+  echo "Against the raw copy: pass-through $(ratio "$pass_rate" "$raw_rate") (target 0.7)," \
+    "at-least-once $(ratio "$alo_rate" "$raw_rate") (target 0.5), exactly-once $(ratio "$eo_rate" "$raw_rate") (target 0.4)."
   echo "Latency at $rate records/s (half the at-least-once rate), $measured records: p50 $p50 ms, p99 $p99 ms."
 } | tee "$out/results.md"
 
 # Quick mode checks what each phase did, not how fast.
 if [ -n "$quick" ]; then
+  [ "$(awk '{print $3}' "$out/raw.txt")" -ge "$count" ] || { echo "benchmark: the raw copy fell short" >&2; exit 1; }
   [ "$(awk '{print $2}' "$out/passthrough.txt")" -ge "$count" ] || { echo "benchmark: pass-through fell short" >&2; exit 1; }
   [ "$measured" -ge $(( stamped * 8 / 10 )) ] || { echo "benchmark: latency saw $measured of $stamped records" >&2; exit 1; }
   echo "benchmark: quick mode ok" >&2

@@ -111,6 +111,7 @@ fn redis_effects(c: &mut Criterion) {
         (0..500i64)
             .flat_map(|r| {
                 (0..8).map(move |k| RecordEffect {
+                    record: r as usize,
                     partition: 0,
                     offset: first + r,
                     effect: Effect::HashIncr((format!("bench:micro:k{k}"), format!("f{}", r % 40), 1)),

@@ -104,6 +104,9 @@ pub struct Metrics {
     pub assigned: AtomicBool,
     /// Assignment changes (revocations and assignments) seen so far.
     pub rebalances: AtomicU64,
+    /// Effects not applied because their record was at or below its
+    /// partition's fence (a replay after a crash, an abort or a rebalance).
+    pub effects_skipped: AtomicU64,
     /// The generation of the live pipeline (1 at start, +1 per applied reload).
     pub generation: AtomicU64,
     /// Per stage, per reason (at most [`MAX_REASONS_PER_STAGE`] of the
@@ -118,6 +121,9 @@ pub struct Metrics {
     /// Per partition: the next offset to process, and the broker's last
     /// stable offset (from the consumer's statistics).
     positions: Mutex<BTreeMap<(String, i32), (Option<i64>, Option<i64>)>>,
+    /// Per assigned partition: its end offset as last reported by the
+    /// consumer's statistics since it was assigned.
+    ends: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 /// What a stage handled since the host started.
@@ -211,6 +217,20 @@ impl Metrics {
     pub fn record_high_watermark(&self, topic: &str, partition: i32, offset: i64) {
         let mut positions = self.positions.lock().expect("metrics lock");
         positions.entry((topic.to_string(), partition)).or_default().1 = Some(offset);
+        self.ends.lock().expect("metrics lock").insert((topic.to_string(), partition), offset);
+    }
+
+    /// The end offset of a partition reported since it was (last) assigned.
+    pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends.lock().expect("metrics lock").get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Forgets the end offsets of partitions no longer assigned.
+    pub fn forget_ends(&self, revoked: &[(String, i32)]) {
+        let mut ends = self.ends.lock().expect("metrics lock");
+        for key in revoked {
+            ends.remove(key);
+        }
     }
 
     /// Forgets the partitions of topics no longer read.
@@ -317,6 +337,7 @@ impl Metrics {
             batches: load(&self.batches),
             retries: load(&self.retries),
             rebalances: load(&self.rebalances),
+            effects_skipped: load(&self.effects_skipped),
             dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
             stages: self.stages.lock().expect("metrics lock").clone(),
             topics_in: self.topics_in.lock().expect("metrics lock").clone(),
@@ -347,9 +368,18 @@ fn reason_label<'a>(reasons: &BTreeMap<String, u64>, reason: &'a str) -> &'a str
 
 /// Whether `reason` is one of the host's codes: `plugin_*` and
 /// `circuit_open`, which a plugin cannot give (see `pipeline::stage`), and
-/// `effect_denied` and `unknown_route`.
+/// those the host gives records of any stage.
 fn host_reason(reason: &str) -> bool {
-    reason.starts_with("plugin_") || matches!(reason, "circuit_open" | "effect_denied" | "unknown_route")
+    reason.starts_with("plugin_")
+        || matches!(
+            reason,
+            "circuit_open"
+                | "effect_denied"
+                | "effect_failed"
+                | "unknown_route"
+                | "output_too_large"
+                | "record_too_large"
+        )
 }
 
 /// What one scrape exposes, copied out of [`Metrics`]: the crate's
@@ -363,6 +393,7 @@ struct Scrape {
     batches: u64,
     retries: u64,
     rebalances: u64,
+    effects_skipped: u64,
     dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
     stages: BTreeMap<String, StageTotals>,
     topics_in: BTreeMap<String, u64>,
@@ -409,6 +440,11 @@ impl Collector for Scrape {
             ("sluice_batches", "Batches handled.", self.batches),
             ("sluice_retries", "Transient failures retried.", self.retries),
             ("sluice_rebalances", "Partition assignment changes.", self.rebalances),
+            (
+                "sluice_effects_skipped",
+                "Redis effects not applied again because their record was behind its partition's fence (a replay).",
+                self.effects_skipped,
+            ),
         ] {
             single(e, name, help, ConstCounter::new(n))?;
         }

@@ -282,6 +282,8 @@ impl Status {
                 "topics": c.source.topics,
                 "batch_size": c.source.batch_size,
                 "batch_timeout_ms": c.source.batch_timeout_ms,
+                "batch_max_bytes": c.source.batch_max_bytes,
+                "max_record_bytes": c.source.max_record_bytes,
             })),
             "output": config.map(|c| &c.output.topic),
             "dead_letter": config.map(|c| &c.dead_letter.topic),
@@ -568,6 +570,8 @@ fn changes(
     differs("source.topics", a.source.topics == b.source.topics);
     differs("source.batch_size", a.source.batch_size == b.source.batch_size);
     differs("source.batch_timeout_ms", a.source.batch_timeout_ms == b.source.batch_timeout_ms);
+    differs("source.batch_max_bytes", a.source.batch_max_bytes == b.source.batch_max_bytes);
+    differs("source.max_record_bytes", a.source.max_record_bytes == b.source.max_record_bytes);
     differs("output.topic", a.output.topic == b.output.topic);
     differs("dead_letter.topic", a.dead_letter.topic == b.dead_letter.topic);
     differs("routes", a.routes == b.routes);

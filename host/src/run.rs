@@ -9,14 +9,14 @@
 //! Transient failures (lookups, broker, Redis) are retried with backoff
 //! while the batch waits; nothing is skipped.
 
-use crate::bindings::Effect;
+use crate::bindings::{Effect, ErrorInfo};
 use crate::config::{self, Delivery, PipelineConfig};
 use crate::engine::Engine;
 use crate::http;
-use crate::kafka::{Sink, Source};
+use crate::kafka::{Sent, Sink, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain, LookupSource, Produce, Record};
-use crate::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
+use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups};
 use crate::reload::{self, PROBE_RECORDS, Reloader, Request, StageView, Status, Swap, Trigger};
 use anyhow::Context;
 use rdkafka::consumer::CommitMode;
@@ -116,7 +116,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     let chain = Arc::new(Mutex::new(chain));
     let mut live_config = config.clone();
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
-    let fence_key = format!("{}{}", config.redis.fence_prefix, config.kafka.group);
+    adopt_group_fences(&mut effects, &config).await;
     let source = Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
     let exactly_once = config.delivery == Delivery::ExactlyOnce;
     let transactional_id = exactly_once.then(|| format!("{}-{}", config.kafka.group, instance_id(&config)));
@@ -127,24 +127,38 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     );
     metrics.ready.store(true, Ordering::Relaxed);
 
-    let mut loop_ = Loop { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink };
+    let mut loop_ = Loop { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink, replace_producer: false };
     let outcome = async {
         let mut rewinds = Backoff::new();
         let mut probe_taken = std::time::Instant::now() - PROBE_EVERY;
+        // At-least-once: the batch whose outputs are on their way to the
+        // broker while the next one is read, processed and applied.
+        let mut delivering: Option<Delivering> = None;
         loop {
             // A reloaded pipeline goes live here, between two batches: the
             // batch in flight finished on the old one, and every later
             // record of every partition goes through the new one.
+            if !swaps_rx.is_empty()
+                && let Some(done) = delivering.take()
+            {
+                loop_.finish(&source, done).await?;
+            }
             while let Ok(swap) = swaps_rx.try_recv() {
                 put_live(swap, &chain, &mut live_config, &source, &metrics, exactly_once)?;
             }
             let batch = tokio::select! {
                 biased;
-                () = stopped(stop_rx.clone()) => return Ok(()),
+                () = stopped(stop_rx.clone()) => break,
                 batch = source.next_batch() => batch,
             };
             let records = match batch {
-                Ok(records) if records.is_empty() => continue,
+                Ok(records) if records.is_empty() => {
+                    // Nothing new: finish the batch in flight now.
+                    if let Some(done) = delivering.take() {
+                        loop_.finish(&source, done).await?;
+                    }
+                    continue;
+                }
                 Ok(records) => Arc::new(records),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read from Kafka; retrying");
@@ -157,25 +171,49 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
                 probe_taken = std::time::Instant::now();
                 *probe.lock().expect("probe lock") = probe_sample(&records, &result);
             }
-            let (fence, record_effects) = fenced_effects(&fence_key, &records, std::mem::take(&mut result.effects));
+            // Effects first, in both modes: a record whose effects Redis
+            // refuses is dead-lettered and produces nothing.
+            let effect_stages = std::mem::take(&mut result.effect_stages);
+            let (fence, record_effects) =
+                fenced_effects(live_config.fence_key(), &records, std::mem::take(&mut result.effects));
+            let applied = loop_.apply(&mut effects, &fence, &record_effects).await?;
+            metrics.effects_skipped.fetch_add(applied.skipped as u64, Ordering::Relaxed);
+            check_fences(&source, &fence, &applied, &records)?;
+            if !applied.refused.is_empty() {
+                let chain = chain.lock().expect("chain lock");
+                for refused in &applied.refused {
+                    let stage =
+                        record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
+                    let info = ErrorInfo { reason: "effect_failed".into(), message: refused.message.clone() };
+                    chain.reject(&mut result, &records, refused.record, stage.unwrap_or(0), &info);
+                }
+            }
             if exactly_once {
-                if let Err(e) = loop_.transact(&source, &mut effects, &records, &result, &fence, &record_effects).await
-                {
+                if let Err(e) = loop_.transact(&source, &records, &result).await {
                     loop_.wait("committing a transaction", &format!("{e:#}"), &mut rewinds).await?;
-                    source.rewind(&records).context("cannot rewind after an aborted transaction")?;
+                    loop_.rewind(&source, &records).await?;
                     continue;
                 }
                 rewinds = Backoff::new();
             } else {
-                loop_.deliver(&result).await?;
-                loop_.apply(&mut effects, &fence, &record_effects).await?;
-                if let Err(e) = source.commit(&records, CommitMode::Async) {
-                    tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+                // The previous batch's outputs were written while this one
+                // was processed; they are acknowledged (and committed)
+                // before this one's go out, so each partition's outputs stay
+                // in order.
+                if let Some(done) = delivering.take() {
+                    loop_.finish(&source, done).await?;
                 }
+                let sent = loop_.sink.enqueue(&produced(&result)).await;
+                delivering = Some(Delivering { records, result, sent });
+                continue;
             }
             metrics.record_batch(&records, &result);
             metrics.ready.store(true, Ordering::Relaxed);
         }
+        if let Some(done) = delivering.take() {
+            loop_.finish(&source, done).await?;
+        }
+        Ok(())
     }
     .await;
     metrics.ready.store(false, Ordering::Relaxed);
@@ -263,7 +301,11 @@ fn put_live(
         metrics.retain_topics(&next.source.topics);
         tracing::info!(topics = ?next.source.topics, "resubscribed");
     }
-    source.set_batching(next.source.batch_size.get(), next.source.batch_timeout_ms.get());
+    source.set_batching(
+        next.source.batch_size.get(),
+        next.source.batch_timeout_ms.get(),
+        next.source.batch_max_bytes.get(),
+    );
     *live = next.clone();
     let views = StageView::all(&chain.lock().expect("chain lock"), next);
     tracing::info!(generation, "pipeline generation live");
@@ -289,10 +331,10 @@ fn instance_id(config: &PipelineConfig) -> String {
 }
 
 /// The fence of a batch (its last offset per partition) and its effects
-/// tagged with their record's partition and offset.
-fn fenced_effects(key: &str, records: &[Record], effects: Vec<(usize, Effect)>) -> (Fence, Vec<RecordEffect>) {
+/// tagged with their record's index, partition and offset.
+fn fenced_effects(key: String, records: &[Record], effects: Vec<(usize, Effect)>) -> (Fence, Vec<RecordEffect>) {
     let mut index: HashMap<(&str, i32), usize> = HashMap::new();
-    let mut fence = Fence { key: key.to_string(), partitions: Vec::new() };
+    let mut fence = Fence { key, partitions: Vec::new() };
     let mut slot_of = Vec::with_capacity(records.len());
     for r in records {
         let slot = *index.entry((r.topic.as_str(), r.partition)).or_insert_with(|| {
@@ -305,9 +347,64 @@ fn fenced_effects(key: &str, records: &[Record], effects: Vec<(usize, Effect)>) 
     }
     let effects = effects
         .into_iter()
-        .map(|(origin, effect)| RecordEffect { partition: slot_of[origin], offset: records[origin].offset, effect })
+        .map(|(origin, effect)| RecordEffect {
+            record: origin,
+            partition: slot_of[origin],
+            offset: records[origin].offset,
+            effect,
+        })
         .collect();
     (fence, effects)
+}
+
+/// Before Sluice 0.2 the fence was keyed by the consumer group
+/// (`{fence_prefix}{group}`): carry those fences over to the key they now
+/// live at, so an upgrade applies nothing twice.
+async fn adopt_group_fences(effects: &mut RedisEffects, config: &PipelineConfig) {
+    let (old, new) = (format!("{}{}", config.redis.fence_prefix, config.kafka.group), config.fence_key());
+    match effects.adopt_fences(&old, &new).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(from = %old, to = %new, partitions = n, "offset fences carried over"),
+        Err(e) => tracing::warn!(error = %e, from = %old, "cannot carry over the offset fences"),
+    }
+}
+
+/// Fails when a partition's fence is at or past the partition's end: the
+/// topic was deleted and created again (or truncated), and every effect of
+/// its new records would be skipped as already applied.
+fn check_fences(source: &Source, fence: &Fence, applied: &Applied, records: &[Record]) -> anyhow::Result<()> {
+    // Per partition, in the order of `fence.partitions`: its first offset.
+    let mut first: Vec<(&str, i32, i64)> = Vec::new();
+    for r in records {
+        match first.iter_mut().find(|(t, p, _)| *t == r.topic && *p == r.partition) {
+            Some(slot) => slot.2 = slot.2.min(r.offset),
+            None => first.push((&r.topic, r.partition, r.offset)),
+        }
+    }
+    for (&(topic, partition, first), &before) in first.iter().zip(&applied.fences_before) {
+        if before < first {
+            continue; // nothing of this partition was behind the fence
+        }
+        // Unknown for the first seconds of an assignment: the next batch of
+        // the partition checks again.
+        match source.end_offset(topic, partition) {
+            Some(end) if before >= end => anyhow::bail!(
+                "the effects fence of topic `{topic}` partition {partition} is at offset {before}, past the \
+                 partition's end ({end}): the topic was recreated or truncated, and the effects of its records \
+                 would be skipped as already applied. If that is intended, remove the fence \
+                 (redis-cli HDEL '{key}' '{topic}:{partition}') and start again",
+                key = fence.key
+            ),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a Kafka error leaves the transactional producer unusable: it
+/// must be replaced before the next transaction.
+fn is_fatal(error: &rdkafka::error::KafkaError) -> bool {
+    matches!(error, rdkafka::error::KafkaError::Transaction(e) if e.is_fatal())
 }
 
 /// The parts of the run loop that retry until done or stopped.
@@ -316,6 +413,17 @@ struct Loop<'a> {
     metrics: &'a Metrics,
     stop: watch::Receiver<bool>,
     sink: Sink,
+    /// The transactional producer failed fatally (or could not be replaced
+    /// yet): replace it before the next transaction.
+    replace_producer: bool,
+}
+
+/// An at-least-once batch whose outputs and dead letters were handed to the
+/// producer and are not acknowledged yet.
+struct Delivering {
+    records: Arc<Vec<Record>>,
+    result: BatchResult,
+    sent: Sent,
 }
 
 /// A batch could not be finished before the stop grace ran out.
@@ -344,9 +452,28 @@ impl Loop<'_> {
         }
     }
 
-    async fn deliver(&mut self, result: &BatchResult) -> anyhow::Result<()> {
-        let mut pending = produced(result);
-        let mut backoff = Backoff::new();
+    /// Waits for an at-least-once batch's acknowledgements (sending again
+    /// what failed), then commits its offsets and counts it.
+    async fn finish(&mut self, source: &Source, done: Delivering) -> anyhow::Result<()> {
+        let Delivering { records, result, sent } = done;
+        let pending = produced(&result);
+        if let Err((e, failed)) = sent.acknowledged(&pending).await {
+            let mut backoff = Backoff::new();
+            let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
+            self.wait("delivering to Kafka", &why, &mut backoff).await?;
+            self.deliver(failed, backoff).await?;
+        }
+        if let Err(e) = source.commit(&records, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+        }
+        self.metrics.record_batch(&records, &result);
+        self.metrics.ready.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends `pending` until every record is acknowledged, waiting out
+    /// failures with `backoff`.
+    async fn deliver(&mut self, mut pending: Vec<&Produce>, mut backoff: Backoff) -> anyhow::Result<()> {
         while !pending.is_empty() {
             match self.sink.send_all(&pending).await {
                 Ok(()) => break,
@@ -360,11 +487,16 @@ impl Loop<'_> {
         Ok(())
     }
 
-    async fn apply(&mut self, effects: &mut RedisEffects, fence: &Fence, batch: &[RecordEffect]) -> anyhow::Result<()> {
+    async fn apply(
+        &mut self,
+        effects: &mut RedisEffects,
+        fence: &Fence,
+        batch: &[RecordEffect],
+    ) -> anyhow::Result<Applied> {
         let mut backoff = Backoff::new();
         loop {
             match effects.apply_fenced(fence, batch).await {
-                Ok(_) => return Ok(()),
+                Ok(applied) => return Ok(applied),
                 Err(e) => {
                     let why = format!("{e} ({})", crate::config::redact::url(&self.config.redis.url));
                     self.wait("applying Redis effects", &why, &mut backoff).await?;
@@ -373,28 +505,27 @@ impl Loop<'_> {
         }
     }
 
-    /// One exactly-once batch: outputs and dead letters in a transaction,
-    /// the effects behind the fence, the offsets in the same transaction,
-    /// then the commit. On failure the transaction is aborted (or the
-    /// producer replaced) and the error returned: the caller rewinds.
-    async fn transact(
-        &mut self,
-        source: &Source,
-        effects: &mut RedisEffects,
-        records: &[Record],
-        result: &BatchResult,
-        fence: &Fence,
-        batch_effects: &[RecordEffect],
-    ) -> anyhow::Result<()> {
+    /// One exactly-once batch (its effects already applied behind the
+    /// fence): outputs, dead letters and offsets in one transaction. On
+    /// failure the transaction is aborted, or the producer replaced when the
+    /// error is fatal (`begin` included), and the error returned: the
+    /// caller rewinds.
+    async fn transact(&mut self, source: &Source, records: &[Record], result: &BatchResult) -> anyhow::Result<()> {
         let group = source.group_metadata().context("the consumer has no group metadata")?;
         let offsets = Source::offsets_after(records)?;
-        self.sink.begin().context("begin transaction")?;
+        if self.replace_producer {
+            self.sink.recreate().context("cannot recreate the transactional producer")?;
+            self.replace_producer = false;
+        }
+        if let Err(e) = self.sink.begin() {
+            self.replace_producer = is_fatal(&e);
+            return Err(e).context("begin transaction");
+        }
         let attempt = async {
             let pending = produced(result);
             if let Err((e, failed)) = self.sink.send_all(&pending).await {
                 anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
             }
-            self.apply(effects, fence, batch_effects).await?;
             self.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
             let mut commit = self.sink.commit();
             for _ in 0..3 {
@@ -407,18 +538,27 @@ impl Loop<'_> {
         }
         .await;
         let Err(error) = attempt else { return Ok(()) };
-        let fatal = error.chain().any(|c| {
-            c.downcast_ref::<rdkafka::error::KafkaError>()
-                .is_some_and(|k| matches!(k, rdkafka::error::KafkaError::Transaction(e) if e.is_fatal()))
-        });
+        let fatal = error.chain().filter_map(|c| c.downcast_ref::<rdkafka::error::KafkaError>()).any(is_fatal);
         if fatal {
-            tracing::warn!(error = %error, "fatal transaction error: replacing the producer");
-            self.sink.recreate().context("cannot recreate the transactional producer")?;
+            tracing::warn!(error = %error, "fatal transaction error: the producer is replaced");
+            self.replace_producer = true;
         } else if let Err(e) = self.sink.abort() {
-            tracing::warn!(error = %e, "abort failed: replacing the producer");
-            self.sink.recreate().context("cannot recreate the transactional producer")?;
+            tracing::warn!(error = %e, "abort failed: the producer is replaced");
+            self.replace_producer = true;
         }
         Err(error)
+    }
+
+    /// Moves the partitions of an uncommitted batch back to their committed
+    /// offsets, retrying while the broker cannot answer.
+    async fn rewind(&mut self, source: &Source, records: &[Record]) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new();
+        loop {
+            match source.rewind(records) {
+                Ok(()) => return Ok(()),
+                Err(e) => self.wait("rewinding after an aborted transaction", &e.to_string(), &mut backoff).await?,
+            }
+        }
     }
 
     /// Logs a transient failure, marks the host not ready and sleeps; fails

@@ -109,11 +109,18 @@ async fn shared_examples_through_the_default_chain() {
         let record_effects: Vec<RecordEffect> = result
             .effects
             .into_iter()
-            .map(|(origin, effect)| RecordEffect { partition: 0, offset: records[origin].offset, effect })
+            .map(|(origin, effect)| RecordEffect {
+                record: origin,
+                partition: 0,
+                offset: records[origin].offset,
+                effect,
+            })
             .collect();
-        effects.apply_fenced(&fence, &record_effects).await.unwrap();
+        let first = effects.apply_fenced(&fence, &record_effects).await.unwrap();
+        assert!(first.refused.is_empty(), "{first:?}");
         // Applying the same batch again changes nothing: the fence holds.
-        assert_eq!(effects.apply_fenced(&fence, &record_effects).await.unwrap(), 0);
+        let again = effects.apply_fenced(&fence, &record_effects).await.unwrap();
+        assert_eq!((again.applied, again.skipped), (0, record_effects.len()));
     }
     assert_eq!(filtered, 0, "no example is a cancelled order");
     check("enriched.jsonl", &enriched);

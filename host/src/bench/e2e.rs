@@ -6,9 +6,9 @@
 //! carry to their outputs.
 
 use crate::config;
-use crate::kafka::{Sink, Source};
+use crate::kafka::{Sent, Sink, Source};
 use crate::metrics::Metrics;
-use crate::pipeline::Produce;
+use crate::pipeline::{Produce, Record};
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -50,8 +50,27 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     let sink = Sink::new(&config, None).context("cannot create the producer")?;
     let topic: Arc<str> = Arc::from(args.to.as_str());
     let (mut done, mut first) = (0u64, None);
-    while done < args.count {
-        let batch = source.next_batch().await?;
+    // Like `sluice run` at-least-once: a batch's copies are written while the
+    // next batch is read; its acknowledgements are awaited, and it is
+    // committed, before the next batch's copies are handed to the producer.
+    let mut in_flight: Option<(Vec<Record>, Vec<Produce>, Sent)> = None;
+    loop {
+        let batch = if done + in_flight.as_ref().map_or(0, |(b, ..)| b.len() as u64) < args.count {
+            source.next_batch().await?
+        } else {
+            Vec::new()
+        };
+        if let Some((sent_batch, copies, sent)) = in_flight.take() {
+            let refs: Vec<&Produce> = copies.iter().collect();
+            if let Err((e, failed)) = sent.acknowledged(&refs).await {
+                anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), refs.len());
+            }
+            source.commit(&sent_batch, CommitMode::Async)?;
+            done += sent_batch.len() as u64;
+        }
+        if done >= args.count {
+            break;
+        }
         if batch.is_empty() {
             continue;
         }
@@ -65,12 +84,8 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
                 headers: r.headers.clone(),
             })
             .collect();
-        let refs: Vec<&Produce> = copies.iter().collect();
-        if let Err((e, failed)) = sink.send_all(&refs).await {
-            anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), refs.len());
-        }
-        source.commit(&batch, CommitMode::Async)?;
-        done += batch.len() as u64;
+        let sent = sink.enqueue(&copies.iter().collect::<Vec<_>>()).await;
+        in_flight = Some((batch, copies, sent));
     }
     source.commit_all(CommitMode::Sync)?;
     let secs = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());

@@ -168,9 +168,10 @@ pub struct KafkaConfig {
 pub struct RedisConfig {
     /// `redis://host:port[/db]`.
     pub url: String,
-    /// Prefix of the hash `{fence_prefix}{group}` that records, per source
-    /// partition, the last offset whose effects are applied, so that a
-    /// replayed record never applies its effects twice. Default `sluice:fence:`.
+    /// Prefix of the hash (see [`PipelineConfig::fence_key`]) that records,
+    /// per source partition, the last offset whose effects are applied, so
+    /// that a replayed record never applies its effects twice. Default
+    /// `sluice:fence:`.
     #[serde(default = "default_fence_prefix")]
     pub fence_prefix: String,
 }
@@ -194,6 +195,23 @@ pub struct SourceConfig {
     /// in milliseconds. Default 20: bounds the latency a batch adds.
     #[serde(default = "default_batch_timeout_ms")]
     pub batch_timeout_ms: NonZeroU64,
+    /// Most bytes of records (keys, values and headers) in one batch: a
+    /// batch stops growing once it holds this many. Default 16 MiB: bounds
+    /// the memory a batch of large records takes.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: NonZeroUsize,
+    /// The largest input record (key, value and headers) the chain takes; a
+    /// larger one is dead-lettered as `record_too_large`. Default 1 MiB.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: NonZeroUsize,
+}
+
+fn default_batch_max_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(16 << 20).expect("non-zero")
+}
+
+fn default_max_record_bytes() -> NonZeroUsize {
+    NonZeroUsize::new(1 << 20).expect("non-zero")
 }
 
 fn default_batch_size() -> NonZeroUsize {
@@ -458,6 +476,19 @@ impl Pipeline {
 }
 
 impl PipelineConfig {
+    /// The Redis hash of the per-partition offset fences:
+    /// `{fence_prefix}` followed by the prefixes the stages may write
+    /// (sorted, joined with `+`). The fence belongs to the counters it
+    /// protects, not to the consumer group: a renamed group that reads a
+    /// topic again applies nothing twice.
+    pub fn fence_key(&self) -> String {
+        let mut writes: Vec<&str> =
+            self.stages.iter().flat_map(|s| s.writes.iter().map(|w| w.get_ref().as_str())).collect();
+        writes.sort_unstable();
+        writes.dedup();
+        format!("{}{}", self.redis.fence_prefix, writes.join("+"))
+    }
+
     /// Key prefixes no effect may write: the offset fence (moving it would
     /// skip or replay counts) and every lookup table (other stages read them).
     pub fn protected_prefixes(&self) -> Vec<String> {

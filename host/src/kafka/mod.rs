@@ -5,12 +5,12 @@ pub mod peek;
 mod sink;
 mod source;
 
-pub use sink::Sink;
+pub use sink::{Sent, Sink};
 pub use source::Source;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +22,21 @@ use crate::metrics::Metrics;
 pub struct LogContext {
     role: &'static str,
     metrics: Option<Arc<Metrics>>,
+    /// Partitions revoked since the source last took them.
+    revoked: std::sync::Mutex<Vec<(String, i32)>>,
+}
+
+impl LogContext {
+    fn new(role: &'static str, metrics: Option<Arc<Metrics>>) -> Self {
+        Self { role, metrics, revoked: Default::default() }
+    }
+
+    /// The partitions revoked since the last call. With the cooperative
+    /// protocols only some partitions are revoked, and the others keep
+    /// their position: only records of these may be dropped.
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    }
 }
 
 impl ClientContext for LogContext {
@@ -59,24 +74,29 @@ impl ClientContext for LogContext {
 }
 
 impl ConsumerContext for LogContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Under the cooperative protocols a rebalance adds or removes some
+        // partitions: what is left is the consumer's assignment.
+        let assigned = consumer.assignment().is_ok_and(|a| a.count() > 0);
         if let Some(m) = &self.metrics {
             m.rebalances.fetch_add(1, Ordering::Relaxed);
+            m.assigned.store(assigned, Ordering::Relaxed);
         }
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let partitions: Vec<String> =
                     tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
                 tracing::info!(partitions = %partitions.join(","), "partitions assigned");
-                if let Some(m) = &self.metrics {
-                    m.assigned.store(tpl.count() > 0, Ordering::Relaxed);
-                }
             }
             Rebalance::Revoke(tpl) => {
-                tracing::info!(count = tpl.count(), "partitions revoked");
+                let revoked: Vec<(String, i32)> =
+                    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+                let names: Vec<String> = revoked.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                tracing::info!(partitions = %names.join(","), "partitions revoked");
                 if let Some(m) = &self.metrics {
-                    m.assigned.store(false, Ordering::Relaxed);
+                    m.forget_ends(&revoked);
                 }
+                self.revoked.lock().expect("revoked lock").extend(revoked);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }

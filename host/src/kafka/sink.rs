@@ -6,9 +6,9 @@ use crate::pipeline::Produce;
 use futures::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::util::Timeout;
 use std::time::Duration;
@@ -64,7 +64,7 @@ impl Sink {
             client.set(key.get_ref(), value);
         }
         let sink = Self {
-            producer: client.create_with_context(LogContext { role: "producer", metrics: None })?,
+            producer: client.create_with_context(LogContext::new("producer", None))?,
             client,
             transactional: transactional_id.is_some(),
         };
@@ -76,7 +76,7 @@ impl Sink {
 
     /// Replaces the producer by a new one (after a fatal transaction error).
     pub fn recreate(&mut self) -> KafkaResult<()> {
-        self.producer = self.client.create_with_context(LogContext { role: "producer", metrics: None })?;
+        self.producer = self.client.create_with_context(LogContext::new("producer", None))?;
         if self.transactional {
             blocking(|| self.producer.init_transactions(TXN_TIMEOUT))?;
         }
@@ -107,7 +107,17 @@ impl Sink {
     /// returns the first error and the records not acknowledged, so that the
     /// caller can send them again.
     pub async fn send_all<'a>(&self, records: &[&'a Produce]) -> Result<(), (KafkaError, Vec<&'a Produce>)> {
-        let sends = records.iter().map(|r| {
+        let sent = self.enqueue(records).await;
+        sent.acknowledged(records).await
+    }
+
+    /// Hands every record to the producer, in order, and returns without
+    /// waiting for the broker: the caller does other work meanwhile and
+    /// waits for the acknowledgements with [`Sent::acknowledged`]. Waits
+    /// only while the producer's queue is full.
+    pub async fn enqueue(&self, records: &[&Produce]) -> Sent {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in records {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for h in &r.headers {
                 headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
@@ -116,13 +126,60 @@ impl Sink {
             if let Some(key) = &r.key {
                 record = record.key(key);
             }
-            self.producer.send(record, Timeout::After(QUEUE_TIMEOUT))
-        });
-        let results = join_all(sends).await;
+            let waited = std::time::Instant::now();
+            let delivery = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break Ok(delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if waited.elapsed() < QUEUE_TIMEOUT =>
+                    {
+                        record = back;
+                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                    }
+                    Err((e, _)) => break Err(e),
+                }
+            };
+            deliveries.push(delivery);
+        }
+        Sent { deliveries }
+    }
+
+    /// Waits for everything queued to be delivered, up to `timeout`.
+    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+}
+
+/// How long [`Sink::enqueue`] waits before trying again when the producer's
+/// queue is full.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(1);
+
+/// Records handed to the producer, in the order given, awaiting the
+/// broker's acknowledgements.
+pub struct Sent {
+    deliveries: Vec<Result<DeliveryFuture, KafkaError>>,
+}
+
+impl Sent {
+    /// Waits for every acknowledgement. On failure returns the first error
+    /// and the records not acknowledged (`records` must be those given to
+    /// [`Sink::enqueue`]), so that the caller can send them again.
+    pub async fn acknowledged<'a>(self, records: &[&'a Produce]) -> Result<(), (KafkaError, Vec<&'a Produce>)> {
+        let results = join_all(self.deliveries.into_iter().map(|d| async move {
+            match d {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e),
+                    Err(_canceled) => Err(KafkaError::Canceled),
+                },
+                Err(e) => Err(e),
+            }
+        }))
+        .await;
         let mut first_error = None;
         let mut failed = Vec::new();
         for (record, result) in records.iter().zip(results) {
-            if let Err((e, _)) = result {
+            if let Err(e) = result {
                 first_error.get_or_insert(e);
                 failed.push(*record);
             }
@@ -131,11 +188,6 @@ impl Sink {
             None => Ok(()),
             Some(e) => Err((e, failed)),
         }
-    }
-
-    /// Waits for everything queued to be delivered, up to `timeout`.
-    pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
-        self.producer.flush(Timeout::After(timeout))
     }
 }
 

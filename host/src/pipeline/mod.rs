@@ -112,6 +112,8 @@ pub struct BatchResult {
     /// Redis effects of the records that were not dead-lettered, each with
     /// the index of its input record.
     pub effects: Vec<(usize, Effect)>,
+    /// `effect_stages[i]`: the index of the stage that emitted `effects[i]`.
+    pub effect_stages: Vec<usize>,
     /// Input records that produced neither output nor dead letter.
     pub filtered: u64,
     /// Input records that produced at least one output. With `filtered` and
@@ -160,7 +162,13 @@ pub struct Chain {
     open_routes: bool,
     /// The largest record the producer writes (`message.max.bytes`).
     max_record_bytes: usize,
+    /// The largest input record the chain takes (`source.max_record_bytes`).
+    max_input_bytes: usize,
 }
+
+/// The `sluice.error.stage` of a record the host rejects before any stage
+/// sees it (`record_too_large`).
+pub const SOURCE_STAGE: &str = "source";
 
 /// Bytes a record takes beyond its key, value and headers, counted towards
 /// `message.max.bytes` (the record's and its batch's framing), with room to
@@ -241,6 +249,7 @@ impl Chain {
             lineage,
             open_routes: false,
             max_record_bytes: config.kafka.message_max_bytes(),
+            max_input_bytes: config.source.max_record_bytes.get(),
         })
     }
 
@@ -336,11 +345,24 @@ impl Chain {
     }
 
     fn run(&mut self, records: &[Record], with_canaries: bool) -> Result<BatchResult, Unavailable> {
-        let mut origins: Vec<usize> = (0..records.len()).collect();
-        let mut batch: Vec<Message> = records.iter().map(first_message).collect();
-        let mut rejected: Vec<Option<(usize, ErrorInfo)>> = vec![None; records.len()];
+        // `rejected[i]`: the stage that rejected record `i` (`None`: the
+        // host, before any stage) and why.
+        let mut rejected: Vec<Option<(Option<usize>, ErrorInfo)>> = vec![None; records.len()];
+        let mut origins: Vec<usize> = Vec::with_capacity(records.len());
+        let mut batch: Vec<Message> = Vec::with_capacity(records.len());
+        for (origin, record) in records.iter().enumerate() {
+            let size = input_size(record);
+            if size > self.max_input_bytes {
+                let message =
+                    format!("the record is {size} bytes, more than source.max_record_bytes ({})", self.max_input_bytes);
+                rejected[origin] = Some((None, ErrorInfo { reason: "record_too_large".into(), message }));
+                continue;
+            }
+            origins.push(origin);
+            batch.push(first_message(record));
+        }
         let mut outputs: Vec<(usize, usize, Produce)> = Vec::new();
-        let mut effects: Vec<(usize, Effect)> = Vec::new();
+        let mut effects: Vec<(usize, usize, Effect)> = Vec::new();
         let mut stats = Vec::with_capacity(self.stages.len());
         let last = self.stages.len() - 1;
         for (index, stage) in self.stages.iter_mut().enumerate() {
@@ -359,7 +381,7 @@ impl Chain {
                 match outcome {
                     Outcome::Emit((emitted, stage_effects)) => {
                         st.emitted += emitted.len() as u64;
-                        effects.extend(stage_effects.into_iter().map(|e| (origin, e)));
+                        effects.extend(stage_effects.into_iter().map(|e| (origin, index, e)));
                         for out in emitted {
                             let topic = match &out.route {
                                 None if index < last => {
@@ -381,7 +403,7 @@ impl Chain {
                                             reason: "unknown_route".into(),
                                             message: format!("route `{route}` is not declared in [routes]"),
                                         };
-                                        rejected[origin].get_or_insert((index, info));
+                                        rejected[origin].get_or_insert((Some(index), info));
                                         continue;
                                     }
                                 },
@@ -397,7 +419,7 @@ impl Chain {
                                         produce.topic, self.max_record_bytes
                                     ),
                                 };
-                                rejected[origin].get_or_insert((index, info));
+                                rejected[origin].get_or_insert((Some(index), info));
                                 continue;
                             }
                             outputs.push((origin, index, produce));
@@ -406,7 +428,7 @@ impl Chain {
                     Outcome::Filtered => st.filtered += 1,
                     Outcome::Reject(info) | Outcome::Retry(info) => {
                         st.rejected += 1;
-                        rejected[origin].get_or_insert((index, info));
+                        rejected[origin].get_or_insert((Some(index), info));
                     }
                 }
             }
@@ -432,27 +454,68 @@ impl Chain {
                 result.output_origins.push(origin);
             }
         }
-        result.effects = effects.into_iter().filter(|(o, _)| rejected[*o].is_none()).collect();
+        for (origin, stage, effect) in effects {
+            if rejected[origin].is_none() {
+                result.effects.push((origin, effect));
+                result.effect_stages.push(stage);
+            }
+        }
         for (origin, record) in records.iter().enumerate() {
             match &rejected[origin] {
-                Some((index, info)) => {
-                    let stage = self.stages[*index].name();
-                    let mut dead = dead_letter_record(&self.dead_letter, record, stage, info);
-                    provenance(&mut dead.headers, *index);
-                    truncate_to_fit(&mut dead, self.max_record_bytes);
-                    result.dead_letters.push(DeadLetter {
-                        origin,
-                        stage: stage.clone(),
-                        reason: info.reason.clone(),
-                        record: dead,
-                    })
-                }
+                Some((index, info)) => result.dead_letters.push(self.dead_letter(record, origin, *index, info)),
                 None if !has_output[origin] => result.filtered += 1,
                 None => result.completed += 1,
             }
         }
         Ok(result)
     }
+
+    /// The dead letter of `record` (at `origin` in its batch), rejected by
+    /// the stage at `index` (`None`: by the host, before any stage).
+    fn dead_letter(&self, record: &Record, origin: usize, index: Option<usize>, info: &ErrorInfo) -> DeadLetter {
+        let stage = match index {
+            Some(i) => self.stages[i].name().clone(),
+            None => Arc::from(SOURCE_STAGE),
+        };
+        let mut dead = dead_letter_record(&self.dead_letter, record, &stage, info);
+        if let Some(i) = index {
+            dead.headers.push(Header { name: LINEAGE_HEADER.into(), value: self.lineage[i].clone() });
+        }
+        let generation = self.generation.to_string().into_bytes();
+        dead.headers.push(Header { name: GENERATION_HEADER.into(), value: generation });
+        truncate_to_fit(&mut dead, self.max_record_bytes);
+        DeadLetter { origin, stage, reason: info.reason.clone(), record: dead }
+    }
+
+    /// Rejects, after the fact, the record at `origin` of a processed batch
+    /// (its effects were refused): drops its outputs and effects and adds
+    /// its dead letter, given by the stage at `stage`.
+    pub fn reject(&self, result: &mut BatchResult, records: &[Record], origin: usize, stage: usize, info: &ErrorInfo) {
+        if result.dead_letters.iter().any(|d| d.origin == origin) {
+            return;
+        }
+        let before = result.outputs.len();
+        let mut keep = result.output_origins.iter().map(|&o| o != origin);
+        result.outputs.retain(|_| keep.next().expect("one origin per output"));
+        result.output_origins.retain(|&o| o != origin);
+        if result.outputs.len() < before {
+            result.completed -= 1;
+        } else {
+            result.filtered -= 1;
+        }
+        let mut keep = result.effects.iter().map(|(o, _)| *o != origin).collect::<Vec<_>>().into_iter();
+        result.effect_stages.retain(|_| keep.next().expect("one stage per effect"));
+        result.effects.retain(|(o, _)| *o != origin);
+        let dead = self.dead_letter(&records[origin], origin, Some(stage.min(self.stages.len() - 1)), info);
+        let at = result.dead_letters.partition_point(|d| d.origin < origin);
+        result.dead_letters.insert(at, dead);
+    }
+}
+
+/// The size of an input record: key, value and headers.
+fn input_size(record: &Record) -> usize {
+    let headers: usize = record.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + headers
 }
 
 /// The outcome, or a rejection if it emits more records or effects than the

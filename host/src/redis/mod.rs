@@ -3,5 +3,5 @@
 mod effects;
 mod lookups;
 
-pub use effects::{Fence, RecordEffect, RedisEffects, coalesce};
+pub use effects::{Applied, Fence, Overflow, RecordEffect, RedisEffects, Refused, coalesce};
 pub use lookups::{LOOKUP_TIMEOUT, Offline, RedisLookups};

@@ -1,0 +1,236 @@
+//! The delivery engine under bad data and changed surroundings: effects
+//! Redis refuses, records too large to take, a renamed consumer group and a
+//! recreated topic. Real Redis and a real broker throughout.
+
+mod support;
+
+use sluice::bindings::Effect;
+use sluice::redis::{Fence, RecordEffect, RedisEffects};
+use std::time::Duration;
+use support::kafka::{Tansu, consume, produce};
+use support::process::{Host, HostEnv};
+use support::workdir::Workdir;
+use support::{REDIS_URL, RedisPrefix};
+
+fn redis() -> redis::Connection {
+    redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap()
+}
+
+fn incr(key: &str, field: &str, delta: i64) -> Effect {
+    Effect::HashIncr((key.into(), field.into(), delta))
+}
+
+/// One record per entry, at offsets 0, 1, ... of partition `orders:0`.
+fn batch(records: &[Vec<Effect>]) -> Vec<RecordEffect> {
+    let per_record = records.iter().enumerate();
+    per_record
+        .flat_map(|(r, effects)| {
+            effects.iter().map(move |e| RecordEffect { record: r, partition: 0, offset: r as i64, effect: e.clone() })
+        })
+        .collect()
+}
+
+fn hget(key: &str, field: &str) -> Option<String> {
+    redis::cmd("HGET").arg(key).arg(field).query(&mut redis()).unwrap()
+}
+
+#[tokio::test]
+async fn an_effect_redis_refuses_fails_its_record_alone_and_nothing_of_it_is_applied() {
+    let p = RedisPrefix::new("refuse");
+    let (counts, wrong) = (format!("{}counts", p.0), format!("{}a-string", p.0));
+    let _: () = redis::cmd("SET").arg(&wrong).arg("not a hash").query(&mut redis()).unwrap();
+    let _: () = redis::cmd("HSET").arg(&counts).arg("big").arg(i64::MAX - 1).query(&mut redis()).unwrap();
+    let fence = Fence { key: format!("{}fence", p.0), partitions: vec![("orders:0".into(), 4)] };
+    let effects = batch(&[
+        vec![incr(&counts, "orders", 1)],
+        // A key of another type, after an increment of the same record.
+        vec![incr(&counts, "orders", 1), incr(&wrong, "f", 1)],
+        vec![incr(&counts, "orders", 1)],
+        // An increment Redis would overflow.
+        vec![incr(&counts, "orders", 1), incr(&counts, "big", 5)],
+        vec![incr(&counts, "orders", 1)],
+    ]);
+    let mut client = RedisEffects::new(REDIS_URL).unwrap();
+    let applied = client.apply_fenced(&fence, &effects).await.unwrap();
+    let refused: Vec<usize> = applied.refused.iter().map(|r| r.record).collect();
+    assert_eq!(refused, [1, 3], "{applied:?}");
+    assert!(applied.refused[0].message.contains("WRONGTYPE"), "{}", applied.refused[0].message);
+    assert!(applied.refused[0].message.contains(&wrong), "names the key: {}", applied.refused[0].message);
+    assert!(applied.refused[1].message.contains("overflow"), "{}", applied.refused[1].message);
+    // All or nothing per record: the refused records' first increments are
+    // not applied, every other record's are, once.
+    assert_eq!(hget(&counts, "orders").as_deref(), Some("3"));
+    assert_eq!(hget(&counts, "big"), Some((i64::MAX - 1).to_string()));
+    assert_eq!(hget(&fence.key, "orders:0").as_deref(), Some("4"));
+
+    // Replayed (a crash before the outputs were written): nothing is applied
+    // again, and the refused records are refused again, not taken for done.
+    let again = client.apply_fenced(&fence, &effects).await.unwrap();
+    assert_eq!(again.applied, 0);
+    assert_eq!(again.skipped, effects.len());
+    assert_eq!(again.refused.iter().map(|r| r.record).collect::<Vec<_>>(), [1, 3]);
+    assert!(again.refused[0].message.contains("WRONGTYPE"), "{}", again.refused[0].message);
+    assert_eq!(hget(&counts, "orders").as_deref(), Some("3"));
+}
+
+#[tokio::test]
+async fn increments_that_overflow_only_together_apply_the_first_and_refuse_the_second() {
+    let p = RedisPrefix::new("overflow-sum");
+    let counts = format!("{}counts", p.0);
+    let fence = Fence { key: format!("{}fence", p.0), partitions: vec![("orders:0".into(), 2)] };
+    let effects = batch(&[
+        vec![incr(&counts, "units", i64::MAX)],
+        vec![incr(&counts, "units", i64::MAX)],
+        vec![incr(&counts, "orders", 1)],
+    ]);
+    let applied = RedisEffects::new(REDIS_URL).unwrap().apply_fenced(&fence, &effects).await.unwrap();
+    assert_eq!(applied.refused.iter().map(|r| r.record).collect::<Vec<_>>(), [1], "{applied:?}");
+    assert_eq!(hget(&counts, "units"), Some(i64::MAX.to_string()));
+    assert_eq!(hget(&counts, "orders").as_deref(), Some("1"));
+
+    // Within one record, a sum that overflows is refused by the host.
+    let fence = Fence { key: fence.key.clone(), partitions: vec![("orders:0".into(), 3)] };
+    let one = vec![RecordEffect { record: 0, partition: 0, offset: 3, effect: incr(&counts, "x", i64::MAX) }, {
+        RecordEffect { record: 0, partition: 0, offset: 3, effect: incr(&counts, "x", 1) }
+    }];
+    let applied = RedisEffects::new(REDIS_URL).unwrap().apply_fenced(&fence, &one).await.unwrap();
+    assert_eq!(applied.refused.len(), 1, "{applied:?}");
+    assert!(applied.refused[0].message.contains("overflow"), "{}", applied.refused[0].message);
+    assert_eq!(hget(&counts, "x"), None);
+    assert_eq!(hget(&fence.key, "orders:0").as_deref(), Some("3"));
+}
+
+/// `sluice run` of `pipeline` against its own broker, with `delivery`.
+fn start(name: &str, pipeline: &str, tansu: &Tansu, counters: &RedisPrefix, delivery: &str) -> (Host, Workdir) {
+    let work = Workdir::new(name, pipeline);
+    let env = HostEnv::new(&tansu.brokers(), "", &counters.0, name)
+        .set("SLUICE_PLUGIN_DIR", &work.plugin_dir())
+        .set("SLUICE_DELIVERY", delivery);
+    let mut host = Host::start_with(&env, &work.pipeline());
+    host.wait_ready(Duration::from_secs(60));
+    (host, work)
+}
+
+/// The default pipeline with the test guest alone, allowed to write under
+/// the counter prefix.
+fn guest_pipeline() -> String {
+    let stages = Workdir::default_pipeline().find("[[stages]]").unwrap();
+    let guest = "[[stages]]\nname = \"guest\"\nplugin = \"${SLUICE_PLUGIN_DIR}/testguest.wasm\"\n\
+                 writes = [\"${SLUICE_REDIS_PREFIX}\"]\n";
+    format!("{}{guest}", &Workdir::default_pipeline()[..stages])
+}
+
+async fn refused_effects_are_dead_lettered(delivery: &str) {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new(&format!("refused-{delivery}"));
+    let wrong = format!("{}wrong", counters.0);
+    let _: () = redis::cmd("SET").arg(&wrong).arg("a string").query(&mut redis()).unwrap();
+    let (mut host, _work) = start(&format!("refused-{delivery}"), &guest_pipeline(), &tansu, &counters, delivery);
+    let good = format!("effects 2 {}good", counters.0);
+    let bad = format!("effects 1 {wrong}");
+    let records: Vec<_> = [&good, &bad, &good].iter().map(|c| (None, c.as_bytes().to_vec())).collect();
+    produce(&tansu.brokers(), "orders", &records).await;
+    host.wait_records_in(3, Duration::from_secs(60));
+
+    let dead = consume(&tansu.brokers(), "orders.dlq", 1, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(dead.len(), 1, "{}", host.log_text());
+    let header = |name: &str| dead[0].headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(header("sluice.error.reason"), "effect_failed");
+    assert_eq!(header("sluice.error.stage"), "guest");
+    assert!(header("sluice.error.message").contains("WRONGTYPE"), "{}", header("sluice.error.message"));
+    assert_eq!(String::from_utf8_lossy(&dead[0].value), bad);
+    // The refused record produced nothing; the others produced and counted.
+    let out = consume(&tansu.brokers(), "orders.enriched", 2, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 2);
+    let good_key = format!("{}good", counters.0);
+    assert_eq!((hget(&good_key, "f0"), hget(&good_key, "f1")), (Some("2".into()), Some("2".into())));
+    assert_eq!(host.metric("sluice_dead_letters_total{stage=\"guest\",reason=\"effect_failed\"}"), Some(1.0));
+    assert!(host.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_run_dead_letters_an_effect_redis_refuses_at_least_once() {
+    refused_effects_are_dead_lettered("at-least-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sluice_run_dead_letters_an_effect_redis_refuses_exactly_once() {
+    refused_effects_are_dead_lettered("exactly-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_over_max_record_bytes_is_dead_lettered_before_any_stage() {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new("too-large");
+    let text = guest_pipeline().replace("batch_timeout_ms = 20", "batch_timeout_ms = 20\nmax_record_bytes = 1000");
+    let (mut host, _work) = start("too-large", &text, &tansu, &counters, "at-least-once");
+    let large = format!("ok {}", "x".repeat(2000));
+    produce(&tansu.brokers(), "orders", &[(None, large.as_bytes().to_vec()), (None, b"ok".to_vec())]).await;
+    host.wait_records_in(2, Duration::from_secs(60));
+    let dead = consume(&tansu.brokers(), "orders.dlq", 1, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(dead.len(), 1);
+    let header = |name: &str| dead[0].headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(header("sluice.error.reason"), "record_too_large");
+    assert_eq!(header("sluice.error.stage"), "source");
+    assert!(
+        header("sluice.error.message").contains("source.max_record_bytes (1000)"),
+        "{}",
+        header("sluice.error.message")
+    );
+    assert_eq!(dead[0].value.len(), large.len(), "the dead letter carries the record as received");
+    let out = consume(&tansu.brokers(), "orders.enriched", 1, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(out.iter().map(|o| o.value.clone()).collect::<Vec<_>>(), [b"ok".to_vec()]);
+    assert!(host.terminate().success());
+}
+
+fn counter(key: &str) -> std::collections::BTreeMap<String, i64> {
+    redis::cmd("HGETALL").arg(key).query(&mut redis()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renamed_group_that_reads_the_topic_again_counts_nothing_twice() {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new("renamed");
+    let records: Vec<_> = (0..20).map(|_| (None, format!("effects 1 {}n", counters.0).into_bytes())).collect();
+    produce(&tansu.brokers(), "orders", &records).await;
+    let (mut blue, _work) = start("renamed-blue", &guest_pipeline(), &tansu, &counters, "at-least-once");
+    blue.wait_records_in(20, Duration::from_secs(60));
+    assert!(blue.terminate().success());
+    assert_eq!(counter(&format!("{}n", counters.0))["f0"], 20);
+
+    // Green: a new group, so every record is read again from the start.
+    let (mut green, _work) = start("renamed-green", &guest_pipeline(), &tansu, &counters, "at-least-once");
+    green.wait_records_in(20, Duration::from_secs(60));
+    assert_eq!(counter(&format!("{}n", counters.0))["f0"], 20, "{}", green.log_text());
+    assert_eq!(green.metric("sluice_effects_skipped_total"), Some(20.0));
+    assert!(green.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fence_past_the_end_of_its_partition_stops_the_host_and_says_how_to_reset() {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new("recreated");
+    let name = "recreated";
+    // The fence as an earlier version kept it, by consumer group: the host
+    // carries it over, then finds it past the end of the (new) topic.
+    let old = format!("{}fence:{name}", counters.0);
+    for partition in ["orders:0", "orders:1", "orders:2"] {
+        let _: () = redis::cmd("HSET").arg(&old).arg(partition).arg(500).query(&mut redis()).unwrap();
+    }
+    let (mut host, _work) = start(name, &guest_pipeline(), &tansu, &counters, "at-least-once");
+    // The end offsets are known a few seconds after the assignment: keep
+    // records coming until the host gives up.
+    let record = (Some("k".to_string()), format!("effects 1 {}n", counters.0).into_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while host.is_running() {
+        assert!(std::time::Instant::now() < deadline, "still running:\n{}", host.log_text());
+        produce(&tansu.brokers(), "orders", std::slice::from_ref(&record)).await;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = host.log_text();
+    assert!(log.contains("is at offset 500, past the partition's end"), "{log}");
+    let key = format!("{}fence:{}", counters.0, counters.0);
+    assert!(log.contains(&format!("redis-cli HDEL '{key}' 'orders:")), "{log}");
+    assert!(!host.wait_exit(Duration::from_secs(5)).success());
+    assert_eq!(counter(&format!("{}n", counters.0)).get("f0"), None, "nothing applied");
+}

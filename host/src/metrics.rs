@@ -104,6 +104,8 @@ pub struct Metrics {
     pub assigned: AtomicBool,
     /// Assignment changes (revocations and assignments) seen so far.
     pub rebalances: AtomicU64,
+    /// Kafka transactions committed (exactly-once).
+    pub transactions: AtomicU64,
     /// Effects not applied because their record was at or below its
     /// partition's fence (a replay after a crash, an abort or a rebalance).
     pub effects_skipped: AtomicU64,
@@ -338,6 +340,7 @@ impl Metrics {
             retries: load(&self.retries),
             rebalances: load(&self.rebalances),
             effects_skipped: load(&self.effects_skipped),
+            transactions: load(&self.transactions),
             dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
             stages: self.stages.lock().expect("metrics lock").clone(),
             topics_in: self.topics_in.lock().expect("metrics lock").clone(),
@@ -394,6 +397,7 @@ struct Scrape {
     retries: u64,
     rebalances: u64,
     effects_skipped: u64,
+    transactions: u64,
     dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
     stages: BTreeMap<String, StageTotals>,
     topics_in: BTreeMap<String, u64>,
@@ -440,6 +444,7 @@ impl Collector for Scrape {
             ("sluice_batches", "Batches handled.", self.batches),
             ("sluice_retries", "Transient failures retried.", self.retries),
             ("sluice_rebalances", "Partition assignment changes.", self.rebalances),
+            ("sluice_transactions", "Kafka transactions committed (exactly-once).", self.transactions),
             (
                 "sluice_effects_skipped",
                 "Redis effects not applied again because their record was behind its partition's fence (a replay).",

@@ -278,6 +278,7 @@ impl Status {
                 config::Delivery::AtLeastOnce => "at-least-once",
                 config::Delivery::ExactlyOnce => "exactly-once",
             }),
+            "commit_interval_ms": config.map(|c| c.commit_interval_ms),
             "source": config.map(|c| json!({
                 "topics": c.source.topics,
                 "batch_size": c.source.batch_size,
@@ -567,6 +568,7 @@ fn changes(
             changes.push(key.to_string());
         }
     };
+    differs("commit_interval_ms", a.commit_interval_ms == b.commit_interval_ms);
     differs("source.topics", a.source.topics == b.source.topics);
     differs("source.batch_size", a.source.batch_size == b.source.batch_size);
     differs("source.batch_timeout_ms", a.source.batch_timeout_ms == b.source.batch_timeout_ms);

@@ -134,14 +134,19 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         // At-least-once: the batch whose outputs are on their way to the
         // broker while the next one is read, processed and applied.
         let mut delivering: Option<Delivering> = None;
+        // Exactly-once: the open transaction and the batches in it.
+        let mut transaction: Option<Transaction> = None;
         loop {
             // A reloaded pipeline goes live here, between two batches: the
             // batch in flight finished on the old one, and every later
             // record of every partition goes through the new one.
-            if !swaps_rx.is_empty()
-                && let Some(done) = delivering.take()
-            {
-                loop_.finish(&source, done).await?;
+            if !swaps_rx.is_empty() {
+                if let Some(done) = delivering.take() {
+                    loop_.finish(&source, done).await?;
+                }
+                if let Some(open) = transaction.take() {
+                    loop_.close(&source, open, &mut rewinds).await?;
+                }
             }
             while let Ok(swap) = swaps_rx.try_recv() {
                 put_live(swap, &chain, &mut live_config, &source, &metrics, exactly_once)?;
@@ -153,9 +158,13 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
             };
             let records = match batch {
                 Ok(records) if records.is_empty() => {
-                    // Nothing new: finish the batch in flight now.
+                    // Nothing new: finish the batch in flight, or commit
+                    // the open transaction, now.
                     if let Some(done) = delivering.take() {
                         loop_.finish(&source, done).await?;
+                    }
+                    if let Some(open) = transaction.take() {
+                        loop_.close(&source, open, &mut rewinds).await?;
                     }
                     continue;
                 }
@@ -189,12 +198,24 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
                 }
             }
             if exactly_once {
-                if let Err(e) = loop_.transact(&source, &records, &result).await {
-                    loop_.wait("committing a transaction", &format!("{e:#}"), &mut rewinds).await?;
-                    loop_.rewind(&source, &records).await?;
-                    continue;
+                // The batch joins the open transaction (one is begun if
+                // none is open), which commits once it has been open for
+                // `commit_interval_ms`.
+                if transaction.is_none() {
+                    if let Err(e) = loop_.begin() {
+                        loop_.wait("beginning a transaction", &format!("{e:#}"), &mut rewinds).await?;
+                        loop_.rewind(&source, &[&records]).await?;
+                        continue;
+                    }
+                    transaction = Some(Transaction { batches: Vec::new(), begun: std::time::Instant::now() });
                 }
-                rewinds = Backoff::new();
+                let open = transaction.as_mut().expect("begun above");
+                let sent = loop_.sink.enqueue(&produced(&result)).await;
+                open.batches.push(Delivering { records, result, sent });
+                if open.begun.elapsed() >= Duration::from_millis(live_config.commit_interval_ms.get()) {
+                    let open = transaction.take().expect("open");
+                    loop_.close(&source, open, &mut rewinds).await?;
+                }
             } else {
                 // The previous batch's outputs were written while this one
                 // was processed; they are acknowledged (and committed)
@@ -205,13 +226,13 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
                 }
                 let sent = loop_.sink.enqueue(&produced(&result)).await;
                 delivering = Some(Delivering { records, result, sent });
-                continue;
             }
-            metrics.record_batch(&records, &result);
-            metrics.ready.store(true, Ordering::Relaxed);
         }
         if let Some(done) = delivering.take() {
             loop_.finish(&source, done).await?;
+        }
+        if let Some(open) = transaction.take() {
+            loop_.close(&source, open, &mut rewinds).await?;
         }
         Ok(())
     }
@@ -426,6 +447,13 @@ struct Delivering {
     sent: Sent,
 }
 
+/// An open Kafka transaction (exactly-once) and the batches written in it,
+/// their effects applied.
+struct Transaction {
+    batches: Vec<Delivering>,
+    begun: std::time::Instant,
+}
+
 /// A batch could not be finished before the stop grace ran out.
 #[derive(Debug)]
 struct Abandoned(&'static str);
@@ -505,14 +533,9 @@ impl Loop<'_> {
         }
     }
 
-    /// One exactly-once batch (its effects already applied behind the
-    /// fence): outputs, dead letters and offsets in one transaction. On
-    /// failure the transaction is aborted, or the producer replaced when the
-    /// error is fatal (`begin` included), and the error returned: the
-    /// caller rewinds.
-    async fn transact(&mut self, source: &Source, records: &[Record], result: &BatchResult) -> anyhow::Result<()> {
-        let group = source.group_metadata().context("the consumer has no group metadata")?;
-        let offsets = Source::offsets_after(records)?;
+    /// Begins a transaction, replacing the producer first if it failed
+    /// fatally. A fatal error marks the producer for replacement.
+    fn begin(&mut self) -> anyhow::Result<()> {
         if self.replace_producer {
             self.sink.recreate().context("cannot recreate the transactional producer")?;
             self.replace_producer = false;
@@ -521,40 +544,79 @@ impl Loop<'_> {
             self.replace_producer = is_fatal(&e);
             return Err(e).context("begin transaction");
         }
-        let attempt = async {
-            let pending = produced(result);
-            if let Err((e, failed)) = self.sink.send_all(&pending).await {
-                anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
-            }
-            self.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
-            let mut commit = self.sink.commit();
-            for _ in 0..3 {
-                match &commit {
-                    Err(rdkafka::error::KafkaError::Transaction(e)) if e.is_retriable() => commit = self.sink.commit(),
-                    _ => break,
-                }
-            }
-            commit.context("commit transaction")
-        }
-        .await;
-        let Err(error) = attempt else { return Ok(()) };
-        let fatal = error.chain().filter_map(|c| c.downcast_ref::<rdkafka::error::KafkaError>()).any(is_fatal);
-        if fatal {
-            tracing::warn!(error = %error, "fatal transaction error: the producer is replaced");
-            self.replace_producer = true;
-        } else if let Err(e) = self.sink.abort() {
-            tracing::warn!(error = %e, "abort failed: the producer is replaced");
-            self.replace_producer = true;
-        }
-        Err(error)
+        Ok(())
     }
 
-    /// Moves the partitions of an uncommitted batch back to their committed
+    /// Commits an open transaction: waits for its records'
+    /// acknowledgements, adds the consumer offsets after its batches and
+    /// commits, then counts its batches. On failure aborts it (or marks the
+    /// producer for replacement), waits, and rewinds its partitions so that
+    /// its batches are read and processed again (their effects, behind the
+    /// fence, are not applied again).
+    async fn close(&mut self, source: &Source, open: Transaction, rewinds: &mut Backoff) -> anyhow::Result<()> {
+        let mut batches = Vec::with_capacity(open.batches.len());
+        let mut sent = Vec::with_capacity(open.batches.len());
+        for Delivering { records, result, sent: s } in open.batches {
+            batches.push((records, result));
+            sent.push(s);
+        }
+        match self.commit(source, &batches, sent).await {
+            Ok(()) => {
+                *rewinds = Backoff::new();
+                self.metrics.transactions.fetch_add(1, Ordering::Relaxed);
+                for (records, result) in &batches {
+                    self.metrics.record_batch(records, result);
+                }
+                self.metrics.ready.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                let fatal = error.chain().filter_map(|c| c.downcast_ref::<rdkafka::error::KafkaError>()).any(is_fatal);
+                if fatal {
+                    tracing::warn!(error = %error, "fatal transaction error: the producer is replaced");
+                    self.replace_producer = true;
+                } else if let Err(e) = self.sink.abort() {
+                    tracing::warn!(error = %e, "abort failed: the producer is replaced");
+                    self.replace_producer = true;
+                }
+                self.wait("committing a transaction", &format!("{error:#}"), rewinds).await?;
+                let records: Vec<&[Record]> = batches.iter().map(|(r, _)| r.as_slice()).collect();
+                self.rewind(source, &records).await
+            }
+        }
+    }
+
+    async fn commit(
+        &mut self,
+        source: &Source,
+        batches: &[(Arc<Vec<Record>>, BatchResult)],
+        sent: Vec<Sent>,
+    ) -> anyhow::Result<()> {
+        for ((_, result), sent) in batches.iter().zip(sent) {
+            let pending = produced(result);
+            if let Err((e, failed)) = sent.acknowledged(&pending).await {
+                anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
+            }
+        }
+        let group = source.group_metadata().context("the consumer has no group metadata")?;
+        let offsets = Source::offsets_after(batches.iter().flat_map(|(r, _)| r.iter()))?;
+        self.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
+        let mut commit = self.sink.commit();
+        for _ in 0..3 {
+            match &commit {
+                Err(rdkafka::error::KafkaError::Transaction(e)) if e.is_retriable() => commit = self.sink.commit(),
+                _ => break,
+            }
+        }
+        commit.context("commit transaction")
+    }
+
+    /// Moves the partitions of uncommitted batches back to their committed
     /// offsets, retrying while the broker cannot answer.
-    async fn rewind(&mut self, source: &Source, records: &[Record]) -> anyhow::Result<()> {
+    async fn rewind(&mut self, source: &Source, batches: &[&[Record]]) -> anyhow::Result<()> {
         let mut backoff = Backoff::new();
         loop {
-            match source.rewind(records) {
+            match source.rewind(batches.iter().flat_map(|b| b.iter())) {
                 Ok(()) => return Ok(()),
                 Err(e) => self.wait("rewinding after an aborted transaction", &e.to_string(), &mut backoff).await?,
             }

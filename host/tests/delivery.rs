@@ -234,3 +234,25 @@ async fn a_fence_past_the_end_of_its_partition_stops_the_host_and_says_how_to_re
     assert!(!host.wait_exit(Duration::from_secs(5)).success());
     assert_eq!(counter(&format!("{}n", counters.0)).get("f0"), None, "nothing applied");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exactly_once_commits_one_transaction_per_interval_not_per_batch() {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new("interval");
+    let text = guest_pipeline().replace("batch_size = ${SLUICE_BATCH_SIZE:-500}", "batch_size = 10");
+    assert!(text.contains("batch_size = 10"));
+    let text = format!("commit_interval_ms = 1000\n{text}");
+    let (mut host, _work) = start("interval", &text, &tansu, &counters, "exactly-once");
+    let records: Vec<_> =
+        (0..2000).map(|i| (Some(i.to_string()), format!("effects 1 {}n", counters.0).into_bytes())).collect();
+    produce(&tansu.brokers(), "orders", &records).await;
+    host.wait_records_in(2000, Duration::from_secs(120));
+    let (batches, transactions) =
+        (host.metric("sluice_batches_total").unwrap(), host.metric("sluice_transactions_total").unwrap());
+    assert!(batches >= 200.0, "{batches} batches of at most 10 records");
+    assert!(transactions * 5.0 < batches, "{transactions} transactions for {batches} batches");
+    assert_eq!(counter(&format!("{}n", counters.0))["f0"], 2000);
+    let out = consume(&tansu.brokers(), "orders.enriched", 2000, Duration::from_secs(60), Duration::from_secs(1)).await;
+    assert_eq!(out.len(), 2000);
+    assert!(host.terminate().success());
+}

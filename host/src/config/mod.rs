@@ -63,6 +63,12 @@ pub struct PipelineConfig {
     /// Delivery guarantee. Default `at-least-once`.
     #[serde(default)]
     pub delivery: Delivery,
+    /// Exactly-once: how long a Kafka transaction stays open to take more
+    /// batches before it commits, in milliseconds. Default 100: one commit
+    /// (three broker round trips) per interval rather than per batch, for at
+    /// most that much more latency.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: NonZeroU64,
     /// Where the records emitted by the last stage go.
     pub output: TopicConfig,
     /// Named outputs a stage may route records to, by route name.
@@ -204,6 +210,10 @@ pub struct SourceConfig {
     /// larger one is dead-lettered as `record_too_large`. Default 1 MiB.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: NonZeroUsize,
+}
+
+fn default_commit_interval_ms() -> NonZeroU64 {
+    NonZeroU64::new(100).expect("non-zero")
 }
 
 fn default_batch_max_bytes() -> NonZeroUsize {

@@ -157,7 +157,7 @@ impl Source {
     }
 
     /// The offsets after `batch`, per partition, for a transaction.
-    pub fn offsets_after(batch: &[Record]) -> KafkaResult<TopicPartitionList> {
+    pub fn offsets_after<'a>(batch: impl IntoIterator<Item = &'a Record>) -> KafkaResult<TopicPartitionList> {
         tpl(&next_offsets(batch))
     }
 
@@ -171,7 +171,7 @@ impl Source {
     /// that an uncommitted batch is read again. Fails, to be retried, when
     /// the committed offsets cannot be read or a partition still assigned
     /// cannot be moved.
-    pub fn rewind(&self, batch: &[Record]) -> KafkaResult<()> {
+    pub fn rewind<'a>(&self, batch: impl IntoIterator<Item = &'a Record>) -> KafkaResult<()> {
         let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for r in batch {
             let slot = first.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
@@ -235,7 +235,7 @@ fn drop_revoked(batch: &mut Vec<Record>, revoked: &[(String, i32)]) {
 }
 
 /// Per partition, the offset after the last record of `batch`.
-fn next_offsets(batch: &[Record]) -> BTreeMap<(String, i32), i64> {
+fn next_offsets<'a>(batch: impl IntoIterator<Item = &'a Record>) -> BTreeMap<(String, i32), i64> {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for r in batch {
         let slot = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);

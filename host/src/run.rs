@@ -1,13 +1,16 @@
-//! `sluice run`: the consume -> process -> deliver -> commit loop.
+//! `sluice run`: the consume -> process -> apply -> deliver -> commit loop.
 //!
-//! At-least-once: a batch's offsets are committed only after every output
-//! and dead letter it caused is acknowledged by the broker and its Redis
-//! effects are applied. Exactly-once: outputs, dead letters and offsets go
-//! in one Kafka transaction per batch, and the effects are applied before
-//! it commits. In both modes the effects are applied behind a per-partition
-//! offset fence in Redis, so a replayed record never applies them twice.
-//! Transient failures (lookups, broker, Redis) are retried with backoff
-//! while the batch waits; nothing is skipped.
+//! In both modes a batch's Redis effects are applied first, behind a
+//! per-partition offset fence, so a replayed record never applies them
+//! twice, and a record whose effects Redis refuses is dead-lettered
+//! (`effect_failed`) and produces nothing. At-least-once: the batch's
+//! outputs and dead letters are handed to the producer while the next batch
+//! is read and processed; they are acknowledged, and the batch's offsets
+//! committed, before the next batch's outputs go out. Exactly-once: the
+//! outputs, dead letters and offsets of the batches of `commit_interval_ms`
+//! go in one Kafka transaction; a failed transaction is aborted and its
+//! batches read again. Transient failures (lookups, broker, Redis) are
+//! retried with backoff while the batch waits; nothing is skipped.
 
 use crate::bindings::{Effect, ErrorInfo};
 use crate::config::{self, Delivery, PipelineConfig};

@@ -7,11 +7,12 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sluice::bench::StaticLookups;
-use sluice::bindings::{Effect, Message};
+use sluice::bindings::Message;
 use sluice::config::{self, Pipeline};
 use sluice::engine::Engine;
 use sluice::generator::{self, Rng};
 use sluice::pipeline::{Chain, LookupSource};
+use sluice::record::Effect;
 use sluice::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -114,7 +115,11 @@ fn redis_effects(c: &mut Criterion) {
                     record: r as usize,
                     partition: 0,
                     offset: first + r,
-                    effect: Effect::HashIncr((format!("bench:micro:k{k}"), format!("f{}", r % 40), 1)),
+                    effect: Effect::HashIncr {
+                        key: format!("bench:micro:k{k}"),
+                        field: format!("f{}", r % 40),
+                        delta: 1,
+                    },
                 })
             })
             .collect()

@@ -2,6 +2,8 @@
 //!
 //! # Layout
 //!
+//! - [`record`]: the records the host moves (read, produced, effects, batches
+//!   with their offset spans); a leaf, free of the plugin contract's types.
 //! - [`config`]: the pipeline.toml model, `${VAR}` interpolation, validation.
 //! - [`engine`]: the only place that configures wasmtime; loads components.
 //! - [`bindings`]: the host side of the `sluice:plugin` WIT contract.
@@ -29,6 +31,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin_test;
+pub mod record;
 pub mod redis;
 pub mod reload;
 pub mod report;

@@ -9,7 +9,8 @@
 //! them into a [`Scrape`], a collector of the crate, instead of keeping a
 //! second set of counters in a registry.
 
-use crate::pipeline::{BatchResult, Record};
+use crate::pipeline::BatchResult;
+use crate::record::Record;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
 use prometheus_client::metrics::TypedMetric;
@@ -106,6 +107,8 @@ pub struct Metrics {
     pub rebalances: AtomicU64,
     /// Kafka transactions committed (exactly-once).
     pub transactions: AtomicU64,
+    /// Offset commits requested (at-least-once).
+    pub offset_commits: AtomicU64,
     /// Effects not applied because their record was at or below its
     /// partition's fence (a replay after a crash, an abort or a rebalance).
     pub effects_skipped: AtomicU64,
@@ -341,6 +344,7 @@ impl Metrics {
             rebalances: load(&self.rebalances),
             effects_skipped: load(&self.effects_skipped),
             transactions: load(&self.transactions),
+            offset_commits: load(&self.offset_commits),
             dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
             stages: self.stages.lock().expect("metrics lock").clone(),
             topics_in: self.topics_in.lock().expect("metrics lock").clone(),
@@ -398,6 +402,7 @@ struct Scrape {
     rebalances: u64,
     effects_skipped: u64,
     transactions: u64,
+    offset_commits: u64,
     dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
     stages: BTreeMap<String, StageTotals>,
     topics_in: BTreeMap<String, u64>,
@@ -445,6 +450,11 @@ impl Collector for Scrape {
             ("sluice_retries", "Transient failures retried.", self.retries),
             ("sluice_rebalances", "Partition assignment changes.", self.rebalances),
             ("sluice_transactions", "Kafka transactions committed (exactly-once).", self.transactions),
+            (
+                "sluice_offset_commits",
+                "Offset commits of acknowledged batches (at-least-once), one per commit_interval_ms at most.",
+                self.offset_commits,
+            ),
             (
                 "sluice_effects_skipped",
                 "Redis effects not applied again because their record was behind its partition's fence (a replay).",
@@ -525,7 +535,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::{DeadLetter, Produce, StageStats};
+    use crate::pipeline::{DeadLetter, StageStats};
+    use crate::record::Produce;
     use std::time::Duration;
 
     fn record(topic: &str, offset: i64) -> Record {

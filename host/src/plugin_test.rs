@@ -24,11 +24,11 @@
 //! headers are left out, since they change with every build.
 
 use crate::bench::StaticLookups;
-use crate::bindings::{Effect, Header};
 use crate::config::{self, Pipeline};
 use crate::engine::Engine;
 use crate::generator::{self, Tables};
-use crate::pipeline::{Chain, GENERATION_HEADER, LINEAGE_HEADER, Record};
+use crate::pipeline::{Chain, GENERATION_HEADER, LINEAGE_HEADER};
+use crate::record::{Effect, Header, Record};
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -279,10 +279,10 @@ fn describe(first: usize, len: usize, result: &crate::pipeline::BatchResult) -> 
     for (origin, effect) in &result.effects {
         let record = first + origin + 1;
         let line = match effect {
-            Effect::HashIncr((key, field, delta)) => {
+            Effect::HashIncr { key, field, delta } => {
                 json!({"record": record, "effect": "HINCRBY", "key": key, "field": field, "value": delta})
             }
-            Effect::HashSet((key, field, value)) => {
+            Effect::HashSet { key, field, value } => {
                 json!({"record": record, "effect": "HSET", "key": key, "field": field, "value": value})
             }
         };

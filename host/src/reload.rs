@@ -14,7 +14,8 @@
 use crate::config::{self, Pipeline, PipelineConfig};
 use crate::engine::{CodeOrigin, Engine};
 use crate::metrics::Metrics;
-use crate::pipeline::{CanaryStats, Chain, LookupSource, Record, Stage};
+use crate::pipeline::{CanaryStats, Chain, LookupSource, Stage};
+use crate::record::Record;
 use crate::redis::RedisLookups;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -282,7 +283,6 @@ impl Status {
             "source": config.map(|c| json!({
                 "topics": c.source.topics,
                 "batch_size": c.source.batch_size,
-                "batch_timeout_ms": c.source.batch_timeout_ms,
                 "batch_max_bytes": c.source.batch_max_bytes,
                 "max_record_bytes": c.source.max_record_bytes,
             })),
@@ -571,7 +571,6 @@ fn changes(
     differs("commit_interval_ms", a.commit_interval_ms == b.commit_interval_ms);
     differs("source.topics", a.source.topics == b.source.topics);
     differs("source.batch_size", a.source.batch_size == b.source.batch_size);
-    differs("source.batch_timeout_ms", a.source.batch_timeout_ms == b.source.batch_timeout_ms);
     differs("source.batch_max_bytes", a.source.batch_max_bytes == b.source.batch_max_bytes);
     differs("source.max_record_bytes", a.source.max_record_bytes == b.source.max_record_bytes);
     differs("output.topic", a.output.topic == b.output.topic);

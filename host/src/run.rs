@@ -1,29 +1,33 @@
 //! `sluice run`: the consume -> process -> apply -> deliver -> commit loop.
 //!
+//! The source reads ahead on its own task into a bounded buffer (two
+//! batches); the loop takes what is waiting as soon as it is free, so a
+//! batch never waits to fill and batches grow with the load.
 //! In both modes a batch's Redis effects are applied first, behind a
 //! per-partition offset fence, so a replayed record never applies them
 //! twice, and a record whose effects Redis refuses is dead-lettered
 //! (`effect_failed`) and produces nothing. At-least-once: the batch's
 //! outputs and dead letters are handed to the producer while the next batch
-//! is read and processed; they are acknowledged, and the batch's offsets
-//! committed, before the next batch's outputs go out. Exactly-once: the
+//! is taken and processed; they are acknowledged before the next batch's
+//! outputs go out, and the offsets of acknowledged batches are committed
+//! every `commit_interval_ms`. Exactly-once: the
 //! outputs, dead letters and offsets of the batches of `commit_interval_ms`
 //! go in one Kafka transaction; a failed transaction is aborted and its
 //! batches read again. Transient failures (lookups, broker, Redis) are
 //! retried with backoff while the batch waits; nothing is skipped.
 
-use crate::bindings::{Effect, ErrorInfo};
+use crate::bindings::ErrorInfo;
 use crate::config::{self, Delivery, PipelineConfig};
 use crate::engine::Engine;
 use crate::http;
 use crate::kafka::{Sent, Sink, Source};
 use crate::metrics::Metrics;
-use crate::pipeline::{BatchResult, Chain, LookupSource, Produce, Record};
+use crate::pipeline::{BatchResult, Chain, LookupSource};
+use crate::record::{Batch, Effect, Produce, Record};
 use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups};
 use crate::reload::{self, PROBE_RECORDS, Reloader, Request, StageView, Status, Swap, Trigger};
 use anyhow::Context;
 use rdkafka::consumer::CommitMode;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -130,7 +134,15 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     );
     metrics.ready.store(true, Ordering::Relaxed);
 
-    let mut loop_ = Loop { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink, replace_producer: false };
+    let mut loop_ = Loop {
+        config: &config,
+        metrics: &metrics,
+        stop: stop_rx.clone(),
+        sink,
+        replace_producer: false,
+        commit_every: Duration::from_millis(config.commit_interval_ms.get()),
+        committed: std::time::Instant::now(),
+    };
     let outcome = async {
         let mut rewinds = Backoff::new();
         let mut probe_taken = std::time::Instant::now() - PROBE_EVERY;
@@ -153,35 +165,30 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
             }
             while let Ok(swap) = swaps_rx.try_recv() {
                 put_live(swap, &chain, &mut live_config, &source, &metrics, exactly_once)?;
+                loop_.commit_every = Duration::from_millis(live_config.commit_interval_ms.get());
             }
             let batch = tokio::select! {
                 biased;
                 () = stopped(stop_rx.clone()) => break,
                 batch = source.next_batch() => batch,
             };
-            let records = match batch {
-                Ok(records) if records.is_empty() => {
-                    // Nothing new: finish the batch in flight, or commit
-                    // the open transaction, now.
-                    if let Some(done) = delivering.take() {
-                        loop_.finish(&source, done).await?;
-                    }
-                    if let Some(open) = transaction.take() {
-                        loop_.close(&source, open, &mut rewinds).await?;
-                    }
-                    continue;
+            if batch.is_empty() {
+                // Nothing new: finish the batch in flight and commit, or
+                // commit the open transaction, now.
+                if let Some(done) = delivering.take() {
+                    loop_.finish(&source, done).await?;
                 }
-                Ok(records) => Arc::new(records),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read from Kafka; retrying");
-                    tokio::time::sleep(MIN_BACKOFF).await;
-                    continue;
+                loop_.commit_offsets(&source, CommitMode::Async);
+                if let Some(open) = transaction.take() {
+                    loop_.close(&source, open, &mut rewinds).await?;
                 }
-            };
+                continue;
+            }
+            let records = Arc::new(batch);
             let mut result = loop_.process(&chain, &records).await?;
             if probe_taken.elapsed() >= PROBE_EVERY {
                 probe_taken = std::time::Instant::now();
-                *probe.lock().expect("probe lock") = probe_sample(&records, &result);
+                *probe.lock().expect("probe lock") = probe_sample(records.records(), &result);
             }
             // Effects first, in both modes: a record whose effects Redis
             // refuses is dead-lettered and produces nothing.
@@ -197,7 +204,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
                     let stage =
                         record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
                     let info = ErrorInfo { reason: "effect_failed".into(), message: refused.message.clone() };
-                    chain.reject(&mut result, &records, refused.record, stage.unwrap_or(0), &info);
+                    chain.reject(&mut result, records.records(), refused.record, stage.unwrap_or(0), &info);
                 }
             }
             if exactly_once {
@@ -207,7 +214,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
                 if transaction.is_none() {
                     if let Err(e) = loop_.begin() {
                         loop_.wait("beginning a transaction", &format!("{e:#}"), &mut rewinds).await?;
-                        loop_.rewind(&source, &[&records]).await?;
+                        loop_.rewind(&source, [&*records]).await?;
                         continue;
                     }
                     transaction = Some(Transaction { batches: Vec::new(), begun: std::time::Instant::now() });
@@ -246,7 +253,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     if let Some(task) = status_line {
         task.abort();
     }
-    if !exactly_once && let Err(e) = source.commit_all(CommitMode::Sync) {
+    if !exactly_once && let Err(e) = source.commit_stored(CommitMode::Sync) {
         tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
     }
     source.unsubscribe();
@@ -318,18 +325,14 @@ fn put_live(
     };
     drop(old);
     if next.source.topics != live.source.topics {
-        if !exactly_once && let Err(e) = source.commit_all(CommitMode::Sync) {
+        if !exactly_once && let Err(e) = source.commit_stored(CommitMode::Sync) {
             tracing::warn!(error = %e, "offset commit before resubscribing failed; some records may be read again");
         }
         source.resubscribe(&next.source.topics).context("cannot subscribe to the new source.topics")?;
         metrics.retain_topics(&next.source.topics);
         tracing::info!(topics = ?next.source.topics, "resubscribed");
     }
-    source.set_batching(
-        next.source.batch_size.get(),
-        next.source.batch_timeout_ms.get(),
-        next.source.batch_max_bytes.get(),
-    );
+    source.set_batching(next.source.batch_size.get(), next.source.batch_max_bytes.get());
     *live = next.clone();
     let views = StageView::all(&chain.lock().expect("chain lock"), next);
     tracing::info!(generation, "pipeline generation live");
@@ -356,29 +359,17 @@ fn instance_id(config: &PipelineConfig) -> String {
 
 /// The fence of a batch (its last offset per partition) and its effects
 /// tagged with their record's index, partition and offset.
-fn fenced_effects(key: String, records: &[Record], effects: Vec<(usize, Effect)>) -> (Fence, Vec<RecordEffect>) {
-    let mut index: HashMap<(&str, i32), usize> = HashMap::new();
-    let mut fence = Fence { key, partitions: Vec::new() };
-    let mut slot_of = Vec::with_capacity(records.len());
-    for r in records {
-        let slot = *index.entry((r.topic.as_str(), r.partition)).or_insert_with(|| {
-            fence.partitions.push((format!("{}:{}", r.topic, r.partition), r.offset));
-            fence.partitions.len() - 1
-        });
-        let last = &mut fence.partitions[slot].1;
-        *last = (*last).max(r.offset);
-        slot_of.push(slot);
-    }
+fn fenced_effects(key: String, batch: &Batch, effects: Vec<(usize, Effect)>) -> (Fence, Vec<RecordEffect>) {
     let effects = effects
         .into_iter()
         .map(|(origin, effect)| RecordEffect {
             record: origin,
-            partition: slot_of[origin],
-            offset: records[origin].offset,
+            partition: batch.span_of(origin),
+            offset: batch.records()[origin].offset,
             effect,
         })
         .collect();
-    (fence, effects)
+    (Fence::of(key, batch.spans()), effects)
 }
 
 /// Before Sluice 0.2 the fence was keyed by the consumer group
@@ -396,17 +387,11 @@ async fn adopt_group_fences(effects: &mut RedisEffects, config: &PipelineConfig)
 /// Fails when a partition's fence is at or past the partition's end: the
 /// topic was deleted and created again (or truncated), and every effect of
 /// its new records would be skipped as already applied.
-fn check_fences(source: &Source, fence: &Fence, applied: &Applied, records: &[Record]) -> anyhow::Result<()> {
-    // Per partition, in the order of `fence.partitions`: its first offset.
-    let mut first: Vec<(&str, i32, i64)> = Vec::new();
-    for r in records {
-        match first.iter_mut().find(|(t, p, _)| *t == r.topic && *p == r.partition) {
-            Some(slot) => slot.2 = slot.2.min(r.offset),
-            None => first.push((&r.topic, r.partition, r.offset)),
-        }
-    }
-    for (&(topic, partition, first), &before) in first.iter().zip(&applied.fences_before) {
-        if before < first {
+fn check_fences(source: &Source, fence: &Fence, applied: &Applied, batch: &Batch) -> anyhow::Result<()> {
+    // `fence.partitions` are the batch's spans, in order.
+    for (span, &before) in batch.spans().iter().zip(&applied.fences_before) {
+        let (topic, partition) = (span.topic.as_str(), span.partition);
+        if before < span.first {
             continue; // nothing of this partition was behind the fence
         }
         // Unknown for the first seconds of an assignment: the next batch of
@@ -440,12 +425,17 @@ struct Loop<'a> {
     /// The transactional producer failed fatally (or could not be replaced
     /// yet): replace it before the next transaction.
     replace_producer: bool,
+    /// At-least-once: how often confirmed offsets are committed
+    /// (`commit_interval_ms`).
+    commit_every: Duration,
+    /// When offsets were last committed.
+    committed: std::time::Instant,
 }
 
 /// An at-least-once batch whose outputs and dead letters were handed to the
 /// producer and are not acknowledged yet.
 struct Delivering {
-    records: Arc<Vec<Record>>,
+    records: Arc<Batch>,
     result: BatchResult,
     sent: Sent,
 }
@@ -470,12 +460,13 @@ impl std::fmt::Display for Abandoned {
 impl std::error::Error for Abandoned {}
 
 impl Loop<'_> {
-    async fn process(&mut self, chain: &Arc<Mutex<Chain>>, records: &Arc<Vec<Record>>) -> anyhow::Result<BatchResult> {
+    async fn process(&mut self, chain: &Arc<Mutex<Chain>>, records: &Arc<Batch>) -> anyhow::Result<BatchResult> {
         let mut backoff = Backoff::new();
         loop {
             let (chain, records) = (chain.clone(), records.clone());
             let result =
-                tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(&records)).await?;
+                tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(records.records()))
+                    .await?;
             match result {
                 Ok(result) => return Ok(result),
                 Err(e) => self.wait("waiting for lookups", &e.to_string(), &mut backoff).await?,
@@ -494,16 +485,29 @@ impl Loop<'_> {
             self.wait("delivering to Kafka", &why, &mut backoff).await?;
             self.deliver(failed, backoff).await?;
         }
-        if let Err(e) = source.commit(&records, CommitMode::Async) {
-            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+        source.store(&records);
+        if self.committed.elapsed() >= self.commit_every {
+            self.commit_offsets(source, CommitMode::Async);
         }
-        self.metrics.record_batch(&records, &result);
+        self.metrics.record_batch(records.records(), &result);
         self.metrics.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
     /// Sends `pending` until every record is acknowledged, waiting out
     /// failures with `backoff`.
+    /// Commits the offsets of the batches finished since the last commit.
+    fn commit_offsets(&mut self, source: &Source, mode: CommitMode) {
+        self.committed = std::time::Instant::now();
+        match source.commit_stored(mode) {
+            Ok(false) => {}
+            Ok(true) => {
+                self.metrics.offset_commits.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; the next commit covers it"),
+        }
+    }
+
     async fn deliver(&mut self, mut pending: Vec<&Produce>, mut backoff: Backoff) -> anyhow::Result<()> {
         while !pending.is_empty() {
             match self.sink.send_all(&pending).await {
@@ -568,7 +572,7 @@ impl Loop<'_> {
                 *rewinds = Backoff::new();
                 self.metrics.transactions.fetch_add(1, Ordering::Relaxed);
                 for (records, result) in &batches {
-                    self.metrics.record_batch(records, result);
+                    self.metrics.record_batch(records.records(), result);
                 }
                 self.metrics.ready.store(true, Ordering::Relaxed);
                 Ok(())
@@ -583,8 +587,7 @@ impl Loop<'_> {
                     self.replace_producer = true;
                 }
                 self.wait("committing a transaction", &format!("{error:#}"), rewinds).await?;
-                let records: Vec<&[Record]> = batches.iter().map(|(r, _)| r.as_slice()).collect();
-                self.rewind(source, &records).await
+                self.rewind(source, batches.iter().map(|(r, _)| &**r)).await
             }
         }
     }
@@ -592,7 +595,7 @@ impl Loop<'_> {
     async fn commit(
         &mut self,
         source: &Source,
-        batches: &[(Arc<Vec<Record>>, BatchResult)],
+        batches: &[(Arc<Batch>, BatchResult)],
         sent: Vec<Sent>,
     ) -> anyhow::Result<()> {
         for ((_, result), sent) in batches.iter().zip(sent) {
@@ -602,7 +605,7 @@ impl Loop<'_> {
             }
         }
         let group = source.group_metadata().context("the consumer has no group metadata")?;
-        let offsets = Source::offsets_after(batches.iter().flat_map(|(r, _)| r.iter()))?;
+        let offsets = Source::offsets_after(batches.iter().map(|(r, _)| &**r))?;
         self.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
         let mut commit = self.sink.commit();
         for _ in 0..3 {
@@ -616,10 +619,14 @@ impl Loop<'_> {
 
     /// Moves the partitions of uncommitted batches back to their committed
     /// offsets, retrying while the broker cannot answer.
-    async fn rewind(&mut self, source: &Source, batches: &[&[Record]]) -> anyhow::Result<()> {
+    async fn rewind<'b>(
+        &mut self,
+        source: &Source,
+        batches: impl IntoIterator<Item = &'b Batch> + Clone,
+    ) -> anyhow::Result<()> {
         let mut backoff = Backoff::new();
         loop {
-            match source.rewind(batches.iter().flat_map(|b| b.iter())) {
+            match source.rewind(batches.clone()).await {
                 Ok(()) => return Ok(()),
                 Err(e) => self.wait("rewinding after an aborted transaction", &e.to_string(), &mut backoff).await?,
             }

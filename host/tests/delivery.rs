@@ -4,8 +4,12 @@
 
 mod support;
 
-use sluice::bindings::Effect;
+use sluice::kafka::Source;
+use sluice::metrics::Metrics;
+use sluice::record::{Batch, Effect};
 use sluice::redis::{Fence, RecordEffect, RedisEffects};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use support::kafka::{Tansu, consume, produce};
 use support::process::{Host, HostEnv};
@@ -17,7 +21,7 @@ fn redis() -> redis::Connection {
 }
 
 fn incr(key: &str, field: &str, delta: i64) -> Effect {
-    Effect::HashIncr((key.into(), field.into(), delta))
+    Effect::HashIncr { key: key.into(), field: field.into(), delta }
 }
 
 /// One record per entry, at offsets 0, 1, ... of partition `orders:0`.
@@ -162,7 +166,7 @@ async fn sluice_run_dead_letters_an_effect_redis_refuses_exactly_once() {
 async fn a_record_over_max_record_bytes_is_dead_lettered_before_any_stage() {
     let tansu = Tansu::start();
     let counters = RedisPrefix::new("too-large");
-    let text = guest_pipeline().replace("batch_timeout_ms = 20", "batch_timeout_ms = 20\nmax_record_bytes = 1000");
+    let text = guest_pipeline().replace("[source]\n", "[source]\nmax_record_bytes = 1000\n");
     let (mut host, _work) = start("too-large", &text, &tansu, &counters, "at-least-once");
     let large = format!("ok {}", "x".repeat(2000));
     produce(&tansu.brokers(), "orders", &[(None, large.as_bytes().to_vec()), (None, b"ok".to_vec())]).await;
@@ -255,4 +259,127 @@ async fn exactly_once_commits_one_transaction_per_interval_not_per_batch() {
     let out = consume(&tansu.brokers(), "orders.enriched", 2000, Duration::from_secs(60), Duration::from_secs(1)).await;
     assert_eq!(out.len(), 2000);
     assert!(host.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_least_once_commits_offsets_per_interval_not_per_batch() {
+    let tansu = Tansu::start();
+    let counters = RedisPrefix::new("alo-interval");
+    let text = guest_pipeline().replace("batch_size = ${SLUICE_BATCH_SIZE:-500}", "batch_size = 10");
+    assert!(text.contains("batch_size = 10"));
+    let text = format!("commit_interval_ms = 1000\n{text}");
+    let (mut host, _work) = start("alo-interval", &text, &tansu, &counters, "at-least-once");
+    let records: Vec<_> =
+        (0..2000).map(|i| (Some(i.to_string()), format!("effects 1 {}n", counters.0).into_bytes())).collect();
+    produce(&tansu.brokers(), "orders", &records).await;
+    host.wait_records_in(2000, Duration::from_secs(120));
+    let (batches, commits) =
+        (host.metric("sluice_batches_total").unwrap(), host.metric("sluice_offset_commits_total").unwrap());
+    assert!(batches >= 200.0, "{batches} batches of at most 10 records");
+    assert!(commits >= 1.0 && commits * 5.0 < batches, "{commits} offset commits for {batches} batches");
+    assert!(host.terminate().success());
+    // Everything was committed by the stop: a host of the same group reads
+    // nothing again.
+    let (mut again, _work) = start("alo-interval", &text, &tansu, &counters, "at-least-once");
+    produce(&tansu.brokers(), "orders", &[(None, format!("effects 1 {}n", counters.0).into_bytes())]).await;
+    again.wait_records_in(1, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(again.metric("sluice_records_in_total"), Some(1.0));
+    assert_eq!(counter(&format!("{}n", counters.0))["f0"], 2001);
+    assert!(again.terminate().success());
+}
+
+/// A source on the default pipeline's settings, reading `orders` of `tansu`
+/// in `group` with batches of `batch_size`.
+fn source(tansu: &Tansu, group: &str, batch_size: usize) -> Source {
+    let brokers = tansu.brokers();
+    let text = Workdir::default_pipeline();
+    let config = sluice::config::load_str(&text, |name| match name {
+        "KAFKA_BROKERS" => Some(brokers.clone()),
+        "SLUICE_GROUP" => Some(group.to_string()),
+        "SLUICE_BATCH_SIZE" => Some(batch_size.to_string()),
+        _ => None,
+    })
+    .unwrap();
+    Source::new(&config, Arc::new(Metrics::default())).unwrap()
+}
+
+/// Takes batches until `n` records have come (or fails after 60 s).
+async fn take(source: &Source, n: usize) -> Vec<Batch> {
+    let (mut batches, mut taken) = (Vec::new(), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while taken < n {
+        assert!(std::time::Instant::now() < deadline, "only {taken} of {n} records came");
+        let batch = source.next_batch().await;
+        taken += batch.len();
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+    }
+    batches
+}
+
+/// Per partition, the offsets in the order they were taken.
+fn offsets(batches: &[Batch]) -> BTreeMap<i32, Vec<i64>> {
+    let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in batches.iter().flat_map(Batch::records) {
+        per_partition.entry(r.partition).or_default().push(r.offset);
+    }
+    per_partition
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_source_reads_at_most_two_batches_ahead_and_hands_out_every_record_once_in_order() {
+    let tansu = Tansu::start();
+    let records: Vec<_> = (0..3000).map(|i| (Some(i.to_string()), b"x".to_vec())).collect();
+    produce(&tansu.brokers(), "orders", &records).await;
+    let source = source(&tansu, "read-ahead", 100);
+    // Nothing is taken: the reader fills its buffer and stops there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while source.buffered().0 < 200 {
+        assert!(std::time::Instant::now() < deadline, "read ahead {:?}", source.buffered());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(source.buffered().0, 200, "two batches of 100 read ahead, no more");
+
+    let batches = take(&source, 3000).await;
+    assert!(batches.iter().all(|b| b.len() <= 100));
+    for b in &batches {
+        for (i, r) in b.records().iter().enumerate() {
+            let span = &b.spans()[b.span_of(i)];
+            assert!(span.partition == r.partition && span.first <= r.offset && r.offset <= span.last);
+        }
+    }
+    let per_partition = offsets(&batches);
+    assert_eq!(per_partition.values().map(Vec::len).sum::<usize>(), 3000);
+    for (partition, offsets) in &per_partition {
+        let expected: Vec<i64> = (0..offsets.len() as i64).collect();
+        assert_eq!(offsets, &expected, "partition {partition}: every record once, in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewind_drops_what_was_read_ahead_and_reads_the_partitions_again_from_the_batch() {
+    let tansu = Tansu::start();
+    let records: Vec<_> = (0..1500).map(|i| (Some(i.to_string()), b"x".to_vec())).collect();
+    produce(&tansu.brokers(), "orders", &records).await;
+    let source = source(&tansu, "rewind", 100);
+    let first = take(&source, 300).await;
+    // Let the reader fill its buffer past the batches taken, then rewind
+    // them (an aborted transaction): nothing is committed, so each of their
+    // partitions goes back to its first record in them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(source.buffered().0 > 0);
+    source.rewind(first.iter()).await.unwrap();
+    let again = take(&source, 1500).await;
+    let (before, after) = (offsets(&first), offsets(&again));
+    let rewound: Vec<i32> = before.keys().copied().collect();
+    for (partition, offsets) in &after {
+        // A rewound partition starts again at its first offset taken; one
+        // that was not (no record of it taken) goes on where it was.
+        let start = before.get(partition).map_or(offsets[0], |b| b[0]);
+        let expected: Vec<i64> = (start..start + offsets.len() as i64).collect();
+        assert_eq!(offsets, &expected, "partition {partition} (rewound: {rewound:?}): no gap, no duplicate");
+    }
 }

@@ -8,8 +8,8 @@
 mod support;
 
 use serde_json::{Value, json};
-use sluice::bindings::Header;
-use sluice::pipeline::{Chain, Record};
+use sluice::pipeline::Chain;
+use sluice::record::{Header, Record};
 use sluice::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -7,7 +7,8 @@ mod support;
 use serde_json::{Value, json};
 use sluice::bench::StaticLookups;
 use sluice::generator::Rng;
-use sluice::pipeline::{Chain, Record};
+use sluice::pipeline::Chain;
+use sluice::record::Record;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

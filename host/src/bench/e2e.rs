@@ -8,7 +8,7 @@
 use crate::config;
 use crate::kafka::{Sent, Sink, Source};
 use crate::metrics::Metrics;
-use crate::pipeline::{Produce, Record};
+use crate::record::{Batch, Produce};
 use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -41,8 +41,8 @@ pub struct PassthroughArgs {
 }
 
 /// Copies `count` records from the source topics to `to`, batch by batch,
-/// committing after each batch is acknowledged, and prints the rate from the
-/// first record read to the last one committed.
+/// committing acknowledged batches every `commit_interval_ms`, and prints
+/// the rate from the first record read to the last one committed.
 pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     let pipeline = config::load_file(&args.path).map_err(|e| anyhow::anyhow!("{}: {e}", args.path.display()))?;
     let config = pipeline.config;
@@ -50,22 +50,28 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     let sink = Sink::new(&config, None).context("cannot create the producer")?;
     let topic: Arc<str> = Arc::from(args.to.as_str());
     let (mut done, mut first) = (0u64, None);
-    // Like `sluice run` at-least-once: a batch's copies are written while the
-    // next batch is read; its acknowledgements are awaited, and it is
-    // committed, before the next batch's copies are handed to the producer.
-    let mut in_flight: Option<(Vec<Record>, Vec<Produce>, Sent)> = None;
+    // Like `sluice run` at-least-once: the source reads ahead on its own
+    // task; a batch's copies are written while the next batch is taken; its
+    // acknowledgements are awaited before the next batch's copies are handed
+    // to the producer, and acknowledged batches are committed on an interval.
+    let mut in_flight: Option<(Batch, Vec<Produce>, Sent)> = None;
+    let (commit_every, mut committed) = (Duration::from_millis(config.commit_interval_ms.get()), Instant::now());
     loop {
         let batch = if done + in_flight.as_ref().map_or(0, |(b, ..)| b.len() as u64) < args.count {
-            source.next_batch().await?
+            source.next_batch().await
         } else {
-            Vec::new()
+            Batch::default()
         };
         if let Some((sent_batch, copies, sent)) = in_flight.take() {
             let refs: Vec<&Produce> = copies.iter().collect();
             if let Err((e, failed)) = sent.acknowledged(&refs).await {
                 anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), refs.len());
             }
-            source.commit(&sent_batch, CommitMode::Async)?;
+            source.store(&sent_batch);
+            if committed.elapsed() >= commit_every {
+                committed = Instant::now();
+                source.commit_stored(CommitMode::Async)?;
+            }
             done += sent_batch.len() as u64;
         }
         if done >= args.count {
@@ -76,6 +82,7 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         }
         first.get_or_insert_with(Instant::now);
         let copies: Vec<Produce> = batch
+            .records()
             .iter()
             .map(|r| Produce {
                 topic: topic.clone(),
@@ -87,7 +94,7 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
         let sent = sink.enqueue(&copies.iter().collect::<Vec<_>>()).await;
         in_flight = Some((batch, copies, sent));
     }
-    source.commit_all(CommitMode::Sync)?;
+    source.commit_stored(CommitMode::Sync)?;
     let secs = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
     println!("passthrough: {done} records in {secs:.2} s: {:.0} records/s", done as f64 / secs);
     Ok(())

@@ -15,7 +15,8 @@ use crate::bindings::{Message, Outcome};
 use crate::config;
 use crate::engine::Engine;
 use crate::generator::{self, Rng, Tables};
-use crate::pipeline::{Chain, LookupSource, Record, Row, Unavailable};
+use crate::pipeline::{Chain, LookupSource, Row, Unavailable};
+use crate::record::Record;
 use native::Transform;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -161,18 +162,7 @@ fn drive(stages: &mut [&mut dyn Transform], records: &[Record], batch: usize) ->
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     let started = Instant::now();
     for chunk in records.chunks(batch) {
-        let mut messages: Vec<Message> = chunk
-            .iter()
-            .map(|r| Message {
-                key: r.key.clone(),
-                value: r.value.clone().unwrap_or_default(),
-                headers: r.headers.clone(),
-                topic: r.topic.clone(),
-                partition: r.partition,
-                offset: r.offset,
-                timestamp_ms: r.timestamp_ms,
-            })
-            .collect();
+        let mut messages: Vec<Message> = chunk.iter().map(crate::pipeline::first_message).collect();
         for (stage, elapsed) in stages.iter_mut().zip(&mut d.per_stage) {
             let t = Instant::now();
             let outcomes = stage.process(&messages);

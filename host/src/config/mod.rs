@@ -63,10 +63,12 @@ pub struct PipelineConfig {
     /// Delivery guarantee. Default `at-least-once`.
     #[serde(default)]
     pub delivery: Delivery,
-    /// Exactly-once: how long a Kafka transaction stays open to take more
-    /// batches before it commits, in milliseconds. Default 100: one commit
-    /// (three broker round trips) per interval rather than per batch, for at
-    /// most that much more latency.
+    /// How often offsets are committed, in milliseconds. At-least-once: the
+    /// offsets of the batches confirmed since the last commit. Exactly-once:
+    /// how long a Kafka transaction stays open to take more batches before
+    /// it commits. Default 100: one commit per interval rather than per
+    /// batch, for at most that much more latency (exactly-once) or that much
+    /// more to read again after a crash (at-least-once).
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: NonZeroU64,
     /// Where the records emitted by the last stage go.
@@ -197,8 +199,10 @@ pub struct SourceConfig {
     /// to keep a batch well under a megabyte of orders.
     #[serde(default = "default_batch_size")]
     pub batch_size: NonZeroUsize,
-    /// How long to wait for a batch to fill before processing what arrived,
-    /// in milliseconds. Default 20: bounds the latency a batch adds.
+    /// No longer used, accepted so that older pipeline files still load: a
+    /// batch is taken as soon as records are waiting and the chain is free
+    /// (what arrives while the chain works gathers into the next batch), so
+    /// a batch never waits to fill.
     #[serde(default = "default_batch_timeout_ms")]
     pub batch_timeout_ms: NonZeroU64,
     /// Most bytes of records (keys, values and headers) in one batch: a

@@ -22,20 +22,25 @@ use crate::metrics::Metrics;
 pub struct LogContext {
     role: &'static str,
     metrics: Option<Arc<Metrics>>,
-    /// Partitions revoked since the source last took them.
-    revoked: std::sync::Mutex<Vec<(String, i32)>>,
+    /// Called with the partitions revoked, during the rebalance.
+    on_revoke: Option<RevokeHook>,
 }
+
+/// What the consumer does with the partitions revoked from it.
+type RevokeHook = Box<dyn Fn(&[(String, i32)]) + Send + Sync>;
 
 impl LogContext {
     fn new(role: &'static str, metrics: Option<Arc<Metrics>>) -> Self {
-        Self { role, metrics, revoked: Default::default() }
+        Self { role, metrics, on_revoke: None }
     }
 
-    /// The partitions revoked since the last call. With the cooperative
-    /// protocols only some partitions are revoked, and the others keep
-    /// their position: only records of these may be dropped.
-    fn take_revoked(&self) -> Vec<(String, i32)> {
-        std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    /// Calls `hook` with the partitions revoked, during each rebalance.
+    /// With the cooperative protocols only some partitions are revoked, and
+    /// the others keep their position: only records of these may be
+    /// dropped.
+    fn on_revoke(mut self, hook: RevokeHook) -> Self {
+        self.on_revoke = Some(hook);
+        self
     }
 }
 
@@ -96,7 +101,9 @@ impl ConsumerContext for LogContext {
                 if let Some(m) = &self.metrics {
                     m.forget_ends(&revoked);
                 }
-                self.revoked.lock().expect("revoked lock").extend(revoked);
+                if let Some(hook) = &self.on_revoke {
+                    hook(&revoked);
+                }
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
         }

@@ -2,7 +2,7 @@
 
 use super::LogContext;
 use crate::config::PipelineConfig;
-use crate::pipeline::Produce;
+use crate::record::Produce;
 use futures::future::join_all;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;

@@ -1,42 +1,86 @@
-//! The consumer-group source: batches of records, and offset commits.
+//! The consumer-group source: a reader task that keeps a bounded buffer of
+//! records filled while the chain works, batches taken from that buffer as
+//! soon as the run loop is free, and offset commits.
 
 use super::LogContext;
-use crate::bindings::Header;
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
-use crate::pipeline::Record;
+use crate::record::{Batch, Header, Record, Span};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerGroupMetadata, StreamConsumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// How long [`Source::next_batch`] waits for a first record before it
-/// returns an empty batch, so that the run loop can put a reloaded pipeline
-/// live while no records arrive.
+/// returns an empty batch, so that the run loop can commit, close a
+/// transaction or put a reloaded pipeline live while no records arrive.
 pub const IDLE_POLL: Duration = Duration::from_millis(100);
 
-/// Consumes the input topics in the pipeline's consumer group. Offsets are
-/// only ever committed explicitly, after a batch's results are confirmed.
+/// How many batches the reader may read ahead of the run loop. Default 2:
+/// the next batch is ready when the chain is free, and memory stays bounded
+/// by twice `batch_size` records and twice `batch_max_bytes` bytes (on top
+/// of librdkafka's own fetch queue).
+pub const READ_AHEAD_BATCHES: usize = 2;
+
+/// How long the reader waits after a consumer error before reading again.
+const ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// Consumes the input topics in the pipeline's consumer group. A reader
+/// task reads ahead into a bounded buffer; the run loop takes a batch from
+/// it as soon as it is free. Offsets are only ever committed explicitly,
+/// after a batch's results are confirmed.
 pub struct Source {
-    consumer: StreamConsumer<LogContext>,
-    batch_size: AtomicUsize,
-    batch_timeout_ms: AtomicU64,
-    batch_max_bytes: AtomicUsize,
-    /// The next offset to read, per partition, of every batch handled.
-    positions: Mutex<BTreeMap<(String, i32), i64>>,
-    /// Per partition, the offset after the last record read.
-    read_to: Mutex<BTreeMap<(String, i32), i64>>,
+    consumer: Arc<StreamConsumer<LogContext>>,
+    shared: Arc<Shared>,
+    control: mpsc::Sender<Control>,
+    reader: tokio::task::JoinHandle<()>,
+    /// Per partition, the offset after the last confirmed record, not
+    /// committed yet.
+    stored: Mutex<BTreeMap<(String, i32), i64>>,
     metrics: Arc<Metrics>,
 }
 
+/// What the reader and the run loop share.
+struct Shared {
+    buffer: Mutex<Buffer>,
+    /// The reader pushed a record.
+    arrived: Notify,
+    /// The run loop took records.
+    room: Notify,
+    batch_size: AtomicUsize,
+    batch_max_bytes: AtomicUsize,
+}
+
+/// Records read and not yet taken, in the order read (so in offset order
+/// per partition).
+struct Buffer {
+    records: VecDeque<(Record, usize)>,
+    bytes: usize,
+    /// The topics subscribed to: a record of another topic, read just
+    /// before a resubscription, is left out.
+    topics: Vec<String>,
+    /// Per partition, the offset after the last record read.
+    read_to: BTreeMap<(String, i32), i64>,
+}
+
+/// A request to the reader, which alone moves the consumer's positions, so
+/// that no record read before a seek is buffered after it.
+enum Control {
+    /// Drop the buffered records of these partitions and move each back to
+    /// its committed offset, or to the given offset when nothing is
+    /// committed.
+    Rewind { first: BTreeMap<(String, i32), i64>, reply: oneshot::Sender<KafkaResult<()>> },
+}
+
 impl Source {
-    /// Creates the consumer and subscribes to the input topics.
+    /// Creates the consumer, subscribes to the input topics and starts the
+    /// reader. Must be called within the Tokio runtime.
     pub fn new(config: &PipelineConfig, metrics: Arc<Metrics>) -> KafkaResult<Self> {
         let mut client = ClientConfig::new();
         client
@@ -56,109 +100,108 @@ impl Source {
         for (key, value) in &config.kafka.consumer {
             client.set(key.get_ref(), value);
         }
-        let consumer: StreamConsumer<LogContext> =
-            client.create_with_context(LogContext::new("consumer", Some(metrics.clone())))?;
+        let shared = Arc::new(Shared {
+            buffer: Mutex::new(Buffer {
+                records: VecDeque::new(),
+                bytes: 0,
+                topics: config.source.topics.clone(),
+                read_to: BTreeMap::new(),
+            }),
+            arrived: Notify::new(),
+            room: Notify::new(),
+            batch_size: AtomicUsize::new(config.source.batch_size.get()),
+            batch_max_bytes: AtomicUsize::new(config.source.batch_max_bytes.get()),
+        });
+        // Records of revoked partitions leave the buffer during the
+        // rebalance itself: their next owner reads them from the committed
+        // offset, and no batch taken afterwards holds them.
+        let on_revoke = shared.clone();
+        let context = LogContext::new("consumer", Some(metrics.clone())).on_revoke(Box::new(move |revoked| {
+            let dropped = on_revoke.drop_partitions(revoked);
+            if dropped > 0 {
+                tracing::info!(dropped, "records read ahead of the revoked partitions are left to their next owner");
+            }
+        }));
+        let consumer: StreamConsumer<LogContext> = client.create_with_context(context)?;
         let topics: Vec<&str> = config.source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        Ok(Self {
-            consumer,
-            batch_size: AtomicUsize::new(config.source.batch_size.get()),
-            batch_timeout_ms: AtomicU64::new(config.source.batch_timeout_ms.get()),
-            batch_max_bytes: AtomicUsize::new(config.source.batch_max_bytes.get()),
-            positions: Mutex::new(BTreeMap::new()),
-            read_to: Mutex::new(BTreeMap::new()),
-            metrics,
-        })
+        let consumer = Arc::new(consumer);
+        let (control, requests) = mpsc::channel(1);
+        let reader = tokio::spawn(read(consumer.clone(), shared.clone(), requests, metrics.clone()));
+        Ok(Self { consumer, shared, control, reader, stored: Mutex::new(BTreeMap::new()), metrics })
     }
 
     /// Applies new batching settings from the next batch on.
-    pub fn set_batching(&self, size: usize, timeout_ms: u64, max_bytes: usize) {
-        self.batch_size.store(size, Ordering::Relaxed);
-        self.batch_timeout_ms.store(timeout_ms, Ordering::Relaxed);
-        self.batch_max_bytes.store(max_bytes, Ordering::Relaxed);
+    pub fn set_batching(&self, size: usize, max_bytes: usize) {
+        self.shared.batch_size.store(size, Ordering::Relaxed);
+        self.shared.batch_max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.shared.room.notify_one();
     }
 
     /// Replaces the subscription. Call only between batches, with every
-    /// handled batch committed: the group rebalances, and the positions of
-    /// topics no longer read are forgotten.
+    /// confirmed batch committed: the group rebalances, and records read
+    /// ahead from topics no longer read are dropped.
     pub fn resubscribe(&self, topics: &[String]) -> KafkaResult<()> {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        self.consumer.subscribe(&names)?;
-        self.positions.lock().expect("positions lock").retain(|(topic, _), _| topics.contains(topic));
-        Ok(())
+        let mut buffer = self.shared.buffer.lock().expect("buffer lock");
+        buffer.topics = topics.to_vec();
+        buffer.retain(|r| topics.contains(&r.topic));
+        self.consumer.subscribe(&names)
     }
 
-    /// Waits up to [`IDLE_POLL`] for a record (returning an empty batch if
-    /// none comes), then gathers more until the batch is full (in records or
-    /// in bytes) or the batch timeout has passed since the first one. A
-    /// batch holds no record of a partition revoked while it was gathered:
-    /// such records are dropped (the partition's next owner reads them from
-    /// the committed offset), so no batch commits offsets for partitions
-    /// another member now owns. Records of the partitions the consumer
-    /// keeps (cooperative rebalancing) stay in the batch: they are read
-    /// only once.
-    pub async fn next_batch(&self) -> KafkaResult<Vec<Record>> {
-        let context = self.consumer.context();
-        let Ok(first) = tokio::time::timeout(IDLE_POLL, self.consumer.recv()).await else {
-            return Ok(Vec::new());
-        };
-        let first = first?;
-        // Revocations before the first record concern no record of this batch.
-        context.take_revoked();
-        let batch_size = self.batch_size.load(Ordering::Relaxed);
-        let max_bytes = self.batch_max_bytes.load(Ordering::Relaxed);
-        let mut batch = Vec::with_capacity(batch_size);
-        let mut bytes = size(&first);
-        batch.push(record(&first));
-        drop(first);
-        let timeout = Duration::from_millis(self.batch_timeout_ms.load(Ordering::Relaxed));
-        let deadline = tokio::time::Instant::now() + timeout;
-        while batch.len() < batch_size && bytes < max_bytes {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => {
-                    drop_revoked(&mut batch, &context.take_revoked());
-                    bytes += size(&message);
-                    batch.push(record(&message));
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error while filling a batch");
-                    break;
-                }
-                Err(_) => break,
+    /// The records waiting, as one batch of at most `batch_size` records
+    /// (and about `batch_max_bytes`: the batch stops growing once it holds
+    /// that many bytes). Waits up to [`IDLE_POLL`] for a first record and
+    /// returns an empty batch if none comes. It does not wait for a batch
+    /// to fill: while the chain works on one batch the next one gathers,
+    /// so batches are as large as the load makes them.
+    pub async fn next_batch(&self) -> Batch {
+        let deadline = tokio::time::Instant::now() + IDLE_POLL;
+        loop {
+            let records = self.shared.take();
+            if !records.is_empty() {
+                return Batch::new(records);
+            }
+            if tokio::time::timeout_at(deadline, self.shared.arrived.notified()).await.is_err() {
+                return Batch::new(self.shared.take());
             }
         }
-        drop_revoked(&mut batch, &context.take_revoked());
-        let mut read_to = self.read_to.lock().expect("read_to lock");
-        for (key, next) in next_offsets(&batch) {
-            let slot = read_to.entry(key).or_insert(next);
+    }
+
+    /// Notes, per partition, the offset after the last record of `batch`
+    /// for the next [`Source::commit_stored`]: its records' outputs are
+    /// acknowledged and their effects applied.
+    pub fn store(&self, batch: &Batch) {
+        let mut stored = self.stored.lock().expect("stored lock");
+        for (key, next) in next_offsets([batch]) {
+            let slot = stored.entry(key).or_insert(next);
             *slot = (*slot).max(next);
         }
-        Ok(batch)
     }
 
-    /// Commits, per partition, the offset after the last record of `batch`.
-    pub fn commit(&self, batch: &[Record], mode: CommitMode) -> KafkaResult<()> {
-        let next = next_offsets(batch);
-        self.positions.lock().expect("positions lock").extend(next.clone());
-        self.commit_offsets(&next, mode)
-    }
-
-    /// Commits the position of every partition handled so far (at shutdown).
-    pub fn commit_all(&self, mode: CommitMode) -> KafkaResult<()> {
-        let positions = self.positions.lock().expect("positions lock").clone();
-        if positions.is_empty() {
-            return Ok(());
+    /// Commits the offsets stored since the last commit. A failed commit
+    /// (a rebalance took the partitions, the broker is away) is not
+    /// retried: the next commit covers the partitions still assigned, and
+    /// the others are read again from their last committed offset.
+    /// Returns whether there was anything to commit.
+    pub fn commit_stored(&self, mode: CommitMode) -> KafkaResult<bool> {
+        let offsets = std::mem::take(&mut *self.stored.lock().expect("stored lock"));
+        if offsets.is_empty() {
+            return Ok(false);
         }
-        self.commit_offsets(&positions, mode)
+        self.consumer.commit(&tpl(&offsets)?, mode)?;
+        Ok(true)
     }
 
-    fn commit_offsets(&self, offsets: &BTreeMap<(String, i32), i64>, mode: CommitMode) -> KafkaResult<()> {
-        self.consumer.commit(&tpl(offsets)?, mode)
+    /// The records read ahead and not taken yet, and their bytes.
+    pub fn buffered(&self) -> (usize, usize) {
+        let buffer = self.shared.buffer.lock().expect("buffer lock");
+        (buffer.records.len(), buffer.bytes)
     }
 
-    /// The offsets after `batch`, per partition, for a transaction.
-    pub fn offsets_after<'a>(batch: impl IntoIterator<Item = &'a Record>) -> KafkaResult<TopicPartitionList> {
-        tpl(&next_offsets(batch))
+    /// The offsets after `batches`, per partition, for a transaction.
+    pub fn offsets_after<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> KafkaResult<TopicPartitionList> {
+        tpl(&next_offsets(batches))
     }
 
     /// The group's metadata, for committing offsets in a transaction.
@@ -166,36 +209,20 @@ impl Source {
         self.consumer.group_metadata()
     }
 
-    /// Moves every partition of `batch` back to the group's committed
-    /// offset (or to the batch's first record when nothing is committed), so
-    /// that an uncommitted batch is read again. Fails, to be retried, when
-    /// the committed offsets cannot be read or a partition still assigned
-    /// cannot be moved.
-    pub fn rewind<'a>(&self, batch: impl IntoIterator<Item = &'a Record>) -> KafkaResult<()> {
+    /// Moves every partition of `batches` back to the group's committed
+    /// offset (or to the batches' first record when nothing is committed),
+    /// dropping what was read ahead of it, so that uncommitted batches are
+    /// read again. Fails, to be retried, when the committed offsets cannot
+    /// be read or a partition still assigned cannot be moved.
+    pub async fn rewind<'a>(&self, batches: impl IntoIterator<Item = &'a Batch>) -> KafkaResult<()> {
         let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for r in batch {
-            let slot = first.entry((r.topic.clone(), r.partition)).or_insert(r.offset);
-            *slot = (*slot).min(r.offset);
+        for span in batches.into_iter().flat_map(Batch::spans) {
+            let slot = first.entry((span.topic.clone(), span.partition)).or_insert(span.first);
+            *slot = (*slot).min(span.first);
         }
-        let committed =
-            tokio::task::block_in_place(|| self.consumer.committed_offsets(tpl(&first)?, Duration::from_secs(10)))?;
-        for ((topic, partition), first_offset) in first {
-            let offset = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => first_offset,
-            };
-            if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
-                // A partition revoked meanwhile is its next owner's to read;
-                // one still assigned must be rewound, or its records would
-                // be skipped.
-                let assigned = self.consumer.assignment()?.find_partition(&topic, partition).is_some();
-                if assigned {
-                    return Err(e);
-                }
-                tracing::info!(topic, partition, "not rewinding a partition no longer assigned");
-            }
-        }
-        Ok(())
+        let (reply, answer) = oneshot::channel();
+        self.control.send(Control::Rewind { first, reply }).await.map_err(|_| KafkaError::Canceled)?;
+        answer.await.map_err(|_| KafkaError::Canceled)?
     }
 
     /// The offset after the last record of a partition, if known since
@@ -206,7 +233,7 @@ impl Source {
     pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         let reported = self.metrics.end_offset(topic, partition)?;
         let key = (topic.to_string(), partition);
-        let read = self.read_to.lock().expect("read_to lock").get(&key).copied().unwrap_or(0);
+        let read = self.shared.buffer.lock().expect("buffer lock").read_to.get(&key).copied().unwrap_or(0);
         let reported = reported.max(read);
         let asked =
             tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)));
@@ -219,27 +246,150 @@ impl Source {
     }
 }
 
-/// Drops the records of `revoked` partitions from `batch`.
-fn drop_revoked(batch: &mut Vec<Record>, revoked: &[(String, i32)]) {
-    if revoked.is_empty() || batch.is_empty() {
-        return;
-    }
-    let before = batch.len();
-    batch.retain(|r| !revoked.iter().any(|(t, p)| *t == r.topic && *p == r.partition));
-    if batch.len() < before {
-        tracing::info!(
-            dropped = before - batch.len(),
-            "partitions revoked while filling a batch: their records are left to the next owner"
-        );
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.reader.abort();
     }
 }
 
-/// Per partition, the offset after the last record of `batch`.
-fn next_offsets<'a>(batch: impl IntoIterator<Item = &'a Record>) -> BTreeMap<(String, i32), i64> {
+impl Shared {
+    fn has_room(&self) -> bool {
+        let buffer = self.buffer.lock().expect("buffer lock");
+        buffer.records.len() < READ_AHEAD_BATCHES * self.batch_size.load(Ordering::Relaxed)
+            && buffer.bytes < READ_AHEAD_BATCHES * self.batch_max_bytes.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, message: &BorrowedMessage<'_>) {
+        let record = record(message);
+        let bytes = size(message);
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        if !buffer.topics.contains(&record.topic) {
+            return;
+        }
+        let slot = buffer.read_to.entry((record.topic.clone(), record.partition)).or_insert(0);
+        *slot = (*slot).max(record.offset + 1);
+        buffer.bytes += bytes;
+        buffer.records.push_back((record, bytes));
+        drop(buffer);
+        self.arrived.notify_one();
+    }
+
+    /// Takes up to a batch of records.
+    fn take(&self) -> Vec<Record> {
+        let size = self.batch_size.load(Ordering::Relaxed);
+        let max_bytes = self.batch_max_bytes.load(Ordering::Relaxed);
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        let mut batch = Vec::with_capacity(size.min(buffer.records.len()));
+        let mut bytes = 0;
+        while batch.len() < size && bytes < max_bytes {
+            let Some((record, n)) = buffer.records.pop_front() else { break };
+            buffer.bytes -= n;
+            bytes += n;
+            batch.push(record);
+        }
+        drop(buffer);
+        if !batch.is_empty() {
+            self.room.notify_one();
+        }
+        batch
+    }
+
+    /// Drops the buffered records of `partitions`; returns how many.
+    fn drop_partitions(&self, partitions: &[(String, i32)]) -> usize {
+        let mut buffer = self.buffer.lock().expect("buffer lock");
+        let dropped = buffer.retain(|r| !partitions.iter().any(|(t, p)| *t == r.topic && *p == r.partition));
+        drop(buffer);
+        if dropped > 0 {
+            self.room.notify_one();
+        }
+        dropped
+    }
+}
+
+impl Buffer {
+    /// Keeps the records `keep` accepts; returns how many were dropped.
+    fn retain(&mut self, keep: impl Fn(&Record) -> bool) -> usize {
+        let before = self.records.len();
+        let mut bytes = 0;
+        self.records.retain(|(r, n)| {
+            let kept = keep(r);
+            if kept {
+                bytes += n;
+            }
+            kept
+        });
+        self.bytes = bytes;
+        before - self.records.len()
+    }
+}
+
+/// The reader task: reads records into the buffer while it has room, and
+/// serves rewinds between two records.
+async fn read(
+    consumer: Arc<StreamConsumer<LogContext>>,
+    shared: Arc<Shared>,
+    mut control: mpsc::Receiver<Control>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let room = shared.has_room();
+        tokio::select! {
+            biased;
+            request = control.recv() => match request {
+                None => return,
+                Some(Control::Rewind { first, reply }) => {
+                    let _ = reply.send(rewind(&consumer, &shared, first));
+                }
+            },
+            () = shared.room.notified(), if !room => {}
+            message = consumer.recv(), if room => match message {
+                Ok(message) => shared.push(&message),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read from Kafka; retrying");
+                    metrics.record_error("kafka");
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+}
+
+/// Drops the buffered records of the partitions in `first` and moves each
+/// back to its committed offset (or to `first`'s offset when nothing is
+/// committed).
+fn rewind(
+    consumer: &StreamConsumer<LogContext>,
+    shared: &Shared,
+    first: BTreeMap<(String, i32), i64>,
+) -> KafkaResult<()> {
+    let partitions: Vec<(String, i32)> = first.keys().cloned().collect();
+    shared.drop_partitions(&partitions);
+    let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl(&first)?, Duration::from_secs(10)))?;
+    for ((topic, partition), first_offset) in first {
+        let offset = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => first_offset,
+        };
+        if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+            // A partition revoked meanwhile is its next owner's to read;
+            // one still assigned must be rewound, or its records would be
+            // skipped.
+            let assigned = consumer.assignment()?.find_partition(&topic, partition).is_some();
+            if assigned {
+                return Err(e);
+            }
+            tracing::info!(topic, partition, "not rewinding a partition no longer assigned");
+        }
+    }
+    Ok(())
+}
+
+/// Per partition, the offset after the last record of `batches`.
+fn next_offsets<'a>(batches: impl IntoIterator<Item = &'a Batch>) -> BTreeMap<(String, i32), i64> {
     let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for r in batch {
-        let slot = next.entry((r.topic.clone(), r.partition)).or_insert(r.offset + 1);
-        *slot = (*slot).max(r.offset + 1);
+    for Span { topic, partition, last, .. } in batches.into_iter().flat_map(Batch::spans) {
+        let slot = next.entry((topic.clone(), *partition)).or_insert(last + 1);
+        *slot = (*slot).max(last + 1);
     }
     next
 }

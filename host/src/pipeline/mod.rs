@@ -19,9 +19,10 @@ mod stage;
 pub use canary::{CanaryDiff, CanaryStats};
 pub use stage::{LookupSource, Row, Stage, StageError, StageSpec, StageState, Unavailable, Writes, linker};
 
-use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome};
+use crate::bindings::{self, ErrorInfo, Message, Outcome};
 use crate::config::{self, FailurePolicy};
 use crate::engine::{Engine, LoadError};
+use crate::record::{Effect, Header, Produce, Record};
 use canary::Canary;
 use stage::CallError;
 use std::collections::HashMap;
@@ -30,38 +31,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Linker;
-
-/// A record as read from the source topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// The record key.
-    pub key: Option<Vec<u8>>,
-    /// The record value; `None` for a Kafka null value.
-    pub value: Option<Vec<u8>>,
-    /// The record headers.
-    pub headers: Vec<Header>,
-    /// Source topic.
-    pub topic: String,
-    /// Source partition.
-    pub partition: i32,
-    /// Source offset.
-    pub offset: i64,
-    /// Record timestamp, if any.
-    pub timestamp_ms: Option<i64>,
-}
-
-/// A record to write to a topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Produce {
-    /// Destination topic.
-    pub topic: Arc<str>,
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Value.
-    pub value: Vec<u8>,
-    /// Headers.
-    pub headers: Vec<Header>,
-}
 
 /// A record that could not be processed.
 #[derive(Debug, Clone)]
@@ -351,7 +320,7 @@ impl Chain {
         let mut origins: Vec<usize> = Vec::with_capacity(records.len());
         let mut batch: Vec<Message> = Vec::with_capacity(records.len());
         for (origin, record) in records.iter().enumerate() {
-            let size = input_size(record);
+            let size = record.size();
             if size > self.max_input_bytes {
                 let message =
                     format!("the record is {size} bytes, more than source.max_record_bytes ({})", self.max_input_bytes);
@@ -362,7 +331,7 @@ impl Chain {
             batch.push(first_message(record));
         }
         let mut outputs: Vec<(usize, usize, Produce)> = Vec::new();
-        let mut effects: Vec<(usize, usize, Effect)> = Vec::new();
+        let mut effects: Vec<(usize, usize, bindings::Effect)> = Vec::new();
         let mut stats = Vec::with_capacity(self.stages.len());
         let last = self.stages.len() - 1;
         for (index, stage) in self.stages.iter_mut().enumerate() {
@@ -408,7 +377,8 @@ impl Chain {
                                     }
                                 },
                             };
-                            let produce = Produce { topic, key: out.key, value: out.value, headers: out.headers };
+                            let headers = out.headers.into_iter().map(from_guest_header).collect();
+                            let produce = Produce { topic, key: out.key, value: out.value, headers };
                             let size = record_size(&produce);
                             if size > self.max_record_bytes {
                                 let info = ErrorInfo {
@@ -456,7 +426,7 @@ impl Chain {
         }
         for (origin, stage, effect) in effects {
             if rejected[origin].is_none() {
-                result.effects.push((origin, effect));
+                result.effects.push((origin, from_guest_effect(effect)));
                 result.effect_stages.push(stage);
             }
         }
@@ -512,10 +482,17 @@ impl Chain {
     }
 }
 
-/// The size of an input record: key, value and headers.
-fn input_size(record: &Record) -> usize {
-    let headers: usize = record.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-    record.key.as_ref().map_or(0, Vec::len) + record.value.as_ref().map_or(0, Vec::len) + headers
+/// The stage boundary, inward: a header a stage emitted.
+fn from_guest_header(header: bindings::Header) -> Header {
+    Header { name: header.name, value: header.value }
+}
+
+/// The stage boundary, inward: an effect a stage emitted.
+fn from_guest_effect(effect: bindings::Effect) -> Effect {
+    match effect {
+        bindings::Effect::HashIncr((key, field, delta)) => Effect::HashIncr { key, field, delta },
+        bindings::Effect::HashSet((key, field, value)) => Effect::HashSet { key, field, value },
+    }
 }
 
 /// The outcome, or a rejection if it emits more records or effects than the
@@ -536,7 +513,7 @@ fn within_limits(spec: &StageSpec, outcome: Outcome) -> Outcome {
         return reject("plugin_output_limit", message);
     }
     for effect in effects {
-        let (Effect::HashIncr((key, ..)) | Effect::HashSet((key, ..))) = effect;
+        let (bindings::Effect::HashIncr((key, ..)) | bindings::Effect::HashSet((key, ..))) = effect;
         if let Err(why) = spec.writes.check(key) {
             return reject("effect_denied", why);
         }
@@ -544,11 +521,17 @@ fn within_limits(spec: &StageSpec, outcome: Outcome) -> Outcome {
     outcome
 }
 
-fn first_message(record: &Record) -> Message {
+/// The stage boundary, outward: the message the first stage receives for
+/// `record`.
+pub fn first_message(record: &Record) -> Message {
     Message {
         key: record.key.clone(),
         value: record.value.clone().unwrap_or_default(),
-        headers: record.headers.clone(),
+        headers: record
+            .headers
+            .iter()
+            .map(|h| bindings::Header { name: h.name.clone(), value: h.value.clone() })
+            .collect(),
         topic: record.topic.clone(),
         partition: record.partition,
         offset: record.offset,

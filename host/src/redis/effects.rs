@@ -11,7 +11,7 @@
 //! beside the fence, so a record replayed after a crash is refused again
 //! rather than taken for applied.
 
-use crate::bindings::Effect;
+use crate::record::{Effect, Span};
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
@@ -38,13 +38,10 @@ pub fn coalesce<'a>(effects: impl IntoIterator<Item = &'a Effect>) -> Result<Vec
     let mut index: HashMap<(&'a str, &'a str, bool), usize> = HashMap::new();
     let mut out: Vec<Effect> = Vec::new();
     for effect in effects {
-        let slot = match effect {
-            Effect::HashIncr((k, f, _)) => (k.as_str(), f.as_str(), true),
-            Effect::HashSet((k, f, _)) => (k.as_str(), f.as_str(), false),
-        };
+        let slot = (effect.key(), effect.field(), matches!(effect, Effect::HashIncr { .. }));
         match index.entry(slot) {
             Entry::Occupied(at) => match (&mut out[*at.get()], effect) {
-                (Effect::HashIncr((key, field, total)), Effect::HashIncr((_, _, delta))) => {
+                (Effect::HashIncr { key, field, delta: total }, Effect::HashIncr { delta, .. }) => {
                     *total =
                         total.checked_add(*delta).ok_or_else(|| Overflow { key: key.clone(), field: field.clone() })?
                 }
@@ -137,6 +134,13 @@ pub struct Fence {
 }
 
 impl Fence {
+    /// The fence `key` for a batch of these spans: each partition's last
+    /// offset.
+    pub fn of(key: String, spans: &[Span]) -> Self {
+        let partitions = spans.iter().map(|s| (format!("{}:{}", s.topic, s.partition), s.last)).collect();
+        Self { key, partitions }
+    }
+
     /// The hash recording the records whose effects Redis refused, field
     /// `topic:partition:offset`, value Redis's answer.
     pub fn refused_key(&self) -> String {
@@ -351,7 +355,11 @@ impl RedisEffects {
                 Err(overflow) => {
                     // Nothing to send: record the refusal and move the fence.
                     let message = overflow.to_string();
-                    let error = [Effect::HashSet((refused_key.to_string(), marker.clone(), message.clone()))];
+                    let error = [Effect::HashSet {
+                        key: refused_key.to_string(),
+                        field: marker.clone(),
+                        value: message.clone(),
+                    }];
                     match self.invoke(fence, refused_key, "", &moves, &error).await? {
                         Answer::Moved => return Ok(None),
                         _ => Answer::Refused(0, message),
@@ -396,8 +404,8 @@ impl RedisEffects {
         }
         for effect in effects {
             match effect {
-                Effect::HashIncr((key, field, delta)) => invocation.arg("i").arg(key).arg(field).arg(delta),
-                Effect::HashSet((key, field, value)) => invocation.arg("s").arg(key).arg(field).arg(value),
+                Effect::HashIncr { key, field, delta } => invocation.arg("i").arg(key).arg(field).arg(delta),
+                Effect::HashSet { key, field, value } => invocation.arg("s").arg(key).arg(field).arg(value),
             };
         }
         let connection = self.connection().await?;
@@ -451,8 +459,8 @@ fn refusal_field(fence: &Fence, effect: &RecordEffect) -> String {
 /// An effect as a Redis command, for error messages.
 fn describe(effect: &Effect) -> String {
     match effect {
-        Effect::HashIncr((key, field, delta)) => format!("HINCRBY {key} {field} {delta}"),
-        Effect::HashSet((key, field, _)) => format!("HSET {key} {field}"),
+        Effect::HashIncr { key, field, delta } => format!("HINCRBY {key} {field} {delta}"),
+        Effect::HashSet { key, field, .. } => format!("HSET {key} {field}"),
     }
 }
 
@@ -461,12 +469,12 @@ mod tests {
     use super::*;
 
     fn incr(k: &str, f: &str, d: i64) -> Effect {
-        Effect::HashIncr((k.into(), f.into(), d))
+        Effect::HashIncr { key: k.into(), field: f.into(), delta: d }
     }
 
     #[test]
     fn increments_sum_and_sets_keep_the_last() {
-        let set = |v: &str| Effect::HashSet(("k".into(), "f".into(), v.into()));
+        let set = |v: &str| Effect::HashSet { key: "k".into(), field: "f".into(), value: v.into() };
         let got = coalesce(&[incr("k", "a", 1), set("x"), incr("k", "b", 2), incr("k", "a", 5), set("y")]).unwrap();
         let want = [incr("k", "a", 6), set("y"), incr("k", "b", 2)];
         assert_eq!(format!("{got:?}"), format!("{want:?}"));

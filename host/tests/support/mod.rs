@@ -154,11 +154,11 @@ pub fn default_pipeline(env: &BTreeMap<String, String>) -> sluice::config::Pipel
 
 /// Records of the topic `in`, partition 0, at offsets 0, 1, ..., whose
 /// values are `commands` (for the test guest, plugins/testguest).
-pub fn command_records(commands: &[&str]) -> Vec<sluice::pipeline::Record> {
+pub fn command_records(commands: &[&str]) -> Vec<sluice::record::Record> {
     commands
         .iter()
         .enumerate()
-        .map(|(i, c)| sluice::pipeline::Record {
+        .map(|(i, c)| sluice::record::Record {
             key: None,
             value: Some(c.as_bytes().to_vec()),
             headers: Vec::new(),

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 count=${1:-1000000}
 quick=""
 if [ "$count" = "--quick" ]; then quick=1; count=20000; fi
-sluice=$PWD/target/release/sluice
+sluice=${SLUICE_BIN:-$PWD/target/release/sluice}  # SLUICE_BIN: compare another build
 raw_copy=$PWD/target/release/examples/raw_copy
 cargo build --release --quiet -p sluice --example raw_copy
 out=target/bench
@@ -50,22 +50,36 @@ usage() {
     'BEGIN { printf "%.1f %.0f", (u + s) / t * 1e6 / c, h / 1024 }'
 }
 
+# CPU ticks used so far by the broker and by Redis (0 when not readable).
+redis_pid=$(pgrep -x redis-server | head -n 1 || true)
+ticks_of() { if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
+peers() { echo "$(ticks_of "$broker") $(ticks_of "$redis_pid")"; }
+# CPU seconds per million records of the broker and of Redis between two `peers` readings.
+peer_usage() { # before after count
+  awk -v b="$1" -v a="$2" -v t="$ticks" -v c="$3" \
+    'BEGIN { split(b, x, " "); split(a, y, " "); printf "%.1f %.1f", (y[1] - x[1]) / t * 1e6 / c, (y[2] - x[2]) / t * 1e6 / c }'
+}
+
 # 0. The raw ceiling: librdkafka alone on one thread, no batches of our own, no commits.
+before=$(peers)
 /usr/bin/time -f "%U %S %M" -o "$out/raw.time" \
   "$raw_copy" "$KAFKA_BROKERS" orders orders.raw "$count" bench-raw >"$out/raw.txt" 2>"$out/raw.log"
 raw_usage=$(awk -v c="$count" '{ printf "%.1f %.0f", ($1 + $2) * 1e6 / c, $3 / 1024 }' "$out/raw.time")
 raw_rate=$(awk '{print $(NF-1)}' "$out/raw.txt")
+raw_peers=$(peer_usage "$before" "$(peers)" "$count")
 echo "benchmark: $(cat "$out/raw.txt")" >&2
 
 # 1. The host's ceiling: the same consumer, producer and batching, no stages.
+before=$(peers)
 SLUICE_GROUP=bench-passthrough /usr/bin/time -f "%U %S %M" -o "$out/passthrough.time" \
   "$sluice" passthrough pipeline.toml --to orders.copy --count "$count" >"$out/passthrough.txt" 2>"$out/passthrough.log"
 pass_usage=$(awk -v c="$count" '{ printf "%.1f %.0f", ($1 + $2) * 1e6 / c, $3 / 1024 }' "$out/passthrough.time")
 pass_rate=$(awk '{print $(NF-1)}' "$out/passthrough.txt")
+pass_peers=$(peer_usage "$before" "$(peers)" "$count")
 echo "benchmark: $(cat "$out/passthrough.txt")" >&2
 
 # 2. The default pipeline, until every record is committed.
-pipeline() { # mode group pipeline-file -> "records/s cpu rss"
+pipeline() { # mode group pipeline-file -> "records/s cpu rss broker-cpu redis-cpu"
   local http; http=$(free_port)
   SLUICE_DELIVERY=$1 SLUICE_GROUP=$2 SLUICE_HTTP_ADDR=127.0.0.1:$http SLUICE_REDIS_PREFIX=bench:$port:$1: \
     "$sluice" run "$3" >"$out/host-$1.log" 2>&1 &
@@ -73,20 +87,21 @@ pipeline() { # mode group pipeline-file -> "records/s cpu rss"
   local ready="" end
   until curl -fs "localhost:$http/ready" >/dev/null 2>&1; do sleep 0.05; done
   ready=$(date +%s%N)
+  local before; before=$(peers)
   until [ "$(curl -fs "localhost:$http/metrics" | awk '$1=="sluice_records_in_total"{print $2}')" = "$count" ]; do
     kill -0 "$host" || { echo "benchmark: the host died, see $out/host-$1.log" >&2; exit 1; }
     sleep 0.05
   done
   end=$(date +%s%N)
-  local used; used=$(usage "$host" "$count")
+  local used; used="$(usage "$host" "$count") $(peer_usage "$before" "$(peers)" "$count")"
   kill -TERM "$host"; wait "$host" || true; host=""
   awk -v c="$count" -v r="$ready" -v e="$end" -v u="$used" 'BEGIN { printf "%.0f %s\n", c / ((e - r) / 1e9), u }'
 }
 pipeline at-least-once bench-alo pipeline.toml >"$out/at-least-once.txt"
-read -r alo_rate alo_cpu alo_rss <"$out/at-least-once.txt"
+read -r alo_rate alo_cpu alo_rss alo_broker alo_redis <"$out/at-least-once.txt"
 echo "benchmark: at-least-once $alo_rate records/s" >&2
 pipeline exactly-once bench-eo pipeline.toml >"$out/exactly-once.txt"
-read -r eo_rate eo_cpu eo_rss <"$out/exactly-once.txt"
+read -r eo_rate eo_cpu eo_rss eo_broker eo_redis <"$out/exactly-once.txt"
 echo "benchmark: exactly-once $eo_rate records/s" >&2
 
 # 3. Latency at half the at-least-once rate (500/s in quick mode) for 20 s,
@@ -107,21 +122,21 @@ sleep 2
 "$sluice" gen --count "$stamped" --rate "$rate" --seed 9 --stamp --topic orders.latency 2>/dev/null
 wait "$reader"
 kill -TERM "$host"; wait "$host" || true; host=""
-read -r measured p50 p99 < <(awk '{gsub(/,/, ""); for (i = 1; i <= NF; i++) { if ($i == "p50") a = $(i+1); if ($i == "p99") b = $(i+1) } print $2, a, b}' "$out/latency.txt")
+read -r measured p50 p99 p999 max < <(awk '{gsub(/,/, ""); for (i = 1; i <= NF; i++) { if ($i == "p50") a = $(i+1); if ($i == "p99") b = $(i+1); if ($i == "p99.9") c = $(i+1); if ($i == "max") d = $(i+1) } print $2, a, b, c, d}' "$out/latency.txt")
 echo "benchmark: $(cat "$out/latency.txt") at $rate records/s" >&2
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 {
-  echo "| | records/s | vs raw copy | vs pass-through | CPU s per million | peak RSS MB |"
-  echo "| --- | --- | --- | --- | --- | --- |"
-  echo "| raw copy (librdkafka) | $raw_rate | 1.00 | $(ratio "$raw_rate" "$pass_rate") | ${raw_usage% *} | ${raw_usage#* } |"
-  echo "| native pass-through | $pass_rate | $(ratio "$pass_rate" "$raw_rate") | 1.00 | ${pass_usage% *} | ${pass_usage#* } |"
-  echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$raw_rate") | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_rss |"
-  echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$raw_rate") | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_rss |"
+  echo "| | records/s | vs raw copy | vs pass-through | CPU s per million: host | broker | Redis | peak RSS MB |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| raw copy (librdkafka) | $raw_rate | 1.00 | $(ratio "$raw_rate" "$pass_rate") | ${raw_usage% *} | ${raw_peers% *} | ${raw_peers#* } | ${raw_usage#* } |"
+  echo "| native pass-through | $pass_rate | $(ratio "$pass_rate" "$raw_rate") | 1.00 | ${pass_usage% *} | ${pass_peers% *} | ${pass_peers#* } | ${pass_usage#* } |"
+  echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$raw_rate") | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_broker | $alo_redis | $alo_rss |"
+  echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$raw_rate") | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_broker | $eo_redis | $eo_rss |"
   echo
   echo "Against the raw copy: pass-through $(ratio "$pass_rate" "$raw_rate") (target 0.7)," \
     "at-least-once $(ratio "$alo_rate" "$raw_rate") (target 0.5), exactly-once $(ratio "$eo_rate" "$raw_rate") (target 0.4)."
-  echo "Latency at $rate records/s (half the at-least-once rate), $measured records: p50 $p50 ms, p99 $p99 ms."
+  echo "Latency at $rate records/s (half the at-least-once rate), $measured records: p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms, max $max ms."
 } | tee "$out/results.md"
 
 # Quick mode checks what each phase did, not how fast.

@@ -10,7 +10,11 @@
 //! - [`pipeline`]: a stage (one sandboxed instance) and the stage chain.
 //! - [`kafka`]: the consumer-group source and the producer sink.
 //! - [`redis`]: lookup tables with a cache, and effects.
-//! - [`run`]: the consume -> process -> deliver -> commit loop.
+//! - [`run`]: the composition root: wires the source, the chain, Redis and
+//!   the admin API, and runs the consume -> process -> apply -> deliver loop.
+//! - [`delivery`]: the delivery guarantees as types (at-least-once,
+//!   exactly-once), Kafka errors classified, and the steps that wait out a
+//!   failing peer.
 //! - [`reload`]: watching files, building and probing new pipelines, and
 //!   handing them to the run loop to put live between two batches.
 //! - [`http`]: the admin API and dashboard; [`metrics`]: the counters it
@@ -24,6 +28,7 @@ pub mod bench;
 pub mod bindings;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod engine;
 pub mod generator;
 pub mod http;

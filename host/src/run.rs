@@ -1,29 +1,26 @@
-//! `sluice run`: the consume -> process -> apply -> deliver -> commit loop.
+//! `sluice run`: the composition root and the consume -> process -> apply
+//! -> deliver loop.
 //!
 //! The source reads ahead on its own task into a bounded buffer (two
 //! batches); the loop takes what is waiting as soon as it is free, so a
-//! batch never waits to fill and batches grow with the load.
-//! In both modes a batch's Redis effects are applied first, behind a
+//! batch never waits to fill and batches grow with the load. Each batch
+//! goes through the chain; its Redis effects are applied first, behind a
 //! per-partition offset fence, so a replayed record never applies them
 //! twice, and a record whose effects Redis refuses is dead-lettered
-//! (`effect_failed`) and produces nothing. At-least-once: the batch's
-//! outputs and dead letters are handed to the producer while the next batch
-//! is taken and processed; they are acknowledged before the next batch's
-//! outputs go out, and the offsets of acknowledged batches are committed
-//! every `commit_interval_ms`. Exactly-once: the
-//! outputs, dead letters and offsets of the batches of `commit_interval_ms`
-//! go in one Kafka transaction; a failed transaction is aborted and its
-//! batches read again. Transient failures (lookups, broker, Redis) are
-//! retried with backoff while the batch waits; nothing is skipped.
+//! (`effect_failed`) and produces nothing. The delivery mode
+//! ([`crate::delivery`]) then writes its outputs and commits its offsets.
+//! Transient failures (lookups, broker, Redis) are retried with backoff
+//! while the batch waits; nothing is skipped.
 
 use crate::bindings::ErrorInfo;
 use crate::config::{self, Delivery, PipelineConfig};
+use crate::delivery::{AtLeastOnce, ExactlyOnce, Mode, Steps};
 use crate::engine::Engine;
 use crate::http;
-use crate::kafka::{Sent, Sink, Source};
+use crate::kafka::{Sink, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain, LookupSource};
-use crate::record::{Batch, Effect, Produce, Record};
+use crate::record::{Batch, Effect, Record};
 use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups};
 use crate::reload::{self, PROBE_RECORDS, Reloader, Request, StageView, Status, Swap, Trigger};
 use anyhow::Context;
@@ -34,16 +31,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-
-/// First wait after a transient failure; it doubles up to [`MAX_BACKOFF`].
-pub const MIN_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest wait between two attempts. Default 5 s: an outage is noticed
-/// quickly once it ends, without hammering the peer while it lasts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long a step of a batch (lookups, delivery, effects) may have waited
-/// for a failing peer when a stop is requested before the host gives up and
-/// exits without committing the batch.
-pub const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs the pipeline until SIGINT or SIGTERM, then finishes the batch in
 /// flight, commits and returns. `path` is watched for live reloads.
@@ -99,7 +86,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     metrics.generation.store(1, Ordering::Relaxed);
     let probe = Arc::new(Mutex::new(Vec::new()));
     let watched = Arc::new(Mutex::new(Vec::new()));
-    let (swaps, mut swaps_rx) = mpsc::channel::<Swap>(1);
+    let (swaps, swaps_rx) = mpsc::channel::<Swap>(1);
     let reloader = Reloader {
         path: path.to_path_buf(),
         engine,
@@ -121,7 +108,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     let watcher = tokio::spawn(reload::watch(watched, requests));
 
     let chain = Arc::new(Mutex::new(chain));
-    let mut live_config = config.clone();
+    let live_config = config.clone();
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
     adopt_group_fences(&mut effects, &config).await;
     let source = Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
@@ -134,136 +121,111 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     );
     metrics.ready.store(true, Ordering::Relaxed);
 
-    let mut loop_ = Loop {
-        config: &config,
+    let every = Duration::from_millis(config.commit_interval_ms.get());
+    let mut steps = Steps { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink };
+    let mut consuming = Consuming {
+        source: &source,
+        chain: &chain,
+        probe: &probe,
+        effects,
+        live_config,
+        swaps: swaps_rx,
         metrics: &metrics,
         stop: stop_rx.clone(),
-        sink,
-        replace_producer: false,
-        commit_every: Duration::from_millis(config.commit_interval_ms.get()),
-        committed: std::time::Instant::now(),
     };
-    let outcome = async {
-        let mut rewinds = Backoff::new();
-        let mut probe_taken = std::time::Instant::now() - PROBE_EVERY;
-        // At-least-once: the batch whose outputs are on their way to the
-        // broker while the next one is read, processed and applied.
-        let mut delivering: Option<Delivering> = None;
-        // Exactly-once: the open transaction and the batches in it.
-        let mut transaction: Option<Transaction> = None;
-        loop {
-            // A reloaded pipeline goes live here, between two batches: the
-            // batch in flight finished on the old one, and every later
-            // record of every partition goes through the new one.
-            if !swaps_rx.is_empty() {
-                if let Some(done) = delivering.take() {
-                    loop_.finish(&source, done).await?;
-                }
-                if let Some(open) = transaction.take() {
-                    loop_.close(&source, open, &mut rewinds).await?;
-                }
-            }
-            while let Ok(swap) = swaps_rx.try_recv() {
-                put_live(swap, &chain, &mut live_config, &source, &metrics, exactly_once)?;
-                loop_.commit_every = Duration::from_millis(live_config.commit_interval_ms.get());
-            }
-            let batch = tokio::select! {
-                biased;
-                () = stopped(stop_rx.clone()) => break,
-                batch = source.next_batch() => batch,
-            };
-            if batch.is_empty() {
-                // Nothing new: finish the batch in flight and commit, or
-                // commit the open transaction, now.
-                if let Some(done) = delivering.take() {
-                    loop_.finish(&source, done).await?;
-                }
-                loop_.commit_offsets(&source, CommitMode::Async);
-                if let Some(open) = transaction.take() {
-                    loop_.close(&source, open, &mut rewinds).await?;
-                }
-                continue;
-            }
-            let records = Arc::new(batch);
-            let mut result = loop_.process(&chain, &records).await?;
-            if probe_taken.elapsed() >= PROBE_EVERY {
-                probe_taken = std::time::Instant::now();
-                *probe.lock().expect("probe lock") = probe_sample(records.records(), &result);
-            }
-            // Effects first, in both modes: a record whose effects Redis
-            // refuses is dead-lettered and produces nothing.
-            let effect_stages = std::mem::take(&mut result.effect_stages);
-            let (fence, record_effects) =
-                fenced_effects(live_config.fence_key(), &records, std::mem::take(&mut result.effects));
-            let applied = loop_.apply(&mut effects, &fence, &record_effects).await?;
-            metrics.effects_skipped.fetch_add(applied.skipped as u64, Ordering::Relaxed);
-            check_fences(&source, &fence, &applied, &records)?;
-            if !applied.refused.is_empty() {
-                let chain = chain.lock().expect("chain lock");
-                for refused in &applied.refused {
-                    let stage =
-                        record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
-                    let info = ErrorInfo { reason: "effect_failed".into(), message: refused.message.clone() };
-                    chain.reject(&mut result, records.records(), refused.record, stage.unwrap_or(0), &info);
-                }
-            }
-            if exactly_once {
-                // The batch joins the open transaction (one is begun if
-                // none is open), which commits once it has been open for
-                // `commit_interval_ms`.
-                if transaction.is_none() {
-                    if let Err(e) = loop_.begin() {
-                        loop_.wait("beginning a transaction", &format!("{e:#}"), &mut rewinds).await?;
-                        loop_.rewind(&source, [&*records]).await?;
-                        continue;
-                    }
-                    transaction = Some(Transaction { batches: Vec::new(), begun: std::time::Instant::now() });
-                }
-                let open = transaction.as_mut().expect("begun above");
-                let sent = loop_.sink.enqueue(&produced(&result)).await;
-                open.batches.push(Delivering { records, result, sent });
-                if open.begun.elapsed() >= Duration::from_millis(live_config.commit_interval_ms.get()) {
-                    let open = transaction.take().expect("open");
-                    loop_.close(&source, open, &mut rewinds).await?;
-                }
-            } else {
-                // The previous batch's outputs were written while this one
-                // was processed; they are acknowledged (and committed)
-                // before this one's go out, so each partition's outputs stay
-                // in order.
-                if let Some(done) = delivering.take() {
-                    loop_.finish(&source, done).await?;
-                }
-                let sent = loop_.sink.enqueue(&produced(&result)).await;
-                delivering = Some(Delivering { records, result, sent });
-            }
-        }
-        if let Some(done) = delivering.take() {
-            loop_.finish(&source, done).await?;
-        }
-        if let Some(open) = transaction.take() {
-            loop_.close(&source, open, &mut rewinds).await?;
-        }
-        Ok(())
-    }
-    .await;
+    let outcome = match config.delivery {
+        Delivery::AtLeastOnce => consuming.run(AtLeastOnce::new(every), &mut steps).await,
+        Delivery::ExactlyOnce => consuming.run(ExactlyOnce::new(every), &mut steps).await,
+    };
     metrics.ready.store(false, Ordering::Relaxed);
     watcher.abort();
     reloads.abort();
     if let Some(task) = status_line {
         task.abort();
     }
-    if !exactly_once && let Err(e) = source.commit_stored(CommitMode::Sync) {
-        tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
-    }
     source.unsubscribe();
-    if let Err(e) = loop_.sink.flush(Duration::from_secs(5)) {
+    if let Err(e) = steps.sink.flush(Duration::from_secs(5)) {
         tracing::warn!(error = %e, "producer flush at exit");
     }
     http.abort();
     let in_ = metrics.records_in.load(Ordering::Relaxed);
     tracing::info!(records = in_, dead_letters = metrics.dead_letter_total(), "stopped");
     outcome
+}
+
+/// The consume -> process -> apply -> deliver loop, and what it holds.
+struct Consuming<'a> {
+    source: &'a Source,
+    chain: &'a Arc<Mutex<Chain>>,
+    probe: &'a Mutex<Vec<Record>>,
+    effects: RedisEffects,
+    /// The pipeline generation now live.
+    live_config: PipelineConfig,
+    swaps: mpsc::Receiver<Swap>,
+    metrics: &'a Metrics,
+    stop: watch::Receiver<bool>,
+}
+
+impl Consuming<'_> {
+    /// Runs batches until a stop is requested, delivering them with
+    /// `mode`, then settles what is in flight and commits.
+    async fn run<M: Mode>(&mut self, mut mode: M, steps: &mut Steps<'_>) -> anyhow::Result<()> {
+        let outcome = self.turns(&mut mode, steps).await;
+        mode.shutdown(self.source);
+        outcome
+    }
+
+    async fn turns<M: Mode>(&mut self, mode: &mut M, steps: &mut Steps<'_>) -> anyhow::Result<()> {
+        let mut probe_taken = std::time::Instant::now() - PROBE_EVERY;
+        loop {
+            // A reloaded pipeline goes live here, between two batches: the
+            // batches in flight finish on the old one, and every later
+            // record of every partition goes through the new one.
+            if !self.swaps.is_empty() {
+                mode.settle(steps, self.source).await?;
+            }
+            while let Ok(swap) = self.swaps.try_recv() {
+                let exactly_once = self.live_config.delivery == Delivery::ExactlyOnce;
+                put_live(swap, self.chain, &mut self.live_config, self.source, self.metrics, exactly_once)?;
+                mode.set_commit_interval(Duration::from_millis(self.live_config.commit_interval_ms.get()));
+            }
+            let batch = tokio::select! {
+                biased;
+                () = stopped(self.stop.clone()) => break,
+                batch = self.source.next_batch() => batch,
+            };
+            if batch.is_empty() {
+                // Nothing new: acknowledge and commit what is in flight now.
+                mode.settle(steps, self.source).await?;
+                continue;
+            }
+            let batch = Arc::new(batch);
+            let mut result = steps.process(self.chain, &batch).await?;
+            if probe_taken.elapsed() >= PROBE_EVERY {
+                probe_taken = std::time::Instant::now();
+                *self.probe.lock().expect("probe lock") = probe_sample(batch.records(), &result);
+            }
+            // Effects first, in both modes: a record whose effects Redis
+            // refuses is dead-lettered and produces nothing.
+            let effect_stages = std::mem::take(&mut result.effect_stages);
+            let (fence, record_effects) =
+                fenced_effects(self.live_config.fence_key(), &batch, std::mem::take(&mut result.effects));
+            let applied = steps.apply(&mut self.effects, &fence, &record_effects).await?;
+            self.metrics.effects_skipped.fetch_add(applied.skipped as u64, Ordering::Relaxed);
+            check_fences(self.source, &fence, &applied, &batch)?;
+            if !applied.refused.is_empty() {
+                let chain = self.chain.lock().expect("chain lock");
+                for refused in &applied.refused {
+                    let stage =
+                        record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
+                    let info = ErrorInfo { reason: "effect_failed".into(), message: refused.message.clone() };
+                    chain.reject(&mut result, batch.records(), refused.record, stage.unwrap_or(0), &info);
+                }
+            }
+            mode.deliver(steps, self.source, batch, result).await?;
+        }
+        mode.settle(steps, self.source).await
+    }
 }
 
 /// How often `sluice run` prints its status line on a terminal.
@@ -340,11 +302,6 @@ fn put_live(
     Ok(())
 }
 
-/// Every record a batch writes: its outputs, then its dead letters.
-fn produced(result: &BatchResult) -> Vec<&Produce> {
-    result.outputs.iter().chain(result.dead_letters.iter().map(|d| &d.record)).collect()
-}
-
 /// This instance's stable name: `kafka.instance_id`, else the host name.
 fn instance_id(config: &PipelineConfig) -> String {
     if !config.kafka.instance_id.is_empty() {
@@ -408,271 +365,6 @@ fn check_fences(source: &Source, fence: &Fence, applied: &Applied, batch: &Batch
         }
     }
     Ok(())
-}
-
-/// Whether a Kafka error leaves the transactional producer unusable: it
-/// must be replaced before the next transaction.
-fn is_fatal(error: &rdkafka::error::KafkaError) -> bool {
-    matches!(error, rdkafka::error::KafkaError::Transaction(e) if e.is_fatal())
-}
-
-/// The parts of the run loop that retry until done or stopped.
-struct Loop<'a> {
-    config: &'a PipelineConfig,
-    metrics: &'a Metrics,
-    stop: watch::Receiver<bool>,
-    sink: Sink,
-    /// The transactional producer failed fatally (or could not be replaced
-    /// yet): replace it before the next transaction.
-    replace_producer: bool,
-    /// At-least-once: how often confirmed offsets are committed
-    /// (`commit_interval_ms`).
-    commit_every: Duration,
-    /// When offsets were last committed.
-    committed: std::time::Instant,
-}
-
-/// An at-least-once batch whose outputs and dead letters were handed to the
-/// producer and are not acknowledged yet.
-struct Delivering {
-    records: Arc<Batch>,
-    result: BatchResult,
-    sent: Sent,
-}
-
-/// An open Kafka transaction (exactly-once) and the batches written in it,
-/// their effects applied.
-struct Transaction {
-    batches: Vec<Delivering>,
-    begun: std::time::Instant,
-}
-
-/// A batch could not be finished before the stop grace ran out.
-#[derive(Debug)]
-struct Abandoned(&'static str);
-
-impl std::fmt::Display for Abandoned {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stopped while {}: the batch was not committed and will be processed again", self.0)
-    }
-}
-
-impl std::error::Error for Abandoned {}
-
-impl Loop<'_> {
-    async fn process(&mut self, chain: &Arc<Mutex<Chain>>, records: &Arc<Batch>) -> anyhow::Result<BatchResult> {
-        let mut backoff = Backoff::new();
-        loop {
-            let (chain, records) = (chain.clone(), records.clone());
-            let result =
-                tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(records.records()))
-                    .await?;
-            match result {
-                Ok(result) => return Ok(result),
-                Err(e) => self.wait("waiting for lookups", &e.to_string(), &mut backoff).await?,
-            }
-        }
-    }
-
-    /// Waits for an at-least-once batch's acknowledgements (sending again
-    /// what failed), then commits its offsets and counts it.
-    async fn finish(&mut self, source: &Source, done: Delivering) -> anyhow::Result<()> {
-        let Delivering { records, result, sent } = done;
-        let pending = produced(&result);
-        if let Err((e, failed)) = sent.acknowledged(&pending).await {
-            let mut backoff = Backoff::new();
-            let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
-            self.wait("delivering to Kafka", &why, &mut backoff).await?;
-            self.deliver(failed, backoff).await?;
-        }
-        source.store(&records);
-        if self.committed.elapsed() >= self.commit_every {
-            self.commit_offsets(source, CommitMode::Async);
-        }
-        self.metrics.record_batch(records.records(), &result);
-        self.metrics.ready.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Sends `pending` until every record is acknowledged, waiting out
-    /// failures with `backoff`.
-    /// Commits the offsets of the batches finished since the last commit.
-    fn commit_offsets(&mut self, source: &Source, mode: CommitMode) {
-        self.committed = std::time::Instant::now();
-        match source.commit_stored(mode) {
-            Ok(false) => {}
-            Ok(true) => {
-                self.metrics.offset_commits.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!(error = %e, "offset commit failed; the next commit covers it"),
-        }
-    }
-
-    async fn deliver(&mut self, mut pending: Vec<&Produce>, mut backoff: Backoff) -> anyhow::Result<()> {
-        while !pending.is_empty() {
-            match self.sink.send_all(&pending).await {
-                Ok(()) => break,
-                Err((e, failed)) => {
-                    let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
-                    pending = failed;
-                    self.wait("delivering to Kafka", &why, &mut backoff).await?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn apply(
-        &mut self,
-        effects: &mut RedisEffects,
-        fence: &Fence,
-        batch: &[RecordEffect],
-    ) -> anyhow::Result<Applied> {
-        let mut backoff = Backoff::new();
-        loop {
-            match effects.apply_fenced(fence, batch).await {
-                Ok(applied) => return Ok(applied),
-                Err(e) => {
-                    let why = format!("{e} ({})", crate::config::redact::url(&self.config.redis.url));
-                    self.wait("applying Redis effects", &why, &mut backoff).await?;
-                }
-            }
-        }
-    }
-
-    /// Begins a transaction, replacing the producer first if it failed
-    /// fatally. A fatal error marks the producer for replacement.
-    fn begin(&mut self) -> anyhow::Result<()> {
-        if self.replace_producer {
-            self.sink.recreate().context("cannot recreate the transactional producer")?;
-            self.replace_producer = false;
-        }
-        if let Err(e) = self.sink.begin() {
-            self.replace_producer = is_fatal(&e);
-            return Err(e).context("begin transaction");
-        }
-        Ok(())
-    }
-
-    /// Commits an open transaction: waits for its records'
-    /// acknowledgements, adds the consumer offsets after its batches and
-    /// commits, then counts its batches. On failure aborts it (or marks the
-    /// producer for replacement), waits, and rewinds its partitions so that
-    /// its batches are read and processed again (their effects, behind the
-    /// fence, are not applied again).
-    async fn close(&mut self, source: &Source, open: Transaction, rewinds: &mut Backoff) -> anyhow::Result<()> {
-        let mut batches = Vec::with_capacity(open.batches.len());
-        let mut sent = Vec::with_capacity(open.batches.len());
-        for Delivering { records, result, sent: s } in open.batches {
-            batches.push((records, result));
-            sent.push(s);
-        }
-        match self.commit(source, &batches, sent).await {
-            Ok(()) => {
-                *rewinds = Backoff::new();
-                self.metrics.transactions.fetch_add(1, Ordering::Relaxed);
-                for (records, result) in &batches {
-                    self.metrics.record_batch(records.records(), result);
-                }
-                self.metrics.ready.store(true, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(error) => {
-                let fatal = error.chain().filter_map(|c| c.downcast_ref::<rdkafka::error::KafkaError>()).any(is_fatal);
-                if fatal {
-                    tracing::warn!(error = %error, "fatal transaction error: the producer is replaced");
-                    self.replace_producer = true;
-                } else if let Err(e) = self.sink.abort() {
-                    tracing::warn!(error = %e, "abort failed: the producer is replaced");
-                    self.replace_producer = true;
-                }
-                self.wait("committing a transaction", &format!("{error:#}"), rewinds).await?;
-                self.rewind(source, batches.iter().map(|(r, _)| &**r)).await
-            }
-        }
-    }
-
-    async fn commit(
-        &mut self,
-        source: &Source,
-        batches: &[(Arc<Batch>, BatchResult)],
-        sent: Vec<Sent>,
-    ) -> anyhow::Result<()> {
-        for ((_, result), sent) in batches.iter().zip(sent) {
-            let pending = produced(result);
-            if let Err((e, failed)) = sent.acknowledged(&pending).await {
-                anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
-            }
-        }
-        let group = source.group_metadata().context("the consumer has no group metadata")?;
-        let offsets = Source::offsets_after(batches.iter().map(|(r, _)| &**r))?;
-        self.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
-        let mut commit = self.sink.commit();
-        for _ in 0..3 {
-            match &commit {
-                Err(rdkafka::error::KafkaError::Transaction(e)) if e.is_retriable() => commit = self.sink.commit(),
-                _ => break,
-            }
-        }
-        commit.context("commit transaction")
-    }
-
-    /// Moves the partitions of uncommitted batches back to their committed
-    /// offsets, retrying while the broker cannot answer.
-    async fn rewind<'b>(
-        &mut self,
-        source: &Source,
-        batches: impl IntoIterator<Item = &'b Batch> + Clone,
-    ) -> anyhow::Result<()> {
-        let mut backoff = Backoff::new();
-        loop {
-            match source.rewind(batches.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) => self.wait("rewinding after an aborted transaction", &e.to_string(), &mut backoff).await?,
-            }
-        }
-    }
-
-    /// Logs a transient failure, marks the host not ready and sleeps; fails
-    /// when a stop is requested and this step has already waited
-    /// [`STOP_GRACE`] in all.
-    async fn wait(&mut self, doing: &'static str, why: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
-        self.metrics.ready.store(false, Ordering::Relaxed);
-        self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-        self.metrics.record_error(match doing {
-            "waiting for lookups" | "applying Redis effects" => "redis",
-            _ => "kafka",
-        });
-        let delay = backoff.next();
-        tracing::warn!(
-            retry_in_ms = delay.as_millis() as u64,
-            error = why,
-            "transient failure while {doing}; retrying"
-        );
-        if *self.stop.borrow() && backoff.waited >= STOP_GRACE {
-            return Err(Abandoned(doing).into());
-        }
-        tokio::time::sleep(delay).await;
-        Ok(())
-    }
-}
-
-struct Backoff {
-    delay: Duration,
-    waited: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self { delay: MIN_BACKOFF, waited: Duration::ZERO }
-    }
-
-    fn next(&mut self) -> Duration {
-        let delay = self.delay;
-        self.waited += delay;
-        self.delay = (self.delay * 2).min(MAX_BACKOFF);
-        delay
-    }
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

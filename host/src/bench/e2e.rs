@@ -6,6 +6,7 @@
 //! carry to their outputs.
 
 use crate::config;
+use crate::delivery::IN_FLIGHT;
 use crate::kafka::{Sent, Sink, Source};
 use crate::metrics::Metrics;
 use crate::record::{Batch, Produce};
@@ -13,6 +14,7 @@ use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -51,18 +53,36 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     let topic: Arc<str> = Arc::from(args.to.as_str());
     let (mut done, mut first) = (0u64, None);
     // Like `sluice run` at-least-once: the source reads ahead on its own
-    // task; a batch's copies are written while the next batch is taken; its
-    // acknowledgements are awaited before the next batch's copies are handed
-    // to the producer, and acknowledged batches are committed on an interval.
-    let mut in_flight: Option<(Batch, Vec<Produce>, Sent)> = None;
+    // task; up to `IN_FLIGHT` batches' copies travel to the broker while the
+    // next batch is taken; the oldest is acknowledged before another goes
+    // out, and acknowledged batches are committed on an interval.
+    let mut in_flight: VecDeque<(Batch, Vec<Produce>, Sent)> = VecDeque::new();
     let (commit_every, mut committed) = (Duration::from_millis(config.commit_interval_ms.get()), Instant::now());
-    loop {
-        let batch = if done + in_flight.as_ref().map_or(0, |(b, ..)| b.len() as u64) < args.count {
-            source.next_batch().await
-        } else {
-            Batch::default()
-        };
-        if let Some((sent_batch, copies, sent)) = in_flight.take() {
+    let mut taken = 0u64;
+    while done < args.count {
+        let mut idle = true;
+        if taken < args.count {
+            let batch = source.next_batch().await;
+            if !batch.is_empty() {
+                idle = false;
+                first.get_or_insert_with(Instant::now);
+                taken += batch.len() as u64;
+                let copies: Vec<Produce> = batch
+                    .records()
+                    .iter()
+                    .map(|r| Produce {
+                        topic: topic.clone(),
+                        key: r.key.clone(),
+                        value: r.value.clone().unwrap_or_default(),
+                        headers: r.headers.clone(),
+                    })
+                    .collect();
+                let sent = sink.enqueue(&copies.iter().collect::<Vec<_>>()).await;
+                in_flight.push_back((batch, copies, sent));
+            }
+        }
+        while in_flight.len() > IN_FLIGHT || (idle && !in_flight.is_empty()) {
+            let (sent_batch, copies, sent) = in_flight.pop_front().expect("not empty");
             let refs: Vec<&Produce> = copies.iter().collect();
             if let Err((e, failed)) = sent.acknowledged(&refs).await {
                 anyhow::bail!("{} of {} records not acknowledged: {e}", failed.len(), refs.len());
@@ -74,25 +94,6 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
             }
             done += sent_batch.len() as u64;
         }
-        if done >= args.count {
-            break;
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        first.get_or_insert_with(Instant::now);
-        let copies: Vec<Produce> = batch
-            .records()
-            .iter()
-            .map(|r| Produce {
-                topic: topic.clone(),
-                key: r.key.clone(),
-                value: r.value.clone().unwrap_or_default(),
-                headers: r.headers.clone(),
-            })
-            .collect();
-        let sent = sink.enqueue(&copies.iter().collect::<Vec<_>>()).await;
-        in_flight = Some((batch, copies, sent));
     }
     source.commit_stored(CommitMode::Sync)?;
     let secs = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
@@ -151,11 +152,12 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
     latencies.sort_unstable();
     let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     println!(
-        "latency: {} records: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        "latency: {} records: p50 {} ms, p90 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
         latencies.len(),
         at(0.5),
         at(0.9),
         at(0.99),
+        at(0.999),
         latencies[latencies.len() - 1]
     );
     Ok(())

@@ -1,0 +1,164 @@
+//! Exactly-once: the outputs, dead letters and consumer offsets of the
+//! batches of one `commit_interval_ms` go in one Kafka transaction. A failed
+//! transaction is aborted (or its producer replaced, when the failure is
+//! fatal) and its batches are read and processed again; their effects,
+//! behind the fence, are not applied again.
+
+use super::{Backoff, Delivering, Failure, Mode, Peer, Steps, produced};
+use crate::kafka::{Sent, Source};
+use crate::pipeline::BatchResult;
+use crate::record::Batch;
+use anyhow::Context;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// The exactly-once delivery mode.
+pub struct ExactlyOnce {
+    /// The open transaction, if any.
+    open: Option<Transaction>,
+    /// How long a transaction takes batches (`commit_interval_ms`).
+    commit_every: Duration,
+    /// The wait before the next attempt after failed transactions; reset
+    /// by a commit.
+    rewinds: Backoff,
+    /// The producer failed fatally (or could not be replaced yet): replace
+    /// it before the next transaction.
+    replace_producer: bool,
+}
+
+/// An open Kafka transaction and the batches written in it, their effects
+/// applied.
+struct Transaction {
+    batches: Vec<Delivering>,
+    begun: Instant,
+}
+
+impl ExactlyOnce {
+    /// One transaction per `commit_every`.
+    pub fn new(commit_every: Duration) -> Self {
+        Self { open: None, commit_every, rewinds: Backoff::new(), replace_producer: false }
+    }
+
+    /// Begins a transaction, replacing the producer first if it failed
+    /// fatally. A fatal error marks the producer for replacement.
+    fn begin(&mut self, steps: &mut Steps<'_>) -> anyhow::Result<()> {
+        if self.replace_producer {
+            steps.sink.recreate().context("cannot recreate the transactional producer")?;
+            self.replace_producer = false;
+        }
+        if let Err(e) = steps.sink.begin() {
+            self.replace_producer = Failure::of(&e) == Failure::Fatal;
+            return Err(e).context("begin transaction");
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction: waits for its records'
+    /// acknowledgements, adds the consumer offsets after its batches and
+    /// commits, then counts its batches. On failure aborts it (or marks the
+    /// producer for replacement), waits, and rewinds its partitions so that
+    /// its batches are read and processed again.
+    async fn close(&mut self, steps: &mut Steps<'_>, source: &Source, open: Transaction) -> anyhow::Result<()> {
+        let mut batches = Vec::with_capacity(open.batches.len());
+        let mut sent = Vec::with_capacity(open.batches.len());
+        for Delivering { batch, result, sent: s } in open.batches {
+            batches.push((batch, result));
+            sent.push(s);
+        }
+        match commit(steps, source, &batches, sent).await {
+            Ok(()) => {
+                self.rewinds = Backoff::new();
+                steps.metrics.transactions.fetch_add(1, Ordering::Relaxed);
+                for (batch, result) in &batches {
+                    steps.metrics.record_batch(batch.records(), result);
+                }
+                steps.metrics.ready.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                if Failure::in_chain(&error) == Failure::Fatal {
+                    tracing::warn!(error = %error, "fatal transaction error: the producer is replaced");
+                    self.replace_producer = true;
+                } else if let Err(e) = steps.sink.abort() {
+                    tracing::warn!(error = %e, "abort failed: the producer is replaced");
+                    self.replace_producer = true;
+                }
+                steps.wait(Peer::Kafka, "committing a transaction", &format!("{error:#}"), &mut self.rewinds).await?;
+                steps.rewind(source, batches.iter().map(|(b, _)| &**b)).await
+            }
+        }
+    }
+}
+
+/// Waits for the acknowledgements of a transaction's records, adds the
+/// consumer offsets after its batches, and commits it.
+async fn commit(
+    steps: &mut Steps<'_>,
+    source: &Source,
+    batches: &[(Arc<Batch>, BatchResult)],
+    sent: Vec<Sent>,
+) -> anyhow::Result<()> {
+    for ((_, result), sent) in batches.iter().zip(sent) {
+        let pending = produced(result);
+        if let Err((e, failed)) = sent.acknowledged(&pending).await {
+            return Err(anyhow::Error::new(e).context(format!(
+                "{} of {} records not acknowledged",
+                failed.len(),
+                pending.len()
+            )));
+        }
+    }
+    let group = source.group_metadata().context("the consumer has no group metadata")?;
+    let offsets = Source::offsets_after(batches.iter().map(|(b, _)| &**b))?;
+    steps.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
+    let mut commit = steps.sink.commit();
+    for _ in 0..3 {
+        match &commit {
+            Err(e) if Failure::of(e) == Failure::Retriable => commit = steps.sink.commit(),
+            _ => break,
+        }
+    }
+    commit.context("commit transaction")
+}
+
+impl Mode for ExactlyOnce {
+    async fn deliver(
+        &mut self,
+        steps: &mut Steps<'_>,
+        source: &Source,
+        batch: Arc<Batch>,
+        result: BatchResult,
+    ) -> anyhow::Result<()> {
+        // The batch joins the open transaction (one is begun if none is
+        // open), which commits once it has been open for `commit_every`.
+        if self.open.is_none() {
+            if let Err(e) = self.begin(steps) {
+                steps.wait(Peer::Kafka, "beginning a transaction", &format!("{e:#}"), &mut self.rewinds).await?;
+                return steps.rewind(source, [&*batch]).await;
+            }
+            self.open = Some(Transaction { batches: Vec::new(), begun: Instant::now() });
+        }
+        let open = self.open.as_mut().expect("begun above");
+        let sent = steps.sink.enqueue(&produced(&result)).await;
+        open.batches.push(Delivering { batch, result, sent });
+        if open.begun.elapsed() >= self.commit_every {
+            let open = self.open.take().expect("open");
+            self.close(steps, source, open).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()> {
+        match self.open.take() {
+            Some(open) => self.close(steps, source, open).await,
+            None => Ok(()),
+        }
+    }
+
+    fn set_commit_interval(&mut self, every: Duration) {
+        self.commit_every = every;
+    }
+
+    fn shutdown(&mut self, _source: &Source) {}
+}

@@ -104,7 +104,8 @@ pipeline exactly-once bench-eo pipeline.toml >"$out/exactly-once.txt"
 read -r eo_rate eo_cpu eo_rss eo_broker eo_redis <"$out/exactly-once.txt"
 echo "benchmark: exactly-once $eo_rate records/s" >&2
 
-# 3. Latency at half the at-least-once rate (500/s in quick mode) for 20 s,
+# 3. Latency at half the at-least-once rate (500/s in quick mode) for 20 s (the first
+# second, the sender's own start, left out),
 # through a copy of the pipeline from orders.latency to orders.latency.out.
 rate=$([ -n "$quick" ] && echo 500 || echo $(( alo_rate / 2 )))
 stamped=$(( rate * $([ -n "$quick" ] && echo 5 || echo 20) ))
@@ -143,6 +144,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 if [ -n "$quick" ]; then
   [ "$(awk '{print $3}' "$out/raw.txt")" -ge "$count" ] || { echo "benchmark: the raw copy fell short" >&2; exit 1; }
   [ "$(awk '{print $2}' "$out/passthrough.txt")" -ge "$count" ] || { echo "benchmark: pass-through fell short" >&2; exit 1; }
-  [ "$measured" -ge $(( stamped * 8 / 10 )) ] || { echo "benchmark: latency saw $measured of $stamped records" >&2; exit 1; }
+  [ "$measured" -ge $(( stamped * 7 / 10 )) ] || { echo "benchmark: latency saw $measured of $stamped records" >&2; exit 1; }
   echo "benchmark: quick mode ok" >&2
 fi

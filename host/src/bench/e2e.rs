@@ -112,6 +112,15 @@ pub struct LatencyArgs {
     /// Or once no record came for this many seconds after the first.
     #[arg(long, default_value_t = 5)]
     pub idle_s: u64,
+    /// Also print, per second of sending, the records sent and their
+    /// largest latency (to see when a tail happened).
+    #[arg(long)]
+    pub timeline: bool,
+    /// Leave out the records sent in the first this many seconds: the
+    /// sender's own start (connection, producer id) is not the pipeline's
+    /// latency.
+    #[arg(long, default_value_t = 1)]
+    pub warmup_s: u64,
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "localhost:9092")]
     pub brokers: String,
@@ -134,6 +143,7 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         .context("cannot create the consumer")?;
     consumer.subscribe(&[&args.topic])?;
     let mut latencies: Vec<i64> = Vec::with_capacity(args.count as usize);
+    let mut sent_at: Vec<i64> = Vec::with_capacity(args.count as usize);
     let idle = Duration::from_secs(args.idle_s);
     let deadline = Instant::now() + Duration::from_secs(600);
     while (latencies.len() as u64) < args.count && Instant::now() < deadline {
@@ -146,9 +156,30 @@ pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
         });
         if let Some(sent) = sent {
             latencies.push(produced - sent);
+            sent_at.push(sent);
         }
     }
-    anyhow::ensure!(!latencies.is_empty(), "no record with a {SENT_AT} header arrived on {}", args.topic);
+    if args.timeline && !sent_at.is_empty() {
+        let start = sent_at.iter().copied().min().unwrap_or(0);
+        let mut seconds: std::collections::BTreeMap<i64, (u64, i64)> = std::collections::BTreeMap::new();
+        for (sent, latency) in sent_at.iter().zip(&latencies) {
+            let slot = seconds.entry((sent - start) / 1000).or_default();
+            slot.0 += 1;
+            slot.1 = slot.1.max(*latency);
+        }
+        for (second, (n, max)) in seconds {
+            println!("second {second}: {n} records, max {max} ms");
+        }
+    }
+    let start = sent_at.iter().copied().min().unwrap_or(0);
+    let warm = start + args.warmup_s as i64 * 1000;
+    let mut latencies: Vec<i64> =
+        latencies.into_iter().zip(&sent_at).filter(|(_, s)| **s >= warm).map(|(l, _)| l).collect();
+    anyhow::ensure!(
+        !latencies.is_empty(),
+        "no record with a {SENT_AT} header arrived on {} after the warm-up",
+        args.topic
+    );
     latencies.sort_unstable();
     let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
     println!(

@@ -65,8 +65,9 @@ struct Buffer {
     /// The topics subscribed to: a record of another topic, read just
     /// before a resubscription, is left out.
     topics: Vec<String>,
-    /// Per partition, the offset after the last record read.
-    read_to: BTreeMap<(String, i32), i64>,
+    /// Per partition (topic, partition, offset after the last record
+    /// read): a few entries, searched without allocating.
+    read_to: Vec<(String, i32, i64)>,
 }
 
 /// A request to the reader, which alone moves the consumer's positions, so
@@ -105,7 +106,7 @@ impl Source {
                 records: VecDeque::new(),
                 bytes: 0,
                 topics: config.source.topics.clone(),
-                read_to: BTreeMap::new(),
+                read_to: Vec::new(),
             }),
             arrived: Notify::new(),
             room: Notify::new(),
@@ -232,8 +233,9 @@ impl Source {
     /// 2 s). Each is a lower bound of the true end.
     pub fn end_offset(&self, topic: &str, partition: i32) -> Option<i64> {
         let reported = self.metrics.end_offset(topic, partition)?;
-        let key = (topic.to_string(), partition);
-        let read = self.shared.buffer.lock().expect("buffer lock").read_to.get(&key).copied().unwrap_or(0);
+        let buffer = self.shared.buffer.lock().expect("buffer lock");
+        let read = buffer.read_to.iter().find(|(t, p, _)| t == topic && *p == partition).map_or(0, |(.., o)| *o);
+        drop(buffer);
         let reported = reported.max(read);
         let asked =
             tokio::task::block_in_place(|| self.consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)));
@@ -266,12 +268,19 @@ impl Shared {
         if !buffer.topics.contains(&record.topic) {
             return;
         }
-        let slot = buffer.read_to.entry((record.topic.clone(), record.partition)).or_insert(0);
-        *slot = (*slot).max(record.offset + 1);
+        let next = record.offset + 1;
+        match buffer.read_to.iter_mut().find(|(t, p, _)| *t == record.topic && *p == record.partition) {
+            Some((.., read)) => *read = (*read).max(next),
+            None => buffer.read_to.push((record.topic.clone(), record.partition, next)),
+        }
+        let was_empty = buffer.records.is_empty();
         buffer.bytes += bytes;
         buffer.records.push_back((record, bytes));
         drop(buffer);
-        self.arrived.notify_one();
+        // The run loop waits only on an empty buffer.
+        if was_empty {
+            self.arrived.notify_one();
+        }
     }
 
     /// Takes up to a batch of records.

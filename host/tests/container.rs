@@ -71,10 +71,18 @@ async fn the_health_check_turns_healthy_for_a_non_root_process_on_a_read_only_ro
     assert_eq!(uids, [uid.as_str(); 4], "real, effective, saved and file-system uid");
     assert_eq!(container.inspect("{{.HostConfig.ReadonlyRootfs}}"), "true");
 
-    // The host has filled the cache volume with the compiled plugins, one
-    // per stage; inside, the root is not writable and the volume is.
-    let compiled: Vec<PathBuf> =
-        walk(&setup.cache.0).into_iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+    // The host fills the cache volume with the compiled plugins, one per
+    // stage, while it loads them (the health check answers before that);
+    // inside, the root is not writable and the volume is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let compiled = loop {
+        let compiled: Vec<PathBuf> =
+            walk(&setup.cache.0).into_iter().filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+        if compiled.len() >= 4 || std::time::Instant::now() > deadline {
+            break compiled;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(compiled.len(), 4, "compiled plugins in the cache volume: {compiled:?}");
     let write = |path: &str| output("docker", &["exec", &container.id, "touch", path]);
     let denied = write("/etc/sluice/written");

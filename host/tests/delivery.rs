@@ -239,17 +239,25 @@ async fn a_fence_past_the_end_of_its_partition_stops_the_host_and_says_how_to_re
     assert_eq!(counter(&format!("{}n", counters.0)).get("f0"), None, "nothing applied");
 }
 
+/// The test guest's pipeline with batches of 10 and one commit a second.
+fn small_batches_committed_each_second() -> String {
+    let text = guest_pipeline().replace("batch_size = ${SLUICE_BATCH_SIZE:-500}", "batch_size = 10");
+    assert!(text.contains("batch_size = 10"));
+    format!("commit_interval_ms = 1000\n{text}")
+}
+
+/// `n` keyed records that each add 1 to field `f0` of `{prefix}n`.
+fn counted(counters: &RedisPrefix, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    (0..n).map(|i| (Some(i.to_string()), format!("effects 1 {}n", counters.0).into_bytes())).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exactly_once_commits_one_transaction_per_interval_not_per_batch() {
     let tansu = Tansu::start();
     let counters = RedisPrefix::new("interval");
-    let text = guest_pipeline().replace("batch_size = ${SLUICE_BATCH_SIZE:-500}", "batch_size = 10");
-    assert!(text.contains("batch_size = 10"));
-    let text = format!("commit_interval_ms = 1000\n{text}");
+    let text = small_batches_committed_each_second();
     let (mut host, _work) = start("interval", &text, &tansu, &counters, "exactly-once");
-    let records: Vec<_> =
-        (0..2000).map(|i| (Some(i.to_string()), format!("effects 1 {}n", counters.0).into_bytes())).collect();
-    produce(&tansu.brokers(), "orders", &records).await;
+    produce(&tansu.brokers(), "orders", &counted(&counters, 2000)).await;
     host.wait_records_in(2000, Duration::from_secs(120));
     let (batches, transactions) =
         (host.metric("sluice_batches_total").unwrap(), host.metric("sluice_transactions_total").unwrap());
@@ -265,13 +273,9 @@ async fn exactly_once_commits_one_transaction_per_interval_not_per_batch() {
 async fn at_least_once_commits_offsets_per_interval_not_per_batch() {
     let tansu = Tansu::start();
     let counters = RedisPrefix::new("alo-interval");
-    let text = guest_pipeline().replace("batch_size = ${SLUICE_BATCH_SIZE:-500}", "batch_size = 10");
-    assert!(text.contains("batch_size = 10"));
-    let text = format!("commit_interval_ms = 1000\n{text}");
+    let text = small_batches_committed_each_second();
     let (mut host, _work) = start("alo-interval", &text, &tansu, &counters, "at-least-once");
-    let records: Vec<_> =
-        (0..2000).map(|i| (Some(i.to_string()), format!("effects 1 {}n", counters.0).into_bytes())).collect();
-    produce(&tansu.brokers(), "orders", &records).await;
+    produce(&tansu.brokers(), "orders", &counted(&counters, 2000)).await;
     host.wait_records_in(2000, Duration::from_secs(120));
     let (batches, commits) =
         (host.metric("sluice_batches_total").unwrap(), host.metric("sluice_offset_commits_total").unwrap());
@@ -369,8 +373,11 @@ async fn a_rewind_drops_what_was_read_ahead_and_reads_the_partitions_again_from_
     // Let the reader fill its buffer past the batches taken, then rewind
     // them (an aborted transaction): nothing is committed, so each of their
     // partitions goes back to its first record in them.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(source.buffered().0 > 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while source.buffered().0 == 0 {
+        assert!(std::time::Instant::now() < deadline, "nothing was read ahead");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     source.rewind(first.iter()).await.unwrap();
     let again = take(&source, 1500).await;
     let (before, after) = (offsets(&first), offsets(&again));

@@ -22,8 +22,13 @@ setup:
 # componentize-py and componentize-js (scripts/setup.sh installs both).
 build: host plugins polyglot
 
+# The host, and `sluice-native-bench`: `sluice bench` with the default
+# pipeline's stages also compiled natively, to measure what the sandbox costs
+# (the host does not link the example's plugins). One cargo invocation, so
+# that both, and `cargo test --workspace`, share one feature set and one
+# build of the host.
 host:
-	cargo build --release -p sluice
+	cargo build --release -p sluice -p native-bench
 
 plugins:
 	mkdir -p $(DIST)
@@ -48,6 +53,7 @@ demo: setup build
 
 test: setup build
 	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
 	bash scripts/check-deploy.sh
 	bash scripts/test.sh
 

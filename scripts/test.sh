@@ -22,7 +22,7 @@ if [ "$prepared" = 0 ]; then
 fi
 cargo test --release --workspace 2>&1 | tee target/test.log || status=$?
 if [ "$status" = 0 ]; then
-  ./target/release/sluice bench --count 2000 --batch 64 || status=$?
+  ./target/release/sluice-native-bench --count 2000 --batch 64 || status=$?
   cargo bench -p sluice --bench micro -- --test 2>&1 | tail -n 12 || status=$?
   bash scripts/benchmark.sh --quick || status=$?
 fi

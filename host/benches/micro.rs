@@ -6,14 +6,14 @@
 //! `cargo bench -p sluice --bench micro`; `-- --test` runs each once.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use sluice::bench::StaticLookups;
 use sluice::bindings::Message;
 use sluice::config::{self, Pipeline};
 use sluice::engine::Engine;
-use sluice::generator::{self, Rng};
-use sluice::pipeline::{Chain, LookupSource};
+use sluice::lookup::{InMemory, LookupSource};
+use sluice::pipeline::Chain;
 use sluice::record::Effect;
 use sluice::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
+use sluice::tools::generator::{self, Rng};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -59,7 +59,7 @@ fn messages(count: usize, ok: bool) -> Vec<Message> {
 
 fn component_calls(c: &mut Criterion) {
     let engine = Engine::new().unwrap();
-    let lookups: Arc<dyn LookupSource> = Arc::new(StaticLookups(generator::tables()));
+    let lookups: Arc<dyn LookupSource> = Arc::new(InMemory(generator::tables()));
     for (name, plugin, ok) in
         [("boundary (testguest ok)", "testguest.wasm", true), ("normalize", "normalize.wasm", false)]
     {

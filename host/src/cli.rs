@@ -2,9 +2,9 @@
 
 use crate::config;
 use crate::engine::Engine;
-use crate::generator::{self, GenArgs};
+use crate::lookup::Offline;
 use crate::pipeline::Chain;
-use crate::redis::Offline;
+use crate::tools::generator::{self, GenArgs};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -51,21 +51,21 @@ enum Command {
     /// Generate orders for the default pipeline.
     Gen(GenArgs),
     /// Measure the stage chain in process (no broker, no Redis).
-    Bench(crate::bench::BenchArgs),
+    Bench(crate::tools::bench::BenchArgs),
     /// Print the first records of a topic, with their headers.
     Peek(crate::kafka::peek::PeekArgs),
     /// Print the sales report from the Redis counters.
-    Report(crate::report::ReportArgs),
+    Report(crate::tools::report::ReportArgs),
     /// Copy records from the source topics to another topic with no stages
     /// (the ceiling the end-to-end benchmark compares the pipeline with).
-    Passthrough(crate::bench::e2e::PassthroughArgs),
+    Passthrough(crate::tools::bench::e2e::PassthroughArgs),
     /// End-to-end latency of records stamped by `sluice gen --stamp`.
-    Latency(crate::bench::e2e::LatencyArgs),
+    Latency(crate::tools::bench::e2e::LatencyArgs),
     /// Run a plugin (or a pipeline's chain) on records from a file, in the
     /// host engine with lookups from memory, and check the results.
-    Test(crate::plugin_test::TestArgs),
+    Test(crate::tools::test::TestArgs),
     /// Create a plugin project in Rust, Python or JavaScript.
-    New(crate::scaffold::NewArgs),
+    New(crate::tools::scaffold::NewArgs),
 }
 
 /// Parses the command line and runs the command.
@@ -80,16 +80,16 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Validate { path } => validate(&path),
         Command::Gen(args) => runtime.block_on(generator::run(args)),
-        Command::Bench(args) => crate::bench::run(args),
+        Command::Bench(args) => crate::tools::bench::run(args),
         Command::Peek(args) => crate::kafka::peek::run(args),
-        Command::Report(args) => runtime.block_on(crate::report::run(args)),
-        Command::Passthrough(args) => runtime.block_on(crate::bench::e2e::passthrough(args)),
-        Command::Latency(args) => runtime.block_on(crate::bench::e2e::latency(args)),
-        Command::Test(args) => match crate::plugin_test::run(args)? {
+        Command::Report(args) => runtime.block_on(crate::tools::report::run(args)),
+        Command::Passthrough(args) => runtime.block_on(crate::tools::bench::e2e::passthrough(args)),
+        Command::Latency(args) => runtime.block_on(crate::tools::bench::e2e::latency(args)),
+        Command::Test(args) => match crate::tools::test::run(args)? {
             true => Ok(()),
             false => std::process::exit(1),
         },
-        Command::New(args) => crate::scaffold::run(args),
+        Command::New(args) => crate::tools::scaffold::run(args),
     }
 }
 

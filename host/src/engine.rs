@@ -27,35 +27,63 @@ pub const MAX_WASM_STACK: usize = 512 << 10;
 
 /// Why a plugin file could not be loaded.
 #[derive(Debug)]
+///
+/// Its message names the file; the cause, where there is one, is its
+/// [`source`](std::error::Error::source) (print it with `{:#}` through
+/// anyhow to see both).
 pub enum LoadError {
     /// The file cannot be read.
-    Read(PathBuf, std::io::Error),
+    Read {
+        /// The plugin file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The file is not WebAssembly at all.
-    NotWasm(PathBuf),
+    NotWasm {
+        /// The plugin file.
+        path: PathBuf,
+    },
     /// The file is a core module, not a component.
-    CoreModule(PathBuf),
+    CoreModule {
+        /// The plugin file.
+        path: PathBuf,
+    },
     /// wasmtime refused the component.
-    Invalid(PathBuf, String),
+    Invalid {
+        /// The plugin file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        source: wasmtime::Error,
+    },
 }
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Read(p, e) => write!(f, "cannot read plugin {}: {e}", p.display()),
-            Self::NotWasm(p) => write!(f, "plugin {} is not a WebAssembly file (no `\\0asm` header)", p.display()),
-            Self::CoreModule(p) => write!(
+            Self::Read { path, .. } => write!(f, "cannot read plugin {}", path.display()),
+            Self::NotWasm { path } => {
+                write!(f, "plugin {} is not a WebAssembly file (no `\\0asm` header)", path.display())
+            }
+            Self::CoreModule { path } => write!(
                 f,
                 "plugin {} is a core WebAssembly module, not a component: build it for wasm32-wasip2 (or run `wasm-tools component new`)",
-                p.display()
+                path.display()
             ),
-            Self::Invalid(p, e) => {
-                write!(f, "plugin {} is not a valid component: {e}", p.display())
-            }
+            Self::Invalid { path, .. } => write!(f, "plugin {} is not a valid component", path.display()),
         }
     }
 }
 
-impl std::error::Error for LoadError {}
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Read { source, .. } => Some(source),
+            Self::Invalid { source, .. } => Some(source.as_ref()),
+            Self::NotWasm { .. } | Self::CoreModule { .. } => None,
+        }
+    }
+}
 
 /// Where a component's compiled code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -103,12 +131,15 @@ pub struct Engine {
     stack: usize,
     compiled: Arc<Mutex<Compiled>>,
     /// Engines of the same settings by stack size, shared by all siblings.
-    siblings: Arc<Mutex<HashMap<usize, (wasmtime::Engine, Arc<Mutex<Compiled>>)>>>,
+    siblings: Arc<Mutex<Siblings>>,
     cache_dir: Option<Arc<Path>>,
 }
 
 /// Compiled components by file sha256, oldest first for eviction.
 type Compiled = (HashMap<String, Component>, VecDeque<String>);
+
+/// Engines by wasm stack size, each with its compiled components.
+type Siblings = HashMap<usize, (wasmtime::Engine, Arc<Mutex<Compiled>>)>;
 
 impl Engine {
     /// An engine with epoch interruption, the stack limit and the
@@ -187,13 +218,13 @@ impl Engine {
     /// unless its compiled code is cached in memory or on disk.
     pub fn load(&self, path: &Path) -> Result<LoadedComponent, LoadError> {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read(path.to_path_buf(), e))?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
         match bytes.get(..8) {
             Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => {
-                return Err(LoadError::CoreModule(path.to_path_buf()));
+                return Err(LoadError::CoreModule { path: path.to_path_buf() });
             }
             Some([0, b'a', b's', b'm', ..]) => {}
-            _ => return Err(LoadError::NotWasm(path.to_path_buf())),
+            _ => return Err(LoadError::NotWasm { path: path.to_path_buf() }),
         }
         let sha256: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
         let loaded = |component, origin| LoadedComponent {
@@ -211,7 +242,7 @@ impl Engine {
             Some(component) => (component, CodeOrigin::DiskCache),
             None => {
                 let component = Component::new(&self.inner, &bytes)
-                    .map_err(|e| LoadError::Invalid(path.to_path_buf(), format!("{e:#}")))?;
+                    .map_err(|source| LoadError::Invalid { path: path.to_path_buf(), source })?;
                 if let Some(file) = &cached {
                     write_cached(file, &component);
                 }

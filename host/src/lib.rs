@@ -2,6 +2,11 @@
 //!
 //! # Layout
 //!
+//! The runtime is every module but [`tools`] and [`cli`]; the tools (load
+//! generator, benchmarks, `sluice test`, `sluice new`, the sales report) use
+//! the runtime, which never uses them. Only [`kafka`] talks to Kafka and only
+//! [`redis`] to Redis.
+//!
 //! - [`record`]: the records the host moves (read, produced, effects, batches
 //!   with their offset spans); a leaf, free of the plugin contract's types.
 //! - [`config`]: the pipeline.toml model, `${VAR}` interpolation, validation.
@@ -9,36 +14,35 @@
 //! - [`bindings`]: the host side of the `sluice:plugin` WIT contract.
 //! - [`pipeline`]: a stage (one sandboxed instance) and the stage chain.
 //! - [`kafka`]: the consumer-group source and the producer sink.
-//! - [`redis`]: lookup tables with a cache, and effects.
+//! - [`lookup`]: lookup tables: the trait plugins' lookups are served by, the
+//!   cache with a time-to-live per table, in-memory and offline tables.
+//! - [`redis`]: lookup rows from Redis hashes, and effects.
 //! - [`run`]: the composition root: wires the source, the chain, Redis and
 //!   the admin API, and runs the consume -> process -> apply -> deliver loop.
 //! - [`delivery`]: the delivery guarantees as types (at-least-once,
 //!   exactly-once), Kafka errors classified, and the steps that wait out a
 //!   failing peer.
-//! - [`reload`]: watching files, building and probing new pipelines, and
-//!   handing them to the run loop to put live between two batches.
-//! - [`http`]: the admin API and dashboard; [`metrics`]: the counters it
-//!   serves; [`report`]: the sales report from the Redis counters.
-//! - [`generator`]: the load generator; [`bench`]: the in-process benchmark;
-//!   [`cli`]: the command line.
+//! - [`reload`]: the reload protocol (building and probing new pipelines and
+//!   putting them live between two batches), the file watcher and the diff
+//!   between two pipelines.
+//! - [`http`]: the admin API, its JSON views and the dashboard;
+//!   [`metrics`]: the counters it serves.
+//! - [`tools`]: the developer tools; [`cli`]: the command line.
 #![deny(missing_docs)]
 
-pub mod bench;
 #[allow(missing_docs)]
 pub mod bindings;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod engine;
-pub mod generator;
 pub mod http;
 pub mod kafka;
+pub mod lookup;
 pub mod metrics;
 pub mod pipeline;
-pub mod plugin_test;
 pub mod record;
 pub mod redis;
 pub mod reload;
-pub mod report;
 pub mod run;
-pub mod scaffold;
+pub mod tools;

@@ -9,7 +9,7 @@
 //! them into a [`Scrape`], a collector of the crate, instead of keeping a
 //! second set of counters in a registry.
 
-use crate::pipeline::BatchResult;
+use crate::pipeline::{BatchResult, Reason};
 use crate::record::Record;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
@@ -125,25 +125,10 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Per partition: the next offset to process, and the broker's last
     /// stable offset (from the consumer's statistics).
-    positions: Mutex<BTreeMap<(String, i32), (Option<i64>, Option<i64>)>>,
+    positions: Mutex<BTreeMap<Partition, Position>>,
     /// Per assigned partition: its end offset as last reported by the
     /// consumer's statistics since it was assigned.
     ends: Mutex<BTreeMap<(String, i32), i64>>,
-}
-
-/// What a stage handled since the host started.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct StageCounts {
-    /// Records passed in.
-    pub records_in: u64,
-    /// Records emitted.
-    pub emitted: u64,
-    /// Records filtered.
-    pub filtered: u64,
-    /// Records rejected.
-    pub rejected: u64,
-    /// Seconds spent in the stage.
-    pub seconds: f64,
 }
 
 impl Metrics {
@@ -265,15 +250,17 @@ impl Metrics {
         *self.reloads.lock().expect("metrics lock").entry(result).or_default() += 1;
     }
 
-    /// What the stage `name` handled so far.
-    pub fn stage_counts(&self, name: &str) -> StageCounts {
+    /// What the stage `name` handled so far, as `/api/pipeline` shows it:
+    /// records in, emitted, filtered and rejected, and seconds spent.
+    pub fn stage_counts(&self, name: &str) -> serde_json::Value {
         let stages = self.stages.lock().expect("metrics lock");
-        stages.get(name).map_or_else(StageCounts::default, |t| StageCounts {
-            records_in: t.records_in,
-            emitted: t.emitted,
-            filtered: t.filtered,
-            rejected: t.rejected,
-            seconds: t.nanos as f64 / 1e9,
+        let t = stages.get(name).cloned().unwrap_or_else(StageTotals::new);
+        serde_json::json!({
+            "records_in": t.records_in,
+            "emitted": t.emitted,
+            "filtered": t.filtered,
+            "rejected": t.rejected,
+            "seconds": t.nanos as f64 / 1e9,
         })
     }
 
@@ -309,9 +296,8 @@ impl Metrics {
     /// deadline, memory, contract) or its circuit breaker was open.
     pub fn plugin_failures(&self, stage: &str) -> u64 {
         let dead = self.dead_letters.lock().expect("metrics lock");
-        let failed = |reason: &str| reason.starts_with("plugin_") || reason == "circuit_open";
         let reasons = dead.get(stage).into_iter().flatten();
-        reasons.filter(|(reason, _)| failed(reason)).map(|(_, n)| n).sum()
+        reasons.filter(|(reason, _)| Reason::of(reason).is_plugin_failure()).map(|(_, n)| n).sum()
     }
 
     /// Dead letters so far.
@@ -365,29 +351,21 @@ impl Metrics {
 /// already has [`MAX_REASONS_PER_STAGE`] of its own, then `other`. The host's
 /// codes are a small fixed set and always keep their names: `plugin_failures`
 /// counts some of them.
-fn reason_label<'a>(reasons: &BTreeMap<String, u64>, reason: &'a str) -> &'a str {
-    if host_reason(reason) || reasons.contains_key(reason) {
-        return reason;
+fn reason_label<'a>(reasons: &BTreeMap<String, u64>, reason: &'a Reason) -> &'a str {
+    let code = reason.as_str();
+    if reason.is_hosts() || reasons.contains_key(code) {
+        return code;
     }
-    let own = reasons.keys().filter(|r| !host_reason(r) && *r != OTHER_REASON).count();
-    if own < MAX_REASONS_PER_STAGE { reason } else { OTHER_REASON }
+    let own = reasons.keys().filter(|r| !Reason::of(r).is_hosts() && *r != OTHER_REASON).count();
+    if own < MAX_REASONS_PER_STAGE { code } else { OTHER_REASON }
 }
 
-/// Whether `reason` is one of the host's codes: `plugin_*` and
-/// `circuit_open`, which a plugin cannot give (see `pipeline::stage`), and
-/// those the host gives records of any stage.
-fn host_reason(reason: &str) -> bool {
-    reason.starts_with("plugin_")
-        || matches!(
-            reason,
-            "circuit_open"
-                | "effect_denied"
-                | "effect_failed"
-                | "unknown_route"
-                | "output_too_large"
-                | "record_too_large"
-        )
-}
+/// A topic's partition.
+type Partition = (String, i32);
+
+/// A partition's next offset to process, and the broker's last stable
+/// offset.
+type Position = (Option<i64>, Option<i64>);
 
 /// What one scrape exposes, copied out of [`Metrics`]: the crate's
 /// collectors own what they encode. The histograms are shared, not copied.
@@ -549,7 +527,8 @@ mod tests {
     }
 
     fn dead(stage: &str, reason: &str) -> DeadLetter {
-        DeadLetter { origin: 0, stage: stage.into(), reason: reason.into(), record: produce("orders.dlq") }
+        let (stage, reason) = (stage.into(), Reason::of(reason));
+        DeadLetter { origin: 0, stage, reason, message: String::new(), record: produce("orders.dlq") }
     }
 
     /// A stage that passed one record through in `seconds`.
@@ -644,7 +623,9 @@ mod tests {
         metrics.record_reload("applied");
         let text = metrics.render();
         let s = samples(&text);
-        let want: &[(&str, &[(&str, &str)], f64)] = &[
+        // (series, labels, value)
+        type Sample<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+        let want: &[Sample] = &[
             ("sluice_records_in_total", &[], 2.0),
             ("sluice_records_out_total", &[], 1.0),
             ("sluice_filtered_total", &[], 0.0),

@@ -17,14 +17,15 @@ use crate::config::{self, Delivery, PipelineConfig};
 use crate::delivery::{AtLeastOnce, ExactlyOnce, Mode, Steps};
 use crate::engine::Engine;
 use crate::http;
-use crate::kafka::{Sink, Source};
+use crate::http::views::{PipelineStatus, StageView};
+use crate::kafka::{Commit, Sink, Source, Writer};
+use crate::lookup::LookupSource;
 use crate::metrics::Metrics;
-use crate::pipeline::{BatchResult, Chain, LookupSource};
+use crate::pipeline::{BatchResult, Chain, HostRefusal};
 use crate::record::{Batch, Effect, Record};
 use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups};
-use crate::reload::{self, PROBE_RECORDS, Reloader, Request, StageView, Status, Swap, Trigger};
+use crate::reload::{self, PROBE_RECORDS, Reloader, Request, Trigger};
 use anyhow::Context;
-use rdkafka::consumer::CommitMode;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -39,7 +40,7 @@ use tokio::sync::{mpsc, watch};
 pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bool) -> anyhow::Result<()> {
     let config = pipeline.config.clone();
     let metrics = Arc::new(Metrics::default());
-    let pipeline_status = Arc::new(Status::default());
+    let pipeline_status = Arc::new(PipelineStatus::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (requests, requests_rx) = mpsc::channel::<Request>(64);
     tokio::spawn(handle_signals(stop_tx, requests.clone()));
@@ -53,9 +54,9 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         metrics: metrics.clone(),
         status: pipeline_status.clone(),
         requests: requests.clone(),
-        report: Arc::new(crate::report::Cached::new(crate::report::Source::of(&config))),
+        report: Arc::new(crate::tools::report::Cached::new(crate::tools::report::Counters::of(&config))),
         ingest: Arc::new(http::Ingest {
-            producer: Sink::plain_producer(&config).context("cannot create the ingest producer")?,
+            producer: Writer::for_pipeline(&config).context("cannot create the ingest producer")?,
             topics: config.admin.ingest_topics.clone().unwrap_or_else(|| config.source.topics.clone()),
             max_bytes: config.admin.ingest_max_bytes.get(),
             permits: Arc::new(tokio::sync::Semaphore::new(http::INGEST_CONCURRENCY)),
@@ -86,7 +87,9 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     metrics.generation.store(1, Ordering::Relaxed);
     let probe = Arc::new(Mutex::new(Vec::new()));
     let watched = Arc::new(Mutex::new(Vec::new()));
-    let (swaps, swaps_rx) = mpsc::channel::<Swap>(1);
+    let (configs, configs_rx) = watch::channel(Arc::new(config.clone()));
+    let versions = reload::versions(&chain);
+    let chain = Arc::new(Mutex::new(chain));
     let reloader = Reloader {
         path: path.to_path_buf(),
         engine,
@@ -96,18 +99,18 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         generation: 1,
         promoted: Default::default(),
         probe: probe.clone(),
-        swaps,
+        configs,
         status: pipeline_status.clone(),
         metrics: metrics.clone(),
         watched: watched.clone(),
-        versions: reload::versions(&chain),
+        versions,
+        chain: chain.clone(),
     };
     let reloads = tokio::spawn(reloader.serve(requests_rx));
     let on_terminal = status_line_on_tty && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let status_line = on_terminal.then(|| tokio::spawn(status_line(metrics.clone())));
     let watcher = tokio::spawn(reload::watch(watched, requests));
 
-    let chain = Arc::new(Mutex::new(chain));
     let live_config = config.clone();
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
     adopt_group_fences(&mut effects, &config).await;
@@ -129,7 +132,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         probe: &probe,
         effects,
         live_config,
-        swaps: swaps_rx,
+        configs: configs_rx,
         metrics: &metrics,
         stop: stop_rx.clone(),
     };
@@ -159,9 +162,10 @@ struct Consuming<'a> {
     chain: &'a Arc<Mutex<Chain>>,
     probe: &'a Mutex<Vec<Record>>,
     effects: RedisEffects,
-    /// The pipeline generation now live.
+    /// The settings of the source now live.
     live_config: PipelineConfig,
-    swaps: mpsc::Receiver<Swap>,
+    /// The pipeline of each reload, once its chain is live.
+    configs: watch::Receiver<Arc<PipelineConfig>>,
     metrics: &'a Metrics,
     stop: watch::Receiver<bool>,
 }
@@ -175,19 +179,39 @@ impl Consuming<'_> {
         outcome
     }
 
+    /// Applies a reloaded pipeline's source settings: resubscribes when
+    /// the input topics changed (once every batch taken is delivered and
+    /// committed), and takes its batching and commit interval.
+    async fn reconfigure<M: Mode>(
+        &mut self,
+        next: &PipelineConfig,
+        mode: &mut M,
+        steps: &mut Steps<'_>,
+    ) -> anyhow::Result<()> {
+        if next.source.topics != self.live_config.source.topics {
+            mode.settle(steps, self.source).await?;
+            let at_least_once = self.live_config.delivery == Delivery::AtLeastOnce;
+            if at_least_once && let Err(e) = self.source.commit_stored(Commit::Sync) {
+                tracing::warn!(error = %e, "offset commit before resubscribing failed; some records may be read again");
+            }
+            self.source.resubscribe(&next.source.topics).context("cannot subscribe to the new source.topics")?;
+            self.metrics.retain_topics(&next.source.topics);
+            tracing::info!(topics = ?next.source.topics, "resubscribed");
+        }
+        self.source.set_batching(next.source.batch_size.get(), next.source.batch_max_bytes.get());
+        mode.set_commit_interval(Duration::from_millis(next.commit_interval_ms.get()));
+        self.live_config = next.clone();
+        Ok(())
+    }
+
     async fn turns<M: Mode>(&mut self, mode: &mut M, steps: &mut Steps<'_>) -> anyhow::Result<()> {
         let mut probe_taken = std::time::Instant::now() - PROBE_EVERY;
         loop {
-            // A reloaded pipeline goes live here, between two batches: the
-            // batches in flight finish on the old one, and every later
-            // record of every partition goes through the new one.
-            if !self.swaps.is_empty() {
-                mode.settle(steps, self.source).await?;
-            }
-            while let Ok(swap) = self.swaps.try_recv() {
-                let exactly_once = self.live_config.delivery == Delivery::ExactlyOnce;
-                put_live(swap, self.chain, &mut self.live_config, self.source, self.metrics, exactly_once)?;
-                mode.set_commit_interval(Duration::from_millis(self.live_config.commit_interval_ms.get()));
+            // A reload's chain went live when the reloader swapped it in,
+            // between two batches; its source settings apply here.
+            if self.configs.has_changed().unwrap_or(false) {
+                let next = self.configs.borrow_and_update().clone();
+                self.reconfigure(&next, mode, steps).await?;
             }
             let batch = tokio::select! {
                 biased;
@@ -213,14 +237,11 @@ impl Consuming<'_> {
             let applied = steps.apply(&mut self.effects, &fence, &record_effects).await?;
             self.metrics.effects_skipped.fetch_add(applied.skipped as u64, Ordering::Relaxed);
             check_fences(self.source, &fence, &applied, &batch)?;
-            if !applied.refused.is_empty() {
-                let chain = self.chain.lock().expect("chain lock");
-                for refused in &applied.refused {
-                    let stage =
-                        record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
-                    let info = ErrorInfo { reason: "effect_failed".into(), message: refused.message.clone() };
-                    chain.reject(&mut result, batch.records(), refused.record, stage.unwrap_or(0), &info);
-                }
+            for refused in &applied.refused {
+                let stage = record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
+                let info =
+                    ErrorInfo { reason: HostRefusal::EffectFailed.as_str().into(), message: refused.message.clone() };
+                result.reject(batch.records(), refused.record, stage.unwrap_or(0), &info);
             }
             mode.deliver(steps, self.source, batch, result).await?;
         }
@@ -262,44 +283,9 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// pipeline itself failed on (a poison record must not block reloads).
 fn probe_sample(records: &[Record], result: &BatchResult) -> Vec<Record> {
     let failed: Vec<usize> =
-        result.dead_letters.iter().filter(|d| d.reason.starts_with("plugin_")).map(|d| d.origin).collect();
+        result.dead_letters.iter().filter(|d| d.reason.is_plugin_failure()).map(|d| d.origin).collect();
     let kept = records.iter().enumerate().filter(|(i, _)| !failed.contains(i));
     kept.map(|(_, r)| r.clone()).take(PROBE_RECORDS).collect()
-}
-
-/// Puts a reloaded chain live: keeps the instances of unchanged stages,
-/// resubscribes when the input topics changed and applies new batching.
-fn put_live(
-    swap: Swap,
-    chain: &Mutex<Chain>,
-    live: &mut PipelineConfig,
-    source: &Source,
-    metrics: &Metrics,
-    exactly_once: bool,
-) -> anyhow::Result<()> {
-    let next = &swap.pipeline.config;
-    let mut new = swap.chain;
-    let generation = new.generation();
-    let old = {
-        let mut current = chain.lock().expect("chain lock");
-        new.adopt_unchanged(&mut current);
-        std::mem::replace(&mut *current, new)
-    };
-    drop(old);
-    if next.source.topics != live.source.topics {
-        if !exactly_once && let Err(e) = source.commit_stored(CommitMode::Sync) {
-            tracing::warn!(error = %e, "offset commit before resubscribing failed; some records may be read again");
-        }
-        source.resubscribe(&next.source.topics).context("cannot subscribe to the new source.topics")?;
-        metrics.retain_topics(&next.source.topics);
-        tracing::info!(topics = ?next.source.topics, "resubscribed");
-    }
-    source.set_batching(next.source.batch_size.get(), next.source.batch_max_bytes.get());
-    *live = next.clone();
-    let views = StageView::all(&chain.lock().expect("chain lock"), next);
-    tracing::info!(generation, "pipeline generation live");
-    let _ = swap.applied.send(views);
-    Ok(())
 }
 
 /// This instance's stable name: `kafka.instance_id`, else the host name.

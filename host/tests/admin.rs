@@ -48,23 +48,42 @@ fn categories(record: &Consumed) -> Vec<String> {
     order["items"].as_array().unwrap().iter().map(|i| i["category"].as_str().unwrap().to_string()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn admin_api_reloads_rejections_canary_and_promotion() {
+/// A host running its own copy of the default pipeline (at-least-once) on
+/// a broker of its own, after a first round of 200 orders.
+struct Admin {
+    host: Host,
+    work: Workdir,
+    pipeline: String,
+    total: u64,
+    _counters: RedisPrefix,
+    _lookups: RedisPrefix,
+    tansu: Tansu,
+}
+
+async fn start(name: &str) -> Admin {
     let tansu = Tansu::start_with_partitions(1);
-    let (lookups, counters) = (RedisPrefix::new("admin-lookups"), RedisPrefix::new("admin-counters"));
+    let (lookups, counters) =
+        (RedisPrefix::new(&format!("{name}-lookups")), RedisPrefix::new(&format!("{name}-counters")));
     load_lookups(SHARED_REDIS, &lookups.0).await;
     let pipeline = Workdir::default_pipeline();
-    let work = Workdir::new("admin", &pipeline);
-    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "admin")
+    let work = Workdir::new(name, &pipeline);
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, name)
         .set("SLUICE_PLUGIN_DIR", &work.plugin_dir())
         .set("SLUICE_DELIVERY", "at-least-once");
     let mut host = Host::start_with(&env, &work.pipeline());
     host.wait_ready(Duration::from_secs(60));
     let mut total = 0;
     round(&tansu, &host, 1, 200, &mut total).await;
+    Admin { host, work, pipeline, total, _counters: counters, _lookups: lookups, tansu }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_live_pipeline_is_shown_and_every_error_is_json() {
+    let admin = start("admin-live").await;
+    let Admin { host, work, .. } = &admin;
+    let v1 = dist("categorize.wasm");
 
     // The live pipeline.
-    let (v1, v2) = (dist("categorize.wasm"), dist("categorize-uncategorized.wasm"));
     let (code, live) = host.json("GET", "/api/pipeline");
     assert_eq!(code, 200);
     assert_eq!(live["generation"], 1);
@@ -103,6 +122,14 @@ async fn admin_api_reloads_rejections_canary_and_promotion() {
     let (code, body) = host.json("POST", "/api/promote/normalize");
     assert_eq!(code, 409);
     assert!(body["error"].as_str().unwrap().contains("no canary"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_plugins_and_bad_edits_are_rejected_while_the_old_version_serves() {
+    let admin = start("admin-rejects").await;
+    let Admin { host, work, pipeline, tansu, .. } = &admin;
+    let mut total = admin.total;
+    let (v1, v2) = (dist("categorize.wasm"), dist("categorize-uncategorized.wasm"));
 
     // Nothing changed: nothing to apply.
     let (code, report) = host.json("POST", "/api/reload");
@@ -119,18 +146,18 @@ async fn admin_api_reloads_rejections_canary_and_promotion() {
     ];
     for (seed, (what, bytes, why)) in (10..).zip(broken) {
         replace(&categorize_path, &bytes);
-        let rejected_before = reloads(&host, "rejected");
+        let rejected_before = reloads(host, "rejected");
         let (code, report) = host.json("POST", "/api/reload");
         assert_eq!(code, 422, "{what}: {report}");
         assert_eq!(report["result"], "rejected");
         let error = report["error"].as_str().unwrap();
         assert!(error.contains(why) && error.contains("categorize.wasm"), "{what}: {error}");
-        assert!(reloads(&host, "rejected") > rejected_before, "{what}: the rejection is counted");
+        assert!(reloads(host, "rejected") > rejected_before, "{what}: the rejection is counted");
         let (_, live) = host.json("GET", "/api/pipeline");
         assert_eq!(live["generation"], 1, "{what}");
         assert_eq!(stage(&live, "categorize")["sha256"], sha256(&v1), "{what}: the old version still serves");
         assert_eq!(live["last_error"]["error"].as_str().unwrap(), error, "{what}");
-        let outputs = round(&tansu, &host, seed, 20, &mut total).await;
+        let outputs = round(tansu, host, seed, 20, &mut total).await;
         assert!(outputs.iter().all(|r| categorize_version(r) == sha256(&v1)[..12]), "{what}");
         assert_eq!(host.json("GET", "/ready").0, 200, "{what}");
     }
@@ -154,7 +181,7 @@ async fn admin_api_reloads_rejections_canary_and_promotion() {
         ),
     ];
     for (text, why) in bad_edits {
-        assert_ne!(text, pipeline);
+        assert_ne!(&text, pipeline);
         work.write_pipeline(&text);
         let (code, report) = host.json("POST", "/api/reload");
         assert_eq!(code, 422, "{report}");
@@ -168,9 +195,15 @@ async fn admin_api_reloads_rejections_canary_and_promotion() {
     assert_eq!(code, 409, "{report}");
     assert_eq!(report["result"], "restart-required");
     assert_eq!(report["changes"], serde_json::json!(["kafka.group"]));
-    work.write_pipeline(&pipeline);
+    work.write_pipeline(pipeline);
     let (code, report) = host.json("POST", "/api/reload");
     assert_eq!((code, report["result"].as_str().unwrap()), (200, "unchanged"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_shadows_the_live_stage_until_promoted_and_the_promotion_survives_reloads() {
+    let Admin { mut host, work, pipeline, mut total, tansu, .. } = start("admin-canary").await;
+    let (v1, v2) = (dist("categorize.wasm"), dist("categorize-uncategorized.wasm"));
 
     // A canary: the second version in shadow on every record.
     let canary = format!(
@@ -254,8 +287,13 @@ async fn admin_api_reloads_rejections_canary_and_promotion() {
     let (code, report) = host.json("POST", "/api/reload");
     assert_eq!(code, 200, "{report}");
     assert_eq!(host.json("GET", "/api/pipeline").1["generation"], 5);
-    // Let the watcher's own reload of that write come and go first.
-    std::thread::sleep(Duration::from_secs(1));
+    // The watcher's own reload of that write comes (and changes nothing)
+    // before the signal's.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while host.json("GET", "/api/pipeline").1["last_reload"]["trigger"] != "file-change" {
+        assert!(Instant::now() < deadline, "the watcher did not reload the written file:\n{}", host.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // SIGHUP reloads too; the promotion stands while the file still names
     // that canary.

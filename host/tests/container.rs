@@ -58,7 +58,7 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_health_check_turns_healthy_for_a_non_root_process_on_a_read_only_root() {
     let Some(image) = image() else { return };
-    let _serial = serial();
+    let _serial = serial().await;
     let setup = Setup::new("container-health").await;
     let container = setup.start(&image, &setup.env("container-health"));
     let took = container.wait_healthy(Duration::from_secs(120));
@@ -94,7 +94,7 @@ async fn the_health_check_turns_healthy_for_a_non_root_process_on_a_read_only_ro
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_flow_through_the_container_with_exact_counters() {
     let Some(image) = image() else { return };
-    let _serial = serial();
+    let _serial = serial().await;
     let setup = Setup::new("container-flow").await;
     let values = generated(20_000, 21, 0.02);
     let want = Expected::of(&values);
@@ -109,7 +109,7 @@ async fn orders_flow_through_the_container_with_exact_counters() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_copied_into_the_mounted_folder_is_live_without_a_restart() {
     let Some(image) = image() else { return };
-    let _serial = serial();
+    let _serial = serial().await;
     let setup = Setup::new("container-plugin").await;
     let container = setup.start(&image, &setup.env("container-plugin"));
     container.wait_healthy(Duration::from_secs(120));
@@ -156,7 +156,7 @@ async fn a_plugin_copied_into_the_mounted_folder_is_live_without_a_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_stop_commits_and_a_restart_repeats_nothing() {
     let Some(image) = image() else { return };
-    let _serial = serial();
+    let _serial = serial().await;
     let setup = Setup::new("container-stop").await;
     let values = generated(60_000, 41, 0.02);
     let want = Expected::of(&values);
@@ -253,7 +253,7 @@ fn moment(id: &str, field: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_compose_up_brings_up_a_working_pipeline_in_order() {
     let Some(image) = image() else { return };
-    let _serial = serial();
+    let _serial = serial().await;
     let (admin, redis) = (free_port(), free_port());
     let orders = 3_000;
     let compose = Compose {

@@ -53,9 +53,13 @@ async fn redis_down_then_back_loses_nothing_and_commits_nothing_meanwhile() {
     redis.stop();
     let records = examples();
     produce(&tansu.brokers(), "orders", &records).await;
-    wait_for("the outage to be logged", Duration::from_secs(30), || host.log_text().contains("transient failure"));
+    wait_for("the outage to be counted", Duration::from_secs(30), || {
+        host.metric("sluice_errors_total{peer=\"redis\"}").is_some_and(|n| n >= 1.0)
+    });
     assert_eq!(host.get("/ready").unwrap().0, 503, "not ready while Redis is down");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("three retries of the batch", Duration::from_secs(30), || {
+        host.metric("sluice_retries_total").is_some_and(|n| n >= 3.0)
+    });
     assert_eq!(host.metric("sluice_records_in_total"), Some(0.0), "nothing is committed during the outage");
     let log = host.log_text();
     assert!(

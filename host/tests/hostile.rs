@@ -7,8 +7,10 @@ mod support;
 
 use sluice::config::{self, Pipeline};
 use sluice::engine::Engine;
-use sluice::pipeline::{BatchResult, Chain, LookupSource};
-use sluice::redis::{Offline, RedisLookups};
+use sluice::lookup::LookupSource;
+use sluice::lookup::Offline;
+use sluice::pipeline::{BatchResult, Chain};
+use sluice::redis::RedisLookups;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -59,7 +61,7 @@ fn dead(result: &BatchResult) -> Vec<(String, String, String)> {
     result
         .dead_letters
         .iter()
-        .map(|d| (header(d, "sluice.source.offset"), d.reason.clone(), header(d, "sluice.error.message")))
+        .map(|d| (header(d, "sluice.source.offset"), d.reason.as_str().to_string(), header(d, "sluice.error.message")))
         .collect()
 }
 

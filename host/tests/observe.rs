@@ -113,61 +113,97 @@ fn metric(body: &str, series: &str) -> Option<f64> {
     body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ingest_report_metrics_and_dashboard() {
+/// A host with an admin token, on a broker of its own, with the lookups
+/// loaded.
+struct Observed {
+    host: Host,
+    env: HostEnv,
+    _counters: RedisPrefix,
+    _lookups: RedisPrefix,
+    tansu: Tansu,
+}
+
+async fn start(name: &str) -> Observed {
     let tansu = Tansu::start_with_partitions(1);
-    let (lookups, counters) = (RedisPrefix::new("observe-lookups"), RedisPrefix::new("observe-counters"));
+    let (lookups, counters) =
+        (RedisPrefix::new(&format!("{name}-lookups")), RedisPrefix::new(&format!("{name}-counters")));
     load_lookups(SHARED_REDIS, &lookups.0).await;
-    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "observe").set("SLUICE_ADMIN_TOKEN", TOKEN);
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, name).set("SLUICE_ADMIN_TOKEN", TOKEN);
     let mut host = Host::start(&env);
     host.wait_ready(Duration::from_secs(60));
-    let auth = [("Authorization", &*format!("Bearer {TOKEN}"))];
-    // As JSON, as the endpoints that change something require.
-    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
-        let headers = [&[("Content-Type", "application/json")], headers].concat();
-        let (code, body) = host.send("POST", path, &headers, body);
-        (code, serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{code} `{body}`: {e}")))
-    };
+    Observed { host, env, _counters: counters, _lookups: lookups, tansu }
+}
+
+/// The bearer token header.
+fn auth() -> [(&'static str, String); 1] {
+    [("Authorization", format!("Bearer {TOKEN}"))]
+}
+
+/// POSTs `body` as JSON, as the endpoints that change something require;
+/// the answer's code and JSON body.
+fn post(host: &Host, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, Value) {
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+    let (code, body) = host.send("POST", path, &all, body);
+    (code, serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{code} `{body}`: {e}")))
+}
+
+/// The shared examples, through Kafka; once they are all read, what the
+/// pipeline must have made of them.
+async fn examples_through(tansu: &Tansu, host: &Host) -> Expected {
+    let values = example_values();
+    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+    host.wait_records_in(values.len() as u64, Duration::from_secs(60));
+    Expected::of(&values)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_and_the_data_endpoints_refuse_what_they_must_and_say_why() {
+    let Observed { host, .. } = &start("observe-refusals").await;
     let order = br#"{"order_id":"x","product_id":"P-100","quantity":1,"timestamp":"2025-03-10T10:00:00Z"}"#;
 
     // Refused: no token, a wrong token, a topic not open for ingest, bodies
     // that are not JSON objects, a body over the limit, a wrong method.
     let error = |(code, body): (u16, Value)| (code, body["error"].as_str().unwrap_or_default().to_string());
-    let (code, why) = error(post("/api/ingest/orders", &[], order));
+    let (code, why) = error(post(host, "/api/ingest/orders", &[], order));
     assert_eq!(code, 401, "{why}");
     assert!(why.contains("Authorization: Bearer"));
-    assert_eq!(error(post("/api/ingest/orders", &[("Authorization", "Bearer nope")], order)).0, 403);
-    assert_eq!(error(post("/api/reload", &[], b"")).0, 401, "reload needs the token too");
-    assert_eq!(error(post("/api/promote/categorize", &[], b"")).0, 401, "and promote");
+    assert_eq!(error(post(host, "/api/ingest/orders", &[("Authorization", "Bearer nope".to_string())], order)).0, 403);
+    assert_eq!(error(post(host, "/api/reload", &[], b"")).0, 401, "reload needs the token too");
+    assert_eq!(error(post(host, "/api/promote/categorize", &[], b"")).0, 401, "and promote");
     assert_eq!(host.json("GET", "/api/pipeline").0, 401, "reads of the pipeline's data need it too");
     assert_eq!(host.json_with_token("GET", "/api/pipeline", TOKEN).0, 200);
-    let (code, why) = error(post("/api/ingest/orders.enriched", &auth, order));
+    let (code, why) = error(post(host, "/api/ingest/orders.enriched", &auth(), order));
     assert_eq!(code, 404);
     assert!(why.contains("`orders.enriched` is not open for ingest (allowed: orders)"), "{why}");
-    let (code, why) = error(post("/api/ingest/orders", &auth, b"{\"order_id\": "));
+    let (code, why) = error(post(host, "/api/ingest/orders", &auth(), b"{\"order_id\": "));
     assert_eq!(code, 400);
     assert!(why.starts_with("the body is not JSON: EOF while parsing"), "{why}");
-    let (code, why) = error(post("/api/ingest/orders", &auth, b"[{\"a\":1}, 2]"));
+    let (code, why) = error(post(host, "/api/ingest/orders", &auth(), b"[{\"a\":1}, 2]"));
     assert_eq!((code, why.as_str()), (400, "element 1 of the array is not a JSON object"));
-    assert_eq!(error(post("/api/ingest/orders", &auth, b"[]")).0, 400);
-    assert_eq!(error(post("/api/ingest/orders", &auth, b"\"just text\"")).0, 400);
+    assert_eq!(error(post(host, "/api/ingest/orders", &auth(), b"[]")).0, 400);
+    assert_eq!(error(post(host, "/api/ingest/orders", &auth(), b"\"just text\"")).0, 400);
     let huge = format!("[{}]", vec![std::str::from_utf8(order).unwrap(); 15_000].join(","));
     assert!(huge.len() > 1 << 20);
-    let (code, why) = error(post("/api/ingest/orders", &auth, huge.as_bytes()));
+    let (code, why) = error(post(host, "/api/ingest/orders", &auth(), huge.as_bytes()));
     assert_eq!((code, why.as_str()), (413, "the body is larger than admin.ingest_max_bytes"));
     assert_eq!(host.json("GET", "/api/ingest/orders").0, 405);
     assert_eq!(host.metric("sluice_records_in_total"), Some(0.0), "nothing refused was produced");
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_the_report_and_the_metrics_account_for_a_known_workload() {
+    let Observed { host, env, tansu, .. } = &start("observe-workload").await;
     // The known workload: the shared examples. JSON objects through ingest
     // (the first alone, the rest as one array), everything else via Kafka.
     let values = example_values();
     let (objects, others): (Vec<&String>, Vec<&String>) =
         values.iter().partition(|v| serde_json::from_str::<Value>(v).is_ok_and(|v| v.is_object()));
-    let (code, one) = post("/api/ingest/orders", &auth, objects[0].as_bytes());
+    let (code, one) = post(host, "/api/ingest/orders", &auth(), objects[0].as_bytes());
     assert_eq!(code, 200, "{one}");
     assert_eq!(one, json!({"topic": "orders", "records": [{"partition": 0, "offset": 0}]}));
     let array = format!("[{}]", objects[1..].iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",\n"));
-    let (code, many) = post("/api/ingest/orders", &auth, array.as_bytes());
+    let (code, many) = post(host, "/api/ingest/orders", &auth(), array.as_bytes());
     assert_eq!(code, 200, "{many}");
     let offsets: Vec<i64> = many["records"].as_array().unwrap().iter().map(|r| r["offset"].as_i64().unwrap()).collect();
     assert_eq!(offsets, (1..objects.len() as i64).collect::<Vec<_>>(), "one record per element, in order");
@@ -222,7 +258,7 @@ async fn ingest_report_metrics_and_dashboard() {
     assert_eq!(serde_json::from_str::<Value>(&report_cli(&["--json"])).unwrap(), report);
     let table = report_cli(&[]);
     eprintln!("{table}");
-    let money = sluice::report::money;
+    let money = sluice::tools::report::money;
     assert!(table.contains(&format!("orders {}", totals["orders"])), "{table}");
     assert!(table.contains(&format!("revenue {}", money(totals["revenue_cents"]))), "{table}");
     for (category, cents) in &counters_want["revenue:category"] {
@@ -269,6 +305,13 @@ async fn ingest_report_metrics_and_dashboard() {
     }
     let want_reasons: BTreeMap<String, f64> = want.dead.iter().map(|(k, v)| (k.to_string(), *v as f64)).collect();
     assert_eq!(reasons, want_reasons);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_asks_for_the_token_and_charts_the_orders_as_they_flow() {
+    let Observed { mut host, tansu, .. } = start("observe-dashboard").await;
+    let want = examples_through(&tansu, &host).await;
+    let counters_want = model::counters(&want.orders);
 
     // The dashboard in a real browser while orders flow: it asks for the
     // token, and takes it from a link's fragment.

@@ -5,10 +5,10 @@
 mod support;
 
 use serde_json::{Value, json};
-use sluice::bench::StaticLookups;
-use sluice::generator::Rng;
+use sluice::lookup::InMemory;
 use sluice::pipeline::Chain;
 use sluice::record::Record;
+use sluice::tools::generator::Rng;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -78,7 +78,7 @@ fn input(rng: &mut Rng, n: u64) -> Vec<u8> {
         0 => (0..rng.below(40)).map(|_| rng.next_u64() as u8).collect(),
         1 => random_json(rng, 0).to_string().into_bytes(),
         _ => {
-            let valid = sluice::generator::record(rng, 9, n, 0.0).value;
+            let valid = sluice::tools::generator::record(rng, 9, n, 0.0).value;
             mutate(rng, serde_json::from_str(&valid).unwrap()).to_string().into_bytes()
         }
     }
@@ -87,7 +87,7 @@ fn input(rng: &mut Rng, n: u64) -> Vec<u8> {
 #[test]
 fn arbitrary_records_never_trap_and_are_each_accounted_once() {
     let pipeline = support::default_pipeline(&support::env_of(&[]));
-    let lookups = Arc::new(StaticLookups(sluice::generator::tables()));
+    let lookups = Arc::new(InMemory(sluice::tools::generator::tables()));
     let mut chain = Chain::build(&sluice::engine::Engine::new().unwrap(), &pipeline, lookups).unwrap();
     let mut rng = Rng::new(20261122);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -7,8 +7,8 @@ mod support;
 
 use sluice::config::{self, Pipeline};
 use sluice::engine::Engine;
+use sluice::lookup::Offline;
 use sluice::pipeline::{BatchResult, Chain};
-use sluice::redis::Offline;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::command_records;
@@ -44,7 +44,7 @@ fn reasons(result: &BatchResult) -> Vec<(String, String)> {
         .iter()
         .map(|d| {
             let offset = d.record.headers.iter().find(|h| h.name == "sluice.source.offset").unwrap();
-            (String::from_utf8_lossy(&offset.value).into_owned(), d.reason.clone())
+            (String::from_utf8_lossy(&offset.value).into_owned(), d.reason.as_str().to_string())
         })
         .collect()
 }

@@ -4,11 +4,10 @@
 //! acknowledged. A crash replays the uncommitted batches, whose outputs may
 //! then appear twice; their effects, behind the fence, do not count twice.
 
-use super::{Backoff, Delivering, Mode, Peer, Steps, produced};
-use crate::kafka::Source;
+use super::{Backoff, Delivering, Mode, Step, Steps, produced};
+use crate::kafka::{Commit, Source};
 use crate::pipeline::BatchResult;
 use crate::record::Batch;
-use rdkafka::consumer::CommitMode;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -45,12 +44,12 @@ impl AtLeastOnce {
         if let Err((e, failed)) = sent.acknowledged(&pending).await {
             let mut backoff = Backoff::new();
             let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
-            steps.wait(Peer::Kafka, "delivering to Kafka", &why, &mut backoff).await?;
+            steps.wait(Step::Delivery, &why, &mut backoff).await?;
             steps.deliver(failed, backoff).await?;
         }
         source.store(&batch);
         if self.committed.elapsed() >= self.commit_every {
-            self.commit(steps, source, CommitMode::Async);
+            self.commit(steps, source, Commit::Async);
         }
         steps.metrics.record_batch(batch.records(), &result);
         steps.metrics.ready.store(true, Ordering::Relaxed);
@@ -59,7 +58,7 @@ impl AtLeastOnce {
 
     /// Commits the offsets of the batches finished since the last commit.
     /// A failed commit is not retried: the next one covers it.
-    fn commit(&mut self, steps: &Steps<'_>, source: &Source, mode: CommitMode) {
+    fn commit(&mut self, steps: &Steps<'_>, source: &Source, mode: Commit) {
         self.committed = Instant::now();
         match source.commit_stored(mode) {
             Ok(false) => {}
@@ -96,7 +95,7 @@ impl Mode for AtLeastOnce {
         while let Some(done) = self.delivering.pop_front() {
             self.finish(steps, source, done).await?;
         }
-        self.commit(steps, source, CommitMode::Async);
+        self.commit(steps, source, Commit::Async);
         Ok(())
     }
 
@@ -105,7 +104,7 @@ impl Mode for AtLeastOnce {
     }
 
     fn shutdown(&mut self, source: &Source) {
-        if let Err(e) = source.commit_stored(CommitMode::Sync) {
+        if let Err(e) = source.commit_stored(Commit::Sync) {
             tracing::warn!(error = %e, "final offset commit failed; the last batches may be processed again");
         }
     }

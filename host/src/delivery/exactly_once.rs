@@ -4,7 +4,8 @@
 //! fatal) and its batches are read and processed again; their effects,
 //! behind the fence, are not applied again.
 
-use super::{Backoff, Delivering, Failure, Mode, Peer, Steps, produced};
+use super::{Backoff, Delivering, Mode, Step, Steps, produced};
+use crate::kafka::Failure;
 use crate::kafka::{Sent, Source};
 use crate::pipeline::BatchResult;
 use crate::record::Batch;
@@ -84,7 +85,7 @@ impl ExactlyOnce {
                     tracing::warn!(error = %e, "abort failed: the producer is replaced");
                     self.replace_producer = true;
                 }
-                steps.wait(Peer::Kafka, "committing a transaction", &format!("{error:#}"), &mut self.rewinds).await?;
+                steps.wait(Step::Commit, &format!("{error:#}"), &mut self.rewinds).await?;
                 steps.rewind(source, batches.iter().map(|(b, _)| &**b)).await
             }
         }
@@ -134,7 +135,7 @@ impl Mode for ExactlyOnce {
         // open), which commits once it has been open for `commit_every`.
         if self.open.is_none() {
             if let Err(e) = self.begin(steps) {
-                steps.wait(Peer::Kafka, "beginning a transaction", &format!("{e:#}"), &mut self.rewinds).await?;
+                steps.wait(Step::Begin, &format!("{e:#}"), &mut self.rewinds).await?;
                 return steps.rewind(source, [&*batch]).await;
             }
             self.open = Some(Transaction { batches: Vec::new(), begun: Instant::now() });

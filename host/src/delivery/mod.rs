@@ -59,48 +59,6 @@ pub trait Mode {
     fn shutdown(&mut self, source: &Source);
 }
 
-/// A Kafka error, classified once, by what the step that met it must do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Try again later: the broker is away, a leader moved, a queue is
-    /// full, a request timed out.
-    Retriable,
-    /// The open transaction cannot commit: abort it and process its
-    /// batches again. The producer is fine.
-    Abortable,
-    /// The producer cannot be used any more (fenced by a newer instance, a
-    /// fatal idempotence or transaction error): replace it.
-    Fatal,
-}
-
-impl Failure {
-    /// What `error` means.
-    pub fn of(error: &rdkafka::error::KafkaError) -> Self {
-        use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
-        let code = match error {
-            KafkaError::Transaction(e) if e.is_fatal() => return Self::Fatal,
-            KafkaError::Transaction(e) if e.txn_requires_abort() => return Self::Abortable,
-            KafkaError::Transaction(e) => Some(e.code()),
-            _ => error.rdkafka_error_code(),
-        };
-        match code {
-            Some(
-                Code::Fatal
-                | Code::ProducerFenced
-                | Code::InvalidProducerEpoch
-                | Code::TransactionalIdAuthorizationFailed,
-            ) => Self::Fatal,
-            _ => Self::Retriable,
-        }
-    }
-
-    /// The classification of the first Kafka error in `error`'s chain
-    /// ([`Failure::Retriable`] when there is none).
-    pub fn in_chain(error: &anyhow::Error) -> Self {
-        error.chain().find_map(|c| c.downcast_ref::<rdkafka::error::KafkaError>()).map_or(Self::Retriable, Self::of)
-    }
-}
-
 /// The steps of a batch that retry until done or stopped, and the
 /// producer they write with.
 pub struct Steps<'a> {
@@ -129,11 +87,14 @@ pub fn produced(result: &BatchResult) -> Vec<&Produce> {
 
 /// A batch could not be finished before the stop grace ran out.
 #[derive(Debug)]
-pub struct Abandoned(&'static str);
+pub struct Abandoned {
+    /// The step it was waiting on.
+    pub step: Step,
+}
 
 impl std::fmt::Display for Abandoned {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stopped while {}: the batch was not committed and will be processed again", self.0)
+        write!(f, "stopped while {}: the batch was not committed and will be processed again", self.step)
     }
 }
 
@@ -148,6 +109,63 @@ pub enum Peer {
     Redis,
 }
 
+impl Peer {
+    /// The `peer` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kafka => "kafka",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+/// What a batch is waiting on when a peer fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Its lookups (Redis).
+    Lookups,
+    /// Its effects, applied behind the fence (Redis).
+    Effects,
+    /// The acknowledgement of its outputs (Kafka).
+    Delivery,
+    /// The rewind of its partitions after an aborted transaction (Kafka).
+    Rewind,
+    /// The start of a transaction (Kafka).
+    Begin,
+    /// The commit of its transaction (Kafka).
+    Commit,
+}
+
+impl Step {
+    /// The peer the step needs.
+    pub fn peer(self) -> Peer {
+        match self {
+            Self::Lookups | Self::Effects => Peer::Redis,
+            Self::Delivery | Self::Rewind | Self::Begin | Self::Commit => Peer::Kafka,
+        }
+    }
+}
+
+impl Step {
+    /// What the batch is doing, as log lines say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lookups => "waiting for lookups",
+            Self::Effects => "applying Redis effects",
+            Self::Delivery => "delivering to Kafka",
+            Self::Rewind => "rewinding after an aborted transaction",
+            Self::Begin => "beginning a transaction",
+            Self::Commit => "committing a transaction",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Steps<'_> {
     /// Runs `batch` through the chain, waiting while lookups cannot be
     /// served.
@@ -159,7 +177,7 @@ impl Steps<'_> {
                 tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(batch.records())).await?;
             match result {
                 Ok(result) => return Ok(result),
-                Err(e) => self.wait(Peer::Redis, "waiting for lookups", &e.to_string(), &mut backoff).await?,
+                Err(e) => self.wait(Step::Lookups, &e.to_string(), &mut backoff).await?,
             }
         }
     }
@@ -178,7 +196,7 @@ impl Steps<'_> {
                 Ok(applied) => return Ok(applied),
                 Err(e) => {
                     let why = format!("{e} ({})", crate::config::redact::url(&self.config.redis.url));
-                    self.wait(Peer::Redis, "applying Redis effects", &why, &mut backoff).await?;
+                    self.wait(Step::Effects, &why, &mut backoff).await?;
                 }
             }
         }
@@ -193,7 +211,7 @@ impl Steps<'_> {
                 Err((e, failed)) => {
                     let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
                     pending = failed;
-                    self.wait(Peer::Kafka, "delivering to Kafka", &why, &mut backoff).await?;
+                    self.wait(Step::Delivery, &why, &mut backoff).await?;
                 }
             }
         }
@@ -213,7 +231,7 @@ impl Steps<'_> {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     let why = e.to_string();
-                    self.wait(Peer::Kafka, "rewinding after an aborted transaction", &why, &mut backoff).await?
+                    self.wait(Step::Rewind, &why, &mut backoff).await?
                 }
             }
         }
@@ -222,27 +240,14 @@ impl Steps<'_> {
     /// Logs a transient failure, marks the host not ready and sleeps; fails
     /// when a stop is requested and this step has already waited
     /// [`STOP_GRACE`] in all.
-    pub async fn wait(
-        &mut self,
-        peer: Peer,
-        doing: &'static str,
-        why: &str,
-        backoff: &mut Backoff,
-    ) -> anyhow::Result<()> {
+    pub async fn wait(&mut self, step: Step, why: &str, backoff: &mut Backoff) -> anyhow::Result<()> {
         self.metrics.ready.store(false, Ordering::Relaxed);
         self.metrics.retries.fetch_add(1, Ordering::Relaxed);
-        self.metrics.record_error(match peer {
-            Peer::Kafka => "kafka",
-            Peer::Redis => "redis",
-        });
+        self.metrics.record_error(step.peer().as_str());
         let delay = backoff.next();
-        tracing::warn!(
-            retry_in_ms = delay.as_millis() as u64,
-            error = why,
-            "transient failure while {doing}; retrying"
-        );
+        tracing::warn!(retry_in_ms = delay.as_millis() as u64, error = why, "transient failure while {step}; retrying");
         if *self.stop.borrow() && backoff.waited >= STOP_GRACE {
-            return Err(Abandoned(doing).into());
+            return Err(Abandoned { step }.into());
         }
         tokio::time::sleep(delay).await;
         Ok(())
@@ -286,18 +291,5 @@ mod tests {
         let delays: Vec<u64> = (0..8).map(|_| b.next().as_millis() as u64).collect();
         assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
         assert_eq!(b.waited, Duration::from_millis(21200));
-    }
-
-    #[test]
-    fn kafka_errors_are_classified_by_code_not_by_text() {
-        use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
-        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::ProducerFenced)), Failure::Fatal);
-        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::Fatal)), Failure::Fatal);
-        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::MessageTimedOut)), Failure::Retriable);
-        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::QueueFull)), Failure::Retriable);
-        assert_eq!(Failure::of(&KafkaError::Canceled), Failure::Retriable);
-        let wrapped = anyhow::Error::new(KafkaError::MessageProduction(Code::InvalidProducerEpoch)).context("commit");
-        assert_eq!(Failure::in_chain(&wrapped), Failure::Fatal);
-        assert_eq!(Failure::in_chain(&anyhow::anyhow!("no Kafka error here")), Failure::Retriable);
     }
 }

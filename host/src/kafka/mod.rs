@@ -1,12 +1,18 @@
 //! Kafka: the consumer-group source, the producer sink, and the client
 //! context that turns librdkafka's events into log lines.
 
+mod failure;
 pub mod peek;
+mod reader;
 mod sink;
 mod source;
+mod writer;
 
+pub use failure::Failure;
+pub use reader::Reader;
 pub use sink::{Sent, Sink};
-pub use source::Source;
+pub use source::{Commit, Source};
+pub use writer::Writer;
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;

@@ -22,7 +22,7 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// transaction timeout, so a stuck call fails before the broker aborts.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn producer_config(config: &PipelineConfig) -> ClientConfig {
+pub(super) fn producer_config(config: &PipelineConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", &config.kafka.brokers)
@@ -41,16 +41,6 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// An idempotent, non-transactional producer with the pipeline's extra
-    /// producer properties (for HTTP ingest).
-    pub fn plain_producer(config: &PipelineConfig) -> KafkaResult<FutureProducer> {
-        let mut client = producer_config(config);
-        for (key, value) in &config.kafka.producer {
-            client.set(key.get_ref(), value);
-        }
-        client.create()
-    }
-
     /// An idempotent producer (`acks=all`), with the pipeline's extra
     /// producer properties applied last. With a transactional id, the
     /// producer is transactional and its transactions are initialised

@@ -17,6 +17,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+/// How an offset commit waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Until the broker has acknowledged it.
+    Sync,
+    /// Not at all; the next commit covers a lost one.
+    Async,
+}
+
 /// How long [`Source::next_batch`] waits for a first record before it
 /// returns an empty batch, so that the run loop can commit, close a
 /// transaction or put a reloaded pipeline live while no records arrive.
@@ -185,11 +194,15 @@ impl Source {
     /// retried: the next commit covers the partitions still assigned, and
     /// the others are read again from their last committed offset.
     /// Returns whether there was anything to commit.
-    pub fn commit_stored(&self, mode: CommitMode) -> KafkaResult<bool> {
+    pub fn commit_stored(&self, mode: Commit) -> KafkaResult<bool> {
         let offsets = std::mem::take(&mut *self.stored.lock().expect("stored lock"));
         if offsets.is_empty() {
             return Ok(false);
         }
+        let mode = match mode {
+            Commit::Sync => CommitMode::Sync,
+            Commit::Async => CommitMode::Async,
+        };
         self.consumer.commit(&tpl(&offsets)?, mode)?;
         Ok(true)
     }
@@ -418,7 +431,7 @@ fn size(message: &BorrowedMessage<'_>) -> usize {
     message.key_len() + message.payload_len() + headers
 }
 
-fn record(message: &BorrowedMessage<'_>) -> Record {
+pub(super) fn record(message: &BorrowedMessage<'_>) -> Record {
     let headers = message
         .headers()
         .map(|hs| {

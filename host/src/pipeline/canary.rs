@@ -81,7 +81,7 @@ impl Canary {
             // The candidate's lookups could not be served: nothing compared.
             Err(CallError::Unavailable(_)) => return,
             Err(CallError::Plugin { reason, message }) => {
-                let failed = json!({ "failed": { "reason": reason, "message": message } });
+                let failed = json!({ "failed": { "reason": reason.as_str(), "message": message } });
                 let mut stats = self.stats.lock().expect("canary lock");
                 stats.failures += picked.len() as u64;
                 vec![failed; picked.len()]

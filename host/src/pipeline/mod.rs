@@ -12,18 +12,28 @@
 //! pipeline generation (1 at start, +1 per applied reload).
 
 mod canary;
+mod dead_letter;
 mod lift;
 mod output;
+mod reason;
+mod route;
+mod sandbox;
 mod stage;
 
 pub use canary::{CanaryDiff, CanaryStats};
-pub use stage::{LookupSource, Row, Stage, StageError, StageSpec, StageState, Unavailable, Writes, linker};
+pub use dead_letter::{DeadLetter, GENERATION_HEADER, LINEAGE_HEADER, Letters, SOURCE_STAGE, TRUNCATED_HEADER};
+pub use reason::{HostRefusal, PluginFailure, Reason};
+pub use route::{Destination, Routes};
+pub use sandbox::{LimitExceeded, MAX_TABLE_ELEMENTS, StageState, linker};
+pub use stage::{Stage, StageError, StageSpec, Writes};
 
 use crate::bindings::{self, ErrorInfo, Message, Outcome};
 use crate::config::{self, FailurePolicy};
 use crate::engine::{Engine, LoadError};
+use crate::lookup::{LookupSource, Unavailable};
 use crate::record::{Effect, Header, Produce, Record};
 use canary::Canary;
+use dead_letter::record_size;
 use stage::CallError;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -31,24 +41,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Linker;
-
-/// A record that could not be processed.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    /// The index of the input record in its batch.
-    pub origin: usize,
-    /// The stage that gave up on it.
-    pub stage: Arc<str>,
-    /// The reason code.
-    pub reason: String,
-    /// The dead-letter record: the input as received plus error headers.
-    pub record: Produce,
-}
-
-/// Header naming the `stage@version` of every stage a record went through.
-pub const LINEAGE_HEADER: &str = "sluice.lineage";
-/// Header giving the generation of the pipeline that produced a record.
-pub const GENERATION_HEADER: &str = "sluice.generation";
 
 /// Records handled by one stage in one batch.
 #[derive(Debug, Clone, Default)]
@@ -83,6 +75,9 @@ pub struct BatchResult {
     pub effects: Vec<(usize, Effect)>,
     /// `effect_stages[i]`: the index of the stage that emitted `effects[i]`.
     pub effect_stages: Vec<usize>,
+    /// The dead letters of the chain that processed the batch (for
+    /// [`BatchResult::reject`]).
+    pub letters: Option<Arc<Letters>>,
     /// Input records that produced neither output nor dead letter.
     pub filtered: u64,
     /// Input records that produced at least one output. With `filtered` and
@@ -92,7 +87,36 @@ pub struct BatchResult {
     pub stages: Vec<StageStats>,
 }
 
-/// Why a chain could not be built.
+impl BatchResult {
+    /// Rejects, after the fact, the record at `origin` of `records` (its
+    /// effects were refused): drops its outputs and effects and adds its
+    /// dead letter, given by the stage at `stage` of the chain that
+    /// processed the batch.
+    pub fn reject(&mut self, records: &[Record], origin: usize, stage: usize, info: &ErrorInfo) {
+        if self.dead_letters.iter().any(|d| d.origin == origin) {
+            return;
+        }
+        let letters = self.letters.clone().expect("a processed batch knows its chain's dead letters");
+        let before = self.outputs.len();
+        let mut keep = self.output_origins.iter().map(|&o| o != origin);
+        self.outputs.retain(|_| keep.next().expect("one origin per output"));
+        self.output_origins.retain(|&o| o != origin);
+        if self.outputs.len() < before {
+            self.completed -= 1;
+        } else {
+            self.filtered -= 1;
+        }
+        let mut keep = self.effects.iter().map(|(o, _)| *o != origin).collect::<Vec<_>>().into_iter();
+        self.effect_stages.retain(|_| keep.next().expect("one stage per effect"));
+        self.effects.retain(|(o, _)| *o != origin);
+        let dead = letters.letter(&records[origin], origin, Some(stage.min(letters.stages.len() - 1)), info);
+        let at = self.dead_letters.partition_point(|d| d.origin < origin);
+        self.dead_letters.insert(at, dead);
+    }
+}
+
+/// Why a chain could not be built: the plugin's or the stage's error as it
+/// is (its message and its source), or the host interface's.
 #[derive(Debug)]
 pub enum BuildError {
     /// A plugin file could not be loaded.
@@ -100,7 +124,7 @@ pub enum BuildError {
     /// A stage could not be set up.
     Stage(StageError),
     /// The linker could not be built.
-    Linker(String),
+    Linker(anyhow::Error),
 }
 
 impl fmt::Display for BuildError {
@@ -108,46 +132,31 @@ impl fmt::Display for BuildError {
         match self {
             Self::Load(e) => e.fmt(f),
             Self::Stage(e) => e.fmt(f),
-            Self::Linker(e) => write!(f, "cannot link the host interface: {e}"),
+            Self::Linker(_) => f.write_str("cannot link the host interface"),
         }
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Load(e) => e.source(),
+            Self::Stage(e) => e.source(),
+            Self::Linker(e) => Some(e.as_ref()),
+        }
+    }
+}
 
 /// The live chain of stages and where its results go.
 pub struct Chain {
     stages: Vec<Stage>,
     canaries: Vec<Option<Canary>>,
-    output: Arc<str>,
-    dead_letter: Arc<str>,
-    routes: HashMap<String, Arc<str>>,
-    generation: u64,
-    /// `lineage[i]`: the lineage header of a record that went through
-    /// stages `0..=i`.
-    lineage: Vec<Vec<u8>>,
-    /// Whether a route missing from `routes` goes to the topic of its name
-    /// (`sluice test` of a single plugin) instead of being rejected.
-    open_routes: bool,
-    /// The largest record the producer writes (`message.max.bytes`).
-    max_record_bytes: usize,
+    /// Where its outputs go.
+    routes: Routes,
+    /// Where its dead letters go, with its lineage and generation.
+    letters: Arc<Letters>,
     /// The largest input record the chain takes (`source.max_record_bytes`).
     max_input_bytes: usize,
-}
-
-/// The `sluice.error.stage` of a record the host rejects before any stage
-/// sees it (`record_too_large`).
-pub const SOURCE_STAGE: &str = "source";
-
-/// Bytes a record takes beyond its key, value and headers, counted towards
-/// `message.max.bytes` (the record's and its batch's framing), with room to
-/// spare.
-const RECORD_OVERHEAD: usize = 256;
-
-/// The size of a record as the producer counts it, framing included.
-fn record_size(produce: &Produce) -> usize {
-    let headers: usize = produce.headers.iter().map(|h| h.name.len() + h.value.len() + 8).sum();
-    produce.key.as_ref().map_or(0, Vec::len) + produce.value.len() + headers + RECORD_OVERHEAD
 }
 
 impl Chain {
@@ -166,8 +175,8 @@ impl Chain {
         for stage in &config.stages {
             let stack = stage.limits.stack_kib.get() as usize * 1024;
             if let Entry::Vacant(e) = engines.entry(stack) {
-                let engine = engine.with_stack(stack).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
-                let linker = linker(&engine).map_err(|e| BuildError::Linker(format!("{e:#}")))?;
+                let engine = engine.with_stack(stack).map_err(BuildError::Linker)?;
+                let linker = linker(&engine).map_err(|e| BuildError::Linker(e.into()))?;
                 e.insert((engine, linker));
             }
             let (engine, linker) = &engines[&stack];
@@ -208,16 +217,22 @@ impl Chain {
             line.get_or_insert_with(Vec::new).extend_from_slice(entry.as_bytes());
             lineage.push(line.expect("set above"));
         }
+        let names = stages.iter().map(|s| s.name().clone()).collect();
         Ok(Self {
             stages,
             canaries,
-            output: Arc::from(config.output.topic.as_str()),
-            dead_letter: Arc::from(config.dead_letter.topic.as_str()),
-            routes: config.routes.iter().map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str()))).collect(),
-            generation: 1,
-            lineage,
-            open_routes: false,
-            max_record_bytes: config.kafka.message_max_bytes(),
+            routes: Routes {
+                output: Arc::from(config.output.topic.as_str()),
+                named: config.routes.iter().map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str()))).collect(),
+                open: false,
+            },
+            letters: Arc::new(Letters {
+                topic: Arc::from(config.dead_letter.topic.as_str()),
+                stages: names,
+                lineage,
+                generation: 1,
+                max_record_bytes: config.kafka.message_max_bytes(),
+            }),
             max_input_bytes: config.source.max_record_bytes.get(),
         })
     }
@@ -226,7 +241,7 @@ impl Chain {
     /// the route's name instead of rejecting them (for testing a plugin on
     /// its own).
     pub fn open_routes(&mut self) {
-        self.open_routes = true;
+        self.routes.open = true;
     }
 
     /// The stages, in order.
@@ -251,12 +266,12 @@ impl Chain {
 
     /// The pipeline generation written in the `sluice.generation` header.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.letters.generation
     }
 
     /// Sets the pipeline generation.
     pub fn set_generation(&mut self, generation: u64) {
-        self.generation = generation;
+        Arc::make_mut(&mut self.letters).generation = generation;
     }
 
     /// Takes over from `old` the instances of the stages (and canaries) that
@@ -286,23 +301,14 @@ impl Chain {
     pub fn probe(&mut self, records: &[Record]) -> Result<(), String> {
         let result = self.run(records, false).map_err(|e| format!("the probe run could not finish: {e}"));
         for stage in &mut self.stages {
-            stage.reset().map_err(|e| e.to_string())?;
+            stage.reset().map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
         }
-        for dead in &result?.dead_letters {
-            if dead.reason.starts_with("plugin_") {
-                let header = |name: &str| {
-                    let h = dead.record.headers.iter().rev().find(|h| h.name == name);
-                    h.map(|h| String::from_utf8_lossy(&h.value).into_owned()).unwrap_or_default()
-                };
-                return Err(format!(
-                    "stage `{}` failed the probe run ({}) on the record at partition {} offset {}: {}",
-                    dead.stage,
-                    dead.reason,
-                    header("sluice.source.partition"),
-                    header("sluice.source.offset"),
-                    header("sluice.error.message")
-                ));
-            }
+        if let Some(dead) = result?.dead_letters.iter().find(|d| d.reason.is_plugin_failure()) {
+            let record = &records[dead.origin];
+            return Err(format!(
+                "stage `{}` failed the probe run ({}) on the record at partition {} offset {}: {}",
+                dead.stage, dead.reason, record.partition, record.offset, dead.message
+            ));
         }
         Ok(())
     }
@@ -324,7 +330,8 @@ impl Chain {
             if size > self.max_input_bytes {
                 let message =
                     format!("the record is {size} bytes, more than source.max_record_bytes ({})", self.max_input_bytes);
-                rejected[origin] = Some((None, ErrorInfo { reason: "record_too_large".into(), message }));
+                rejected[origin] =
+                    Some((None, ErrorInfo { reason: HostRefusal::RecordTooLarge.as_str().into(), message }));
                 continue;
             }
             origins.push(origin);
@@ -352,8 +359,8 @@ impl Chain {
                         st.emitted += emitted.len() as u64;
                         effects.extend(stage_effects.into_iter().map(|e| (origin, index, e)));
                         for out in emitted {
-                            let topic = match &out.route {
-                                None if index < last => {
+                            let topic = match self.routes.destination(out.route.as_deref(), index == last) {
+                                Ok(Destination::Next) => {
                                     next_origins.push(origin);
                                     next.push(Message {
                                         key: out.key,
@@ -363,30 +370,23 @@ impl Chain {
                                     });
                                     continue;
                                 }
-                                None => self.output.clone(),
-                                Some(route) => match self.routes.get(route) {
-                                    Some(topic) => topic.clone(),
-                                    None if self.open_routes => Arc::from(route.as_str()),
-                                    None => {
-                                        let info = ErrorInfo {
-                                            reason: "unknown_route".into(),
-                                            message: format!("route `{route}` is not declared in [routes]"),
-                                        };
-                                        rejected[origin].get_or_insert((Some(index), info));
-                                        continue;
-                                    }
-                                },
+                                Ok(Destination::Topic(topic)) => topic,
+                                Err(message) => {
+                                    let reason = HostRefusal::UnknownRoute.as_str().into();
+                                    rejected[origin].get_or_insert((Some(index), ErrorInfo { reason, message }));
+                                    continue;
+                                }
                             };
                             let headers = out.headers.into_iter().map(from_guest_header).collect();
                             let produce = Produce { topic, key: out.key, value: out.value, headers };
                             let size = record_size(&produce);
-                            if size > self.max_record_bytes {
+                            if size > self.letters.max_record_bytes {
                                 let info = ErrorInfo {
-                                    reason: "output_too_large".into(),
+                                    reason: HostRefusal::OutputTooLarge.as_str().into(),
                                     message: format!(
                                         "an output to `{}` of {size} bytes is larger than the producer's \
                                          message.max.bytes ({})",
-                                        produce.topic, self.max_record_bytes
+                                        produce.topic, self.letters.max_record_bytes
                                     ),
                                 };
                                 rejected[origin].get_or_insert((Some(index), info));
@@ -409,11 +409,11 @@ impl Chain {
             batch = next;
         }
 
-        let mut result = BatchResult { stages: stats, ..BatchResult::default() };
+        let mut result = BatchResult { stages: stats, letters: Some(self.letters.clone()), ..BatchResult::default() };
         let mut has_output = vec![false; records.len()];
-        let generation = self.generation.to_string().into_bytes();
+        let generation = self.letters.generation.to_string().into_bytes();
         let provenance = |headers: &mut Vec<Header>, index: usize| {
-            headers.push(Header { name: LINEAGE_HEADER.into(), value: self.lineage[index].clone() });
+            headers.push(Header { name: LINEAGE_HEADER.into(), value: self.letters.lineage[index].clone() });
             headers.push(Header { name: GENERATION_HEADER.into(), value: generation.clone() });
         };
         for (origin, index, mut produce) in outputs {
@@ -432,53 +432,12 @@ impl Chain {
         }
         for (origin, record) in records.iter().enumerate() {
             match &rejected[origin] {
-                Some((index, info)) => result.dead_letters.push(self.dead_letter(record, origin, *index, info)),
+                Some((index, info)) => result.dead_letters.push(self.letters.letter(record, origin, *index, info)),
                 None if !has_output[origin] => result.filtered += 1,
                 None => result.completed += 1,
             }
         }
         Ok(result)
-    }
-
-    /// The dead letter of `record` (at `origin` in its batch), rejected by
-    /// the stage at `index` (`None`: by the host, before any stage).
-    fn dead_letter(&self, record: &Record, origin: usize, index: Option<usize>, info: &ErrorInfo) -> DeadLetter {
-        let stage = match index {
-            Some(i) => self.stages[i].name().clone(),
-            None => Arc::from(SOURCE_STAGE),
-        };
-        let mut dead = dead_letter_record(&self.dead_letter, record, &stage, info);
-        if let Some(i) = index {
-            dead.headers.push(Header { name: LINEAGE_HEADER.into(), value: self.lineage[i].clone() });
-        }
-        let generation = self.generation.to_string().into_bytes();
-        dead.headers.push(Header { name: GENERATION_HEADER.into(), value: generation });
-        truncate_to_fit(&mut dead, self.max_record_bytes);
-        DeadLetter { origin, stage, reason: info.reason.clone(), record: dead }
-    }
-
-    /// Rejects, after the fact, the record at `origin` of a processed batch
-    /// (its effects were refused): drops its outputs and effects and adds
-    /// its dead letter, given by the stage at `stage`.
-    pub fn reject(&self, result: &mut BatchResult, records: &[Record], origin: usize, stage: usize, info: &ErrorInfo) {
-        if result.dead_letters.iter().any(|d| d.origin == origin) {
-            return;
-        }
-        let before = result.outputs.len();
-        let mut keep = result.output_origins.iter().map(|&o| o != origin);
-        result.outputs.retain(|_| keep.next().expect("one origin per output"));
-        result.output_origins.retain(|&o| o != origin);
-        if result.outputs.len() < before {
-            result.completed -= 1;
-        } else {
-            result.filtered -= 1;
-        }
-        let mut keep = result.effects.iter().map(|(o, _)| *o != origin).collect::<Vec<_>>().into_iter();
-        result.effect_stages.retain(|_| keep.next().expect("one stage per effect"));
-        result.effects.retain(|(o, _)| *o != origin);
-        let dead = self.dead_letter(&records[origin], origin, Some(stage.min(self.stages.len() - 1)), info);
-        let at = result.dead_letters.partition_point(|d| d.origin < origin);
-        result.dead_letters.insert(at, dead);
     }
 }
 
@@ -501,21 +460,22 @@ fn from_guest_effect(effect: bindings::Effect) -> Effect {
 fn within_limits(spec: &StageSpec, outcome: Outcome) -> Outcome {
     let Outcome::Emit((outputs, effects)) = &outcome else { return outcome };
     let limits = &spec.limits;
-    let reject = |reason: &str, message: String| Outcome::Reject(ErrorInfo { reason: reason.into(), message });
+    let reject =
+        |reason: Reason, message: String| Outcome::Reject(ErrorInfo { reason: reason.as_str().into(), message });
     if outputs.len() > limits.max_outputs.get() as usize {
         let message =
             format!("{} outputs for one record, more than limits.max_outputs = {}", outputs.len(), limits.max_outputs);
-        return reject("plugin_output_limit", message);
+        return reject(PluginFailure::OutputLimit.into(), message);
     }
     if effects.len() > limits.max_effects.get() as usize {
         let message =
             format!("{} effects for one record, more than limits.max_effects = {}", effects.len(), limits.max_effects);
-        return reject("plugin_output_limit", message);
+        return reject(PluginFailure::OutputLimit.into(), message);
     }
     for effect in effects {
         let (bindings::Effect::HashIncr((key, ..)) | bindings::Effect::HashSet((key, ..))) = effect;
         if let Err(why) = spec.writes.check(key) {
-            return reject("effect_denied", why);
+            return reject(HostRefusal::EffectDenied.into(), why);
         }
     }
     outcome
@@ -552,39 +512,6 @@ fn source_of(input: &Message) -> Message {
     }
 }
 
-/// The dead-letter record of `record`: key, value and headers as received,
-/// plus the `sluice.error.*` and `sluice.source.*` headers.
-pub fn dead_letter_record(topic: &Arc<str>, record: &Record, stage: &str, info: &ErrorInfo) -> Produce {
-    let mut headers = record.headers.clone();
-    let mut add = |name: &str, value: String| headers.push(Header { name: name.into(), value: value.into_bytes() });
-    add("sluice.error.stage", stage.to_string());
-    add("sluice.error.reason", info.reason.clone());
-    add("sluice.error.message", info.message.clone());
-    add("sluice.source.topic", record.topic.clone());
-    add("sluice.source.partition", record.partition.to_string());
-    add("sluice.source.offset", record.offset.to_string());
-    Produce { topic: topic.clone(), key: record.key.clone(), value: record.value.clone().unwrap_or_default(), headers }
-}
-
-/// Header of a dead letter whose value was cut to fit `message.max.bytes`:
-/// the original value's length in bytes.
-pub const TRUNCATED_HEADER: &str = "sluice.error.truncated";
-
-/// Cuts the value of a dead letter that would be too large to write (an
-/// input near the limit, plus the error headers), so that the record is
-/// dead-lettered rather than wedging the pipeline, and says so in a header.
-fn truncate_to_fit(dead: &mut Produce, max: usize) {
-    let size = record_size(dead);
-    if size <= max {
-        return;
-    }
-    let original = dead.value.len();
-    let header = Header { name: TRUNCATED_HEADER.into(), value: original.to_string().into_bytes() };
-    let room = original.saturating_sub(size - max + header.name.len() + header.value.len() + 8);
-    dead.value.truncate(room);
-    dead.headers.push(header);
-}
-
 /// Calls a stage, then retries the records it asked to retry, with backoff,
 /// up to the stage's `max_retries`.
 fn run_stage(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, Unavailable> {
@@ -613,7 +540,12 @@ fn call_isolating(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, 
         return match stage.spec().on_failure {
             FailurePolicy::DeadLetter => Ok(batch
                 .iter()
-                .map(|_| Outcome::Reject(ErrorInfo { reason: "circuit_open".into(), message: message.clone() }))
+                .map(|_| {
+                    Outcome::Reject(ErrorInfo {
+                        reason: HostRefusal::CircuitOpen.as_str().into(),
+                        message: message.clone(),
+                    })
+                })
                 .collect()),
             FailurePolicy::Halt => Err(Unavailable(message)),
         };
@@ -622,11 +554,11 @@ fn call_isolating(stage: &mut Stage, batch: &[Message]) -> Result<Vec<Outcome>, 
         Ok(outcomes) => Ok(outcomes),
         Err(CallError::Unavailable(e)) => Err(e),
         Err(CallError::Plugin { reason, message }) if batch.len() == 1 => {
-            tracing::warn!(stage = %stage.name(), reason, offset = batch[0].offset, error = %message, "plugin failed on a record");
-            Ok(vec![Outcome::Reject(ErrorInfo { reason: reason.into(), message })])
+            tracing::warn!(stage = %stage.name(), %reason, offset = batch[0].offset, error = %message, "plugin failed on a record");
+            Ok(vec![Outcome::Reject(ErrorInfo { reason: reason.as_str().into(), message })])
         }
         Err(CallError::Plugin { reason, message }) => {
-            tracing::warn!(stage = %stage.name(), reason, records = batch.len(), error = %message, "plugin failed on a batch; retrying record by record");
+            tracing::warn!(stage = %stage.name(), %reason, records = batch.len(), error = %message, "plugin failed on a batch; retrying record by record");
             let mut outcomes = Vec::with_capacity(batch.len());
             for one in batch.chunks(1) {
                 outcomes.extend(call_isolating(stage, one)?);

@@ -1,43 +1,22 @@
-//! One stage: a component instance in its own sandboxed store, with the
-//! host imports it may call and the limits it runs under.
+//! One stage: a component instance in its own sandboxed store (see
+//! `sandbox`), called with a deadline, replaced by a fresh instance after a
+//! failure, and behind a circuit breaker that opens when it keeps failing.
 
-use crate::bindings::{self, ErrorInfo, LogLevel, Message, Outcome, Transform, TransformPre};
+use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre};
 use crate::config::{FailurePolicy, Limits};
 use crate::engine::{Engine, LoadedComponent};
+use crate::lookup::{LookupSource, Unavailable};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Func, HasData, HasSelf, Linker, Resource, ResourceTable, TypedFunc};
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::clocks::WasiClocksCtxView;
-use wasmtime_wasi::p2::DynPollable;
-use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::{Func, Linker, ResourceTable, TypedFunc};
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
 
 use super::lift::{self, OverBudget};
 use super::output::PluginOutput;
-
-/// A row of a lookup table as (field, value) pairs.
-pub type Row = Vec<(String, String)>;
-
-/// Where lookups are served from (Redis with a cache, in production).
-pub trait LookupSource: Send + Sync {
-    /// The row `key` of `table`; `Ok(None)` when it does not exist.
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable>;
-}
-
-/// A stage cannot run now (a lookup backend is down, or the stage is halted
-/// by its circuit breaker); the batch must be retried later.
-#[derive(Debug, Clone)]
-pub struct Unavailable(pub String);
-
-impl fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unavailable {}
+use super::reason::{PluginFailure, Reason};
+use super::sandbox::{CallClock, LimitExceeded, Limiter, StageState};
 
 /// What a stage is made of, as loaded from pipeline.toml.
 pub struct StageSpec {
@@ -119,236 +98,67 @@ fn shown(key: &str) -> String {
     shown
 }
 
-/// Per-instance host state: WASI with nothing granted, limits, lookups.
-pub struct StageState {
-    wasi: WasiCtx,
-    /// What the plugin writes to stdout and stderr, and to the `log` import.
-    output: [PluginOutput; 3],
-    table: ResourceTable,
-    limits: Limiter,
-    clock: CallClock,
-    lookups: Arc<dyn LookupSource>,
-    tables: Arc<[String]>,
-}
-
-/// The time of the call in progress that is the plugin's own: wall time
-/// since it started minus the time the host spent serving its lookups (a
-/// slow Redis is not the plugin's fault). Its deadline is `timeout`.
-#[derive(Debug, Clone, Copy)]
-struct CallClock {
-    started: Instant,
-    timeout: Duration,
-    host: Duration,
-    /// Whether a wait was cut short at the deadline: the plugin did not
-    /// finish in time, even if it returns before the epoch notices.
-    cut: bool,
-}
-
-impl CallClock {
-    fn new(timeout: Duration) -> Self {
-        Self { started: Instant::now(), timeout, host: Duration::ZERO, cut: false }
-    }
-
-    /// The plugin's time left before its deadline.
-    fn left(&self) -> Duration {
-        let spent = self.started.elapsed().saturating_sub(self.host);
-        self.timeout.saturating_sub(spent)
-    }
-}
-
-impl StageState {
-    /// `wasi:clocks/monotonic-clock` for this instance: waits end at the
-    /// call's deadline.
-    fn deadline_clock(&mut self) -> DeadlineClock<'_> {
-        let left = self.clock.left();
-        let clocks = WasiClocksCtxView { ctx: self.wasi.clocks(), table: &mut self.table };
-        DeadlineClock { clocks, left, cut: &mut self.clock.cut }
-    }
-}
-
-/// WASI's monotonic clock, except that a wait (`sleep` in Rust or Python, a
-/// timer in JavaScript) never outlasts the call's deadline. Epoch
-/// interruption stops a plugin only while it runs WebAssembly; a plugin
-/// blocked in the host would keep the processing thread past its deadline.
-/// Cut short, the wait returns at the deadline and the call fails as
-/// `plugin_timeout` (interrupted if it runs on, failed when it returns).
-struct DeadlineClock<'a> {
-    clocks: WasiClocksCtxView<'a>,
-    left: Duration,
-    cut: &'a mut bool,
-}
-
-struct DeadlineClocks;
-
-impl HasData for DeadlineClocks {
-    type Data<'a> = DeadlineClock<'a>;
-}
-
-impl monotonic_clock::Host for DeadlineClock<'_> {
-    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
-        self.clocks.now()
-    }
-
-    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
-        self.clocks.resolution()
-    }
-
-    fn subscribe_duration(&mut self, nanos: monotonic_clock::Duration) -> wasmtime::Result<Resource<DynPollable>> {
-        let left = u64::try_from(self.left.as_nanos()).unwrap_or(u64::MAX);
-        if nanos > left {
-            *self.cut = true;
-        }
-        self.clocks.subscribe_duration(nanos.min(left))
-    }
-
-    fn subscribe_instant(&mut self, when: monotonic_clock::Instant) -> wasmtime::Result<Resource<DynPollable>> {
-        let now = self.clocks.now()?;
-        self.subscribe_duration(when.saturating_sub(now))
-    }
-}
-
-impl WasiView for StageState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
-impl bindings::sluice::plugin::types::Host for StageState {}
-
-impl bindings::sluice::plugin::host::Host for StageState {
-    fn lookup(&mut self, table: String, key: String) -> wasmtime::Result<Option<Row>> {
-        if !self.tables.contains(&table) {
-            let [.., log] = &self.output;
-            log.log(LogLevel::Warn, &format!("lookup of table `{table}`, which the stage did not declare"));
-            return Ok(None);
-        }
-        let started = Instant::now();
-        let row = self.lookups.lookup(&table, &key);
-        self.clock.host += started.elapsed();
-        row.map_err(wasmtime::Error::new)
-    }
-
-    fn log(&mut self, level: LogLevel, message: String) {
-        let [.., log] = &self.output;
-        log.log(level, &message);
-    }
-}
-
-/// Most table elements (function references) an instance may hold, over
-/// all its tables. Default one million: a Python or JavaScript runtime
-/// needs tens of thousands; the cap stops a plugin from growing tables
-/// until the host runs out of memory.
-pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
-
-/// A sandbox limit the plugin ran into: what and which limit.
-#[derive(Debug, Clone)]
-pub struct LimitExceeded(String);
-
-impl fmt::Display for LimitExceeded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for LimitExceeded {}
-
-/// The instance's limits, over all its memories and tables together (a
-/// component has several core instances; a per-memory cap would let it
-/// hold several times `memory_mib`).
-struct Limiter {
-    memory: usize,
-    memory_cap: usize,
-    table_elements: usize,
-}
-
-impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        let total = self.memory - current + desired;
-        if total > self.memory_cap {
-            return Err(LimitExceeded(format!(
-                "the instance's memory would grow to {} MiB, beyond limits.memory_mib = {}",
-                total.div_ceil(1 << 20),
-                self.memory_cap >> 20
-            ))
-            .into());
-        }
-        self.memory = total;
-        Ok(true)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        Err(LimitExceeded(format!("the host could not grow the instance's memory: {error}")).into())
-    }
-
-    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
-        }
-        let total = self.table_elements - current + desired;
-        if total > MAX_TABLE_ELEMENTS {
-            return Err(LimitExceeded(format!(
-                "the instance's tables would hold {total} elements, beyond the limit of {MAX_TABLE_ELEMENTS}"
-            ))
-            .into());
-        }
-        self.table_elements = total;
-        Ok(true)
-    }
-
-    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        Err(LimitExceeded(format!("the host could not grow the instance's table: {error}")).into())
-    }
-}
-
-/// Builds the linker every stage is instantiated with: WASI p2 (with no
-/// capability granted by the context) and the Sluice host interface.
-pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<StageState>> {
-    let mut linker = Linker::new(engine.wasmtime());
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    linker.allow_shadowing(true);
-    monotonic_clock::add_to_linker::<_, DeadlineClocks>(&mut linker, StageState::deadline_clock)?;
-    linker.allow_shadowing(false);
-    Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
-    Ok(linker)
-}
-
 /// Why a stage could not be set up.
+///
+/// Its message names the stage; wasmtime's reason, where there is one, is
+/// its [`source`](std::error::Error::source) (print it with `{:#}` through
+/// anyhow to see both).
 #[derive(Debug)]
 pub enum StageError {
-    /// The component does not fit the transform world: stage, plugin path, why.
-    World(String, String, String),
-    /// Instantiation failed (for example a start function trapped): stage, why.
-    Instantiate(String, String),
-    /// The plugin's `init` returned an error: stage, the error.
-    Init(String, String),
+    /// The component does not fit the transform world.
+    World {
+        /// The stage.
+        stage: String,
+        /// The plugin file.
+        plugin: std::path::PathBuf,
+        /// Why the component does not fit.
+        source: wasmtime::Error,
+    },
+    /// Instantiation failed (for example a start function trapped).
+    Instantiate {
+        /// The stage.
+        stage: String,
+        /// Why.
+        source: wasmtime::Error,
+    },
+    /// The plugin's `init` refused its config, trapped or ran out of time.
+    Init {
+        /// The stage.
+        stage: String,
+        /// The plugin's error, or what happened.
+        error: String,
+    },
 }
 
 impl fmt::Display for StageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::World(stage, path, error) => {
+            Self::World { stage, plugin, source } => {
+                let plugin = plugin.display();
                 write!(
                     f,
-                    "stage `{stage}`: plugin {path} does not implement the sluice:plugin@0.1.0 `transform` world: {error}"
+                    "stage `{stage}`: plugin {plugin} does not implement the sluice:plugin@0.1.0 `transform` world"
                 )?;
-                if error.contains("wasi:http/") {
+                if format!("{source:#}").contains("wasi:http/") {
                     // componentize-js imports wasi:http unless told otherwise.
                     f.write_str(" (plugins get no network: build without wasi:http, e.g. componentize-js --disable http fetch-event)")?;
                 }
                 Ok(())
             }
-            Self::Instantiate(stage, error) => {
-                write!(f, "stage `{stage}`: cannot instantiate the plugin: {error}")
-            }
-            Self::Init(stage, error) => write!(f, "stage `{stage}`: the plugin's init refused its config: {error}"),
+            Self::Instantiate { stage, .. } => write!(f, "stage `{stage}`: cannot instantiate the plugin"),
+            Self::Init { stage, error } => write!(f, "stage `{stage}`: the plugin's init refused its config: {error}"),
         }
     }
 }
 
-impl std::error::Error for StageError {}
+impl std::error::Error for StageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::World { source, .. } | Self::Instantiate { source, .. } => Some(source.as_ref()),
+            Self::Init { .. } => None,
+        }
+    }
+}
 
 /// Why one call into a stage failed.
 #[derive(Debug)]
@@ -357,7 +167,12 @@ pub enum CallError {
     Unavailable(Unavailable),
     /// The plugin trapped, ran out of time or memory: the records of the
     /// call are at fault (or the plugin is).
-    Plugin { reason: &'static str, message: String },
+    Plugin {
+        /// How it failed.
+        reason: PluginFailure,
+        /// What happened, with the last lines the plugin wrote.
+        message: String,
+    },
 }
 
 /// Consecutive failed calls (traps, deadlines, memory) that open a stage's
@@ -399,8 +214,8 @@ impl Stage {
         spec: Arc<StageSpec>,
         lookups: Arc<dyn LookupSource>,
     ) -> Result<Self, StageError> {
-        let pre = linker.instantiate_pre(&spec.component.component).and_then(TransformPre::new).map_err(|e| {
-            StageError::World(spec.name.to_string(), spec.component.path.display().to_string(), format!("{e:#}"))
+        let pre = linker.instantiate_pre(&spec.component.component).and_then(TransformPre::new).map_err(|source| {
+            StageError::World { stage: spec.name.to_string(), plugin: spec.component.path.clone(), source }
         })?;
         let (store, instance, process) = instantiate(engine, &pre, &spec, &lookups)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
@@ -462,7 +277,7 @@ impl Stage {
                 return Ok(outcomes.into_iter().map(|o| checked_reason(o.into())).collect());
             }
             Ok(outcomes) => CallError::Plugin {
-                reason: "plugin_contract",
+                reason: PluginFailure::Contract,
                 message: format!("process returned {} outcomes for {} records", outcomes.len(), batch.len()),
             },
             Err(e) => classify(&e, timeout),
@@ -474,7 +289,7 @@ impl Stage {
             self.note_call(true);
         }
         if let Err(e) = self.recreate() {
-            tracing::error!(stage = %self.spec.name, error = %e, "cannot recreate the plugin instance");
+            tracing::error!(stage = %self.spec.name, error = %anyhow::Error::new(e), "cannot recreate the plugin instance");
         }
         Err(error)
     }
@@ -541,7 +356,7 @@ fn instantiate(
     });
     arm(&mut store, timeout);
     let stage = spec.name.to_string();
-    let failed = |e: wasmtime::Error| StageError::Instantiate(stage.clone(), format!("{e:#}"));
+    let failed = |source: wasmtime::Error| StageError::Instantiate { stage: stage.clone(), source };
     let instance = pre.instance_pre().instantiate(&mut store).map_err(failed)?;
     let transform = Transform::new(&mut store, &instance).map_err(failed)?;
     let process =
@@ -549,20 +364,20 @@ fn instantiate(
     let init = transform.call_init(&mut store, &spec.config_json);
     if store.data().clock.cut {
         let message = format!("init did not finish within its deadline of {} ms", timeout.as_millis());
-        return Err(StageError::Init(stage, message));
+        return Err(StageError::Init { stage, error: message });
     }
     match init {
         Ok(Ok(())) => Ok((store, transform, process)),
-        Ok(Err(error)) => Err(StageError::Init(stage, error)),
+        Ok(Err(error)) => Err(StageError::Init { stage, error }),
         Err(e) => {
             let mut message = match classify(&e, timeout) {
-                CallError::Plugin { reason: "plugin_timeout", .. } => {
+                CallError::Plugin { reason: PluginFailure::Timeout, .. } => {
                     format!("init did not finish within its deadline of {} ms", timeout.as_millis())
                 }
                 _ => format!("init trapped: {e:#}"),
             };
             with_output(&mut message, store.data());
-            Err(StageError::Init(stage, message))
+            Err(StageError::Init { stage, error: message })
         }
     }
 }
@@ -606,7 +421,7 @@ fn with_output(message: &mut String, state: &StageState) {
 
 fn timed_out(timeout: Duration) -> CallError {
     CallError::Plugin {
-        reason: "plugin_timeout",
+        reason: PluginFailure::Timeout,
         message: format!("the call did not finish within its deadline of {} ms", timeout.as_millis()),
     }
 }
@@ -619,12 +434,12 @@ fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
         return timed_out(timeout);
     }
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
-        return CallError::Plugin { reason: "plugin_oom", message: limit.to_string() };
+        return CallError::Plugin { reason: PluginFailure::OutOfMemory, message: limit.to_string() };
     }
     if let Some(over) = error.downcast_ref::<OverBudget>() {
-        return CallError::Plugin { reason: "plugin_output_limit", message: over.to_string() };
+        return CallError::Plugin { reason: PluginFailure::OutputLimit, message: over.to_string() };
     }
-    let reason = "plugin_trap";
+    let reason = PluginFailure::Trap;
     // The trap itself, not the wasm backtrace that follows it in the chain.
     let message = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
@@ -637,68 +452,23 @@ fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
 /// kind of failure (`missing_field`), not an instance of it.
 pub const MAX_REASON: usize = 48;
 
-/// A plugin's reason code, if it is one: snake_case of at most
-/// [`MAX_REASON`] characters, outside the host's own `plugin_` codes (it
-/// becomes a header value and a metric label). Anything else breaks the
-/// plugin contract: `plugin_contract`, with the code given in the message.
+/// A plugin's reason code, if it is one (see
+/// [`Reason::is_valid_own_code`]; it becomes a header value and a metric
+/// label). Anything else breaks the plugin contract: `plugin_contract`, with
+/// the code given in the message.
 fn checked_reason(outcome: Outcome) -> Outcome {
     let (Outcome::Reject(info) | Outcome::Retry(info)) = &outcome else { return outcome };
     let code = &info.reason;
-    let valid = code.len() <= MAX_REASON
-        && code.starts_with(|c: char| c.is_ascii_lowercase())
-        && code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !code.starts_with("plugin_")
-        && code != "circuit_open";
-    if valid {
+    if Reason::is_valid_own_code(code, MAX_REASON) {
         return outcome;
     }
     let shown: String = code.chars().take(MAX_REASON).collect();
     Outcome::Reject(ErrorInfo {
-        reason: "plugin_contract".into(),
+        reason: PluginFailure::Contract.as_str().into(),
         message: format!(
             "reason code {shown:?} is not snake_case of at most {MAX_REASON} characters outside the host's own \
              codes; the plugin's message: {}",
             info.message
         ),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIB: usize = 1 << 20;
-
-    #[test]
-    fn memory_is_capped_over_all_of_an_instances_memories() {
-        let mut limiter = Limiter { memory: 0, memory_cap: 16 * MIB, table_elements: 0 };
-        assert!(limiter.memory_growing(0, 10 * MIB, None).unwrap(), "the first memory");
-        let error = limiter.memory_growing(0, 10 * MIB, None).unwrap_err();
-        assert_eq!(
-            error.downcast_ref::<LimitExceeded>().unwrap().to_string(),
-            "the instance's memory would grow to 20 MiB, beyond limits.memory_mib = 16"
-        );
-        assert!(limiter.memory_growing(10 * MIB, 12 * MIB, None).unwrap(), "growth within the cap");
-        assert_eq!(limiter.memory, 12 * MIB);
-    }
-
-    #[test]
-    fn table_elements_are_capped_over_all_of_an_instances_tables() {
-        let mut limiter = Limiter { memory: 0, memory_cap: MIB, table_elements: 0 };
-        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
-        assert!(limiter.table_growing(0, MAX_TABLE_ELEMENTS / 2, None).unwrap());
-        let error = limiter.table_growing(0, 1, None).unwrap_err();
-        assert!(error.downcast_ref::<LimitExceeded>().is_some(), "{error}");
-        assert!(!limiter.table_growing(0, 10, Some(5)).unwrap(), "a table's own maximum holds");
-    }
-
-    #[test]
-    fn the_call_clock_leaves_out_the_hosts_time() {
-        let mut clock = CallClock::new(Duration::from_millis(100));
-        std::thread::sleep(Duration::from_millis(60));
-        clock.host += Duration::from_millis(60);
-        assert!(clock.left() > Duration::from_millis(90), "{:?}", clock.left());
-        clock.host = Duration::ZERO;
-        assert!(clock.left() <= Duration::from_millis(40), "{:?}", clock.left());
-    }
 }

@@ -1,50 +1,36 @@
-//! Lookup tables served from Redis hashes through an in-process cache.
+//! Lookup rows read from Redis hashes: `HGETALL {key_prefix}{key}`, behind
+//! the cache of [`crate::lookup::Cached`].
 
 use crate::config::LookupConfig;
-use crate::pipeline::{LookupSource, Row, Unavailable};
-use std::collections::{BTreeMap, HashMap};
+use crate::lookup::{Cached, Fetch, Row, Unavailable};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Connect and I/O timeout of a lookup. Default 2 s: long enough for a busy
 /// Redis, short enough that an outage is noticed and the batch retried.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
-struct Table {
-    key_prefix: String,
-    ttl: Duration,
-    max_rows: usize,
-    rows: HashMap<String, (Instant, Option<Row>)>,
-}
-
-/// `HGETALL {key_prefix}{key}` per table, cached for the table's TTL
-/// (absent rows too). Called from plugin code on the processing thread, so
-/// it uses a blocking connection.
-pub struct RedisLookups {
+/// Rows as Redis hashes. Called from plugin code on the processing thread,
+/// so it uses a blocking connection, made lazily and remade after an error.
+pub struct RedisRows {
     client: redis::Client,
     connection: Mutex<Option<redis::Connection>>,
-    tables: Mutex<HashMap<String, Table>>,
 }
+
+/// The lookup tables of a pipeline, served from Redis through the cache.
+pub type RedisLookups = Cached<RedisRows>;
 
 impl RedisLookups {
     /// Lookups for the declared tables. Connects lazily.
     pub fn new(url: &str, tables: &BTreeMap<String, LookupConfig>) -> Result<Self, redis::RedisError> {
-        let tables = tables
-            .iter()
-            .map(|(name, t)| {
-                let table = Table {
-                    key_prefix: t.key_prefix.clone(),
-                    ttl: Duration::from_millis(t.ttl_ms),
-                    max_rows: t.cache_rows.get(),
-                    rows: HashMap::new(),
-                };
-                (name.clone(), table)
-            })
-            .collect();
-        Ok(Self { client: redis::Client::open(url)?, connection: Mutex::new(None), tables: Mutex::new(tables) })
+        let rows = RedisRows { client: redis::Client::open(url)?, connection: Mutex::new(None) };
+        Ok(Cached::with(rows, tables))
     }
+}
 
-    fn fetch(&self, redis_key: &str) -> Result<Option<Row>, redis::RedisError> {
+impl RedisRows {
+    fn hgetall(&self, key: &str) -> Result<Option<Row>, redis::RedisError> {
         let mut slot = self.connection.lock().expect("lookup connection lock");
         if slot.is_none() {
             let connection = self.client.get_connection_with_timeout(LOOKUP_TIMEOUT)?;
@@ -53,7 +39,7 @@ impl RedisLookups {
             *slot = Some(connection);
         }
         let connection = slot.as_mut().expect("connected above");
-        let result = redis::cmd("HGETALL").arg(redis_key).query::<Vec<(String, String)>>(connection);
+        let result = redis::cmd("HGETALL").arg(key).query::<Vec<(String, String)>>(connection);
         if result.is_err() {
             *slot = None;
         }
@@ -61,39 +47,8 @@ impl RedisLookups {
     }
 }
 
-impl LookupSource for RedisLookups {
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
-        let redis_key = {
-            let tables = self.tables.lock().expect("lookup cache lock");
-            let Some(t) = tables.get(table) else {
-                return Ok(None);
-            };
-            if let Some((at, row)) = t.rows.get(key)
-                && at.elapsed() < t.ttl
-            {
-                return Ok(row.clone());
-            }
-            format!("{}{key}", t.key_prefix)
-        };
-        let row =
-            self.fetch(&redis_key).map_err(|e| Unavailable(format!("lookup unavailable: HGETALL {redis_key}: {e}")))?;
-        let mut tables = self.tables.lock().expect("lookup cache lock");
-        if let Some(t) = tables.get_mut(table) {
-            if t.rows.len() >= t.max_rows {
-                t.rows.clear();
-            }
-            t.rows.insert(key.to_string(), (Instant::now(), row.clone()));
-        }
-        Ok(row)
-    }
-}
-
-/// Lookups for `sluice validate`: nothing is connected, so every lookup is
-/// unavailable.
-pub struct Offline;
-
-impl LookupSource for Offline {
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
-        Err(Unavailable(format!("lookup unavailable: no Redis while validating (lookup {table}/{key})")))
+impl Fetch for RedisRows {
+    fn fetch(&self, key: &str) -> Result<Option<Row>, Unavailable> {
+        self.hgetall(key).map_err(|e| Unavailable(format!("lookup unavailable: HGETALL {key}: {e}")))
     }
 }

@@ -1,7 +1,10 @@
-//! Redis: lookup tables for plugins, and the effects plugins return.
+//! Redis, and the only code that talks to it: the rows of lookup tables,
+//! the effects plugins return, and whole hashes for the tools.
 
 mod effects;
+mod hashes;
 mod lookups;
 
 pub use effects::{Applied, Fence, Overflow, RecordEffect, RedisEffects, Refused, coalesce};
-pub use lookups::{LOOKUP_TIMEOUT, Offline, RedisLookups};
+pub use hashes::Hashes;
+pub use lookups::{LOOKUP_TIMEOUT, RedisLookups, RedisRows};

@@ -7,7 +7,6 @@
 use super::process::HostEnv;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The uid the image runs as.
@@ -30,9 +29,11 @@ pub fn image() -> Option<String> {
 
 /// One container test at a time: each starts a host that compiles its
 /// plugins, and two cores are shared with the broker.
-pub fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// (An async lock: the tests hold it across their awaits, each test on a
+/// runtime of its own.)
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 /// Runs `program` with `args`; panics with its output when it fails.

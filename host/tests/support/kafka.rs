@@ -209,3 +209,33 @@ pub async fn consume_with(
     }
     out
 }
+
+/// The offsets `group` has committed on `topic`, summed over its
+/// partitions (a partition with no commit counts 0): on a topic written
+/// from offset 0, the number of records a new member of the group will not
+/// read again.
+pub fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout).unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        list.add_partition(topic, p.id());
+    }
+    let committed = consumer.committed_offsets(list, timeout).unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(n) => n,
+            _ => 0,
+        })
+        .sum()
+}

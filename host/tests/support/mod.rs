@@ -17,9 +17,33 @@ use std::path::PathBuf;
 /// The Redis every machine runs.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
-/// The repository root.
+/// The plugins and fixtures `make build` puts in plugins/dist, which the
+/// tests run.
+pub const BUILT_PLUGINS: [&str; 9] = [
+    "normalize.wasm",
+    "enrich.wasm",
+    "categorize.wasm",
+    "totals.wasm",
+    "testguest.wasm",
+    "wasi-command.wasm",
+    "categorize-uncategorized.wasm",
+    "vip.wasm",
+    "suspicious.wasm",
+];
+
+/// The repository root. Fails, saying what to do, when the plugins the
+/// tests run are not built.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let missing: Vec<&str> =
+        BUILT_PLUGINS.into_iter().filter(|p| !root.join("plugins/dist").join(p).is_file()).collect();
+    assert!(
+        missing.is_empty(),
+        "plugins/dist lacks {}: the tests run the built plugins; run `make build` first (or `make test`, which \
+         builds them)",
+        missing.join(", ")
+    );
+    root
 }
 
 /// The shared example data (../shared/data beside the repository).
@@ -109,7 +133,7 @@ impl Drop for OwnRedis {
 pub async fn load_shared_lookups(prefix: &str) {
     let text = std::fs::read_to_string(data_dir().join("lookups.json")).unwrap();
     let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut tables = sluice::generator::Tables::new();
+    let mut tables = sluice::tools::generator::Tables::new();
     for (table, rows) in raw.as_object().unwrap() {
         for (id, fields) in rows.as_object().unwrap() {
             for (field, value) in fields.as_object().unwrap() {
@@ -118,7 +142,7 @@ pub async fn load_shared_lookups(prefix: &str) {
             }
         }
     }
-    sluice::generator::load_lookups(REDIS_URL, prefix, &tables).await.unwrap();
+    sluice::tools::generator::load_lookups(REDIS_URL, prefix, &tables).await.unwrap();
 }
 
 /// Every counter hash under `prefix` as {key without prefix: {field: value}}

@@ -21,17 +21,17 @@ fn field(row: &[(String, String)], name: &str) -> Option<String> {
 /// unknown is `unknown_product`, and one without a usable price is
 /// `invalid_price`.
 pub fn enrich(order: &mut Order, lookup: &mut dyn FnMut(&str, &str) -> Row) -> Result<(), Rejection> {
-    if let Some(user) = &mut order.user {
-        if let Some(row) = lookup(USER, &user.id) {
-            user.name = field(&row, "name");
-            user.login = field(&row, "login");
-        }
+    if let Some(user) = &mut order.user
+        && let Some(row) = lookup(USER, &user.id)
+    {
+        user.name = field(&row, "name");
+        user.login = field(&row, "login");
     }
-    if let Some(store) = &mut order.store {
-        if let Some(row) = lookup(STORE, &store.id) {
-            store.name = field(&row, "name");
-            store.city = field(&row, "city");
-        }
+    if let Some(store) = &mut order.store
+        && let Some(row) = lookup(STORE, &store.id)
+    {
+        store.name = field(&row, "name");
+        store.city = field(&row, "city");
     }
     for (i, item) in order.items.iter_mut().enumerate() {
         if item.unit_price_cents.is_some() {

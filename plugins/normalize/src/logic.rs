@@ -6,6 +6,9 @@ use sluice_order::{Item, Order, Rejection, Store, User, decimal_to_cents, reason
 
 /// What became of one record.
 #[derive(Debug, PartialEq, Eq)]
+// Returned by value once per record and matched at once: boxing the order
+// would only add an allocation per record.
+#[allow(clippy::large_enum_variant)]
 pub enum Normalized {
     /// A canonical order, not yet enriched, categorized or totalled.
     Order(Order),

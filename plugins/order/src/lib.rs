@@ -158,6 +158,12 @@ pub fn decimal_to_cents(text: &str) -> Result<i64, String> {
     Ok(if negative { -cents } else { cents })
 }
 
+impl From<Rejection> for sluice_sdk::Error {
+    fn from(r: Rejection) -> Self {
+        sluice_sdk::Error::reject(r.reason, r.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,11 +221,5 @@ mod tests {
             r#"{"order_id":"1","source":"webshop","ts":"2025-03-01T10:15:00Z","user":null,"store":null,"items":[{"product_id":"P","name":"n","category":"c","unit_price_cents":1,"quantity":2,"line_total_cents":2}],"item_count":2,"total_cents":2}"#
         );
         assert_eq!(order.day(), "2025-03-01");
-    }
-}
-
-impl From<Rejection> for sluice_sdk::Error {
-    fn from(r: Rejection) -> Self {
-        sluice_sdk::Error::reject(r.reason, r.message)
     }
 }

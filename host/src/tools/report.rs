@@ -4,7 +4,7 @@
 //! `sluice report`.
 
 use crate::config::PipelineConfig;
-use anyhow::Context;
+use crate::redis::Hashes;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// Where the counters and the names are.
 #[derive(Debug, Clone)]
-pub struct Source {
+pub struct Counters {
     /// The Redis URL.
     pub url: String,
     /// Prefix of the counter hashes (`report.counters_prefix`).
@@ -23,7 +23,7 @@ pub struct Source {
     pub names: BTreeMap<String, String>,
 }
 
-impl Source {
+impl Counters {
     /// The counters and tables of a pipeline.
     pub fn of(config: &PipelineConfig) -> Self {
         let names = config.lookups.iter().map(|(table, l)| (table.clone(), l.key_prefix.clone())).collect();
@@ -48,7 +48,7 @@ pub struct Entry {
 
 /// The sales report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
+pub struct SalesReport {
     /// Prefix of the counters it was read from.
     pub prefix: String,
     /// Orders counted.
@@ -70,18 +70,11 @@ pub struct Report {
 }
 
 /// Reads the report; rankings keep the `top` first entries.
-pub async fn read(source: &Source, top: usize) -> anyhow::Result<Report> {
-    let shown = crate::config::redact::url(&source.url);
-    let client = redis::Client::open(source.url.as_str()).with_context(|| format!("bad Redis URL {shown}"))?;
-    let mut redis = client
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("cannot connect to Redis at {shown}"))?;
+pub async fn read(source: &Counters, top: usize) -> anyhow::Result<SalesReport> {
+    let mut redis = Hashes::connect(&source.url).await?;
     let p = &source.prefix;
     let mut hash = async |name: &str| -> anyhow::Result<BTreeMap<String, i64>> {
-        let key = format!("{p}{name}");
-        let raw: BTreeMap<String, String> =
-            redis::cmd("HGETALL").arg(&key).query_async(&mut redis).await.with_context(|| format!("HGETALL {key}"))?;
+        let raw = redis.get_all(&format!("{p}{name}")).await?;
         Ok(raw.into_iter().filter_map(|(k, v)| Some((k, v.parse().ok()?))).collect())
     };
     let totals = hash("totals").await?;
@@ -95,7 +88,7 @@ pub async fn read(source: &Source, top: usize) -> anyhow::Result<Report> {
         entries.truncate(n);
         entries
     };
-    let mut report = Report {
+    let mut report = SalesReport {
         prefix: p.clone(),
         orders: totals.get("orders").copied().unwrap_or(0),
         items: totals.get("items").copied().unwrap_or(0),
@@ -115,7 +108,7 @@ pub async fn read(source: &Source, top: usize) -> anyhow::Result<Report> {
         let Some(prefix) = source.names.get(table) else { continue };
         for entry in entries.iter_mut() {
             let key = format!("{prefix}{}", entry.key);
-            entry.name = redis::cmd("HGET").arg(&key).arg("name").query_async(&mut redis).await.unwrap_or(None);
+            entry.name = redis.get(&key, "name").await;
         }
     }
     Ok(report)
@@ -131,18 +124,18 @@ pub const REPORT_TTL: Duration = Duration::from_secs(2);
 /// A failure is kept as long, so that a Redis that is down is not asked
 /// again by every request.
 pub struct Cached {
-    source: Source,
-    last: tokio::sync::Mutex<Option<(Instant, Result<Report, String>)>>,
+    source: Counters,
+    last: tokio::sync::Mutex<Option<(Instant, Result<SalesReport, String>)>>,
 }
 
 impl Cached {
     /// Reports from `source`, the first read on the first request.
-    pub fn new(source: Source) -> Self {
+    pub fn new(source: Counters) -> Self {
         Self { source, last: tokio::sync::Mutex::new(None) }
     }
 
     /// The report, or why it could not be read.
-    pub async fn get(&self) -> Result<Report, String> {
+    pub async fn get(&self) -> Result<SalesReport, String> {
         let mut last = self.last.lock().await;
         match &*last {
             Some((at, report)) if at.elapsed() < REPORT_TTL => report.clone(),
@@ -170,7 +163,7 @@ pub fn money(cents: i64) -> String {
     format!("{sign}{grouped}.{rest:02}")
 }
 
-impl Report {
+impl SalesReport {
     /// The report as a terminal table.
     pub fn table(&self) -> String {
         let mut out = String::new();
@@ -223,7 +216,7 @@ pub struct ReportArgs {
 /// Prints the report.
 pub async fn run(args: ReportArgs) -> anyhow::Result<()> {
     let pipeline = crate::config::load_file(&args.path).map_err(|e| anyhow::anyhow!("{}: {e}", args.path.display()))?;
-    let report = read(&Source::of(&pipeline.config), args.top).await?;
+    let report = read(&Counters::of(&pipeline.config), args.top).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -36,11 +36,11 @@ pub enum Lang {
 }
 
 /// The WIT world every plugin is built against.
-const WIT: &str = include_str!("../../wit/plugin@0.1.0/plugin.wit");
+const WIT: &str = include_str!("../../../wit/plugin@0.1.0/plugin.wit");
 
 /// The SDK's source, copied into a Rust project unless `--sdk` is given.
-const SDK_LIB: &str = include_str!("../../plugins/sdk/src/lib.rs");
-const SDK_MANIFEST: &str = include_str!("../templates/rust/sluice-sdk/Cargo.toml");
+const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
+const SDK_MANIFEST: &str = include_str!("../../templates/rust/sluice-sdk/Cargo.toml");
 /// Where the SDK finds the WIT world: in the source tree, and in the copy.
 const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.1.0""#;
 const SDK_WIT_IN_COPY: &str = r#"path: "wit""#;
@@ -48,7 +48,7 @@ const SDK_WIT_IN_COPY: &str = r#"path: "wit""#;
 fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
     macro_rules! files {
         ($lang:literal: $($path:literal),* $(,)?) => {
-            &[$(($path, include_str!(concat!("../templates/", $lang, "/", $path)))),*]
+            &[$(($path, include_str!(concat!("../../templates/", $lang, "/", $path)))),*]
         };
     }
     match lang {
@@ -151,8 +151,8 @@ mod tests {
             }
             at.clone()
         };
-        let workspace = table(include_str!("../../Cargo.toml"), "workspace.dependencies");
-        let sdk = table(include_str!("../../plugins/sdk/Cargo.toml"), "dependencies");
+        let workspace = table(include_str!("../../../Cargo.toml"), "workspace.dependencies");
+        let sdk = table(include_str!("../../../plugins/sdk/Cargo.toml"), "dependencies");
         let copy = table(SDK_MANIFEST, "dependencies");
         assert_eq!(copy.keys().collect::<Vec<_>>(), sdk.keys().collect::<Vec<_>>());
         for (name, spec) in &copy {

@@ -1,37 +1,17 @@
-//! The default pipeline's four stages compiled natively into the host, from
-//! the same crates as the plugins (their `logic` modules), behind the same
-//! interface as the WebAssembly stages: a batch of messages in, one outcome
-//! per message out. `sluice bench` runs both to measure what the sandbox
-//! costs.
+//! The default pipeline's four stages compiled natively, from the same
+//! crates as the plugins (their `logic` modules), behind the same interface
+//! as the WebAssembly stages: a batch of messages in, one outcome per message
+//! out. `sluice-native-bench` runs both to measure what the sandbox costs;
+//! the `sluice` binary does not link them.
 
-use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome, Output};
-use crate::config::PipelineConfig;
-use crate::pipeline::{LookupSource, Stage};
 use categorize::logic::Categorizer;
 use normalize::logic::Normalized;
+use sluice::bindings::{Effect, ErrorInfo, Header, Message, Outcome, Output};
+use sluice::config::PipelineConfig;
+use sluice::lookup::LookupSource;
+use sluice::tools::bench::Transform;
 use sluice_order::{Order, Rejection, stage};
 use std::sync::Arc;
-
-/// A stage as the benchmark drives it.
-pub trait Transform {
-    /// The stage name.
-    fn name(&self) -> &str;
-    /// One outcome per message.
-    fn process(&mut self, batch: &[Message]) -> Vec<Outcome>;
-}
-
-impl Transform for Stage {
-    fn name(&self) -> &str {
-        Stage::name(self)
-    }
-
-    fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
-        match self.call(batch) {
-            Ok(outcomes) => outcomes,
-            Err(e) => panic!("stage `{}` failed in the benchmark: {e:?}", Stage::name(self)),
-        }
-    }
-}
 
 fn emit(message: &Message, key: Option<Vec<u8>>, value: Vec<u8>, effects: Vec<Effect>) -> Outcome {
     let headers = message.headers.iter().map(|h| Header { name: h.name.clone(), value: h.value.clone() }).collect();

@@ -1,23 +1,26 @@
 //! `sluice bench`: the stage chain in process, no broker or Redis: N
 //! generated orders (fixed seed) through the pipeline's stages at several
 //! batch sizes, with lookups served from the generator's tables in memory.
-//! Reports records/s and time per record in each stage, for the whole chain
-//! and for the four stages behind the bare stage interface, as WebAssembly
-//! components and compiled natively (see [`native`]), and the ratio of the
-//! two. Both must produce the same records, or the benchmark fails.
-//! Any other pipeline's chain is measured too, without the native
-//! comparison.
+//! Reports records/s and time per record in each stage.
+//!
+//! Given native versions of the stages ([`run_with`]; the default
+//! pipeline's are in the `native-bench` crate, whose `sluice-native-bench`
+//! binary passes them), it also runs the stages behind the bare stage
+//! interface as WebAssembly components and compiled natively, and reports
+//! the ratio of the two. Both must produce the same records, or the
+//! benchmark fails.
 
 pub mod e2e;
-pub mod native;
 
 use crate::bindings::{Message, Outcome};
 use crate::config;
+use crate::config::PipelineConfig;
 use crate::engine::Engine;
-use crate::generator::{self, Rng, Tables};
-use crate::pipeline::{Chain, LookupSource, Row, Unavailable};
+use crate::lookup::{InMemory, LookupSource};
+use crate::pipeline::Chain;
+use crate::pipeline::Stage;
 use crate::record::Record;
-use native::Transform;
+use crate::tools::generator::{self, Rng};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,21 +45,38 @@ pub struct BenchArgs {
     pub invalid_ratio: f64,
 }
 
-/// Lookup tables held in memory.
-pub struct StaticLookups(pub Tables);
+/// A stage as the benchmark drives it.
+pub trait Transform {
+    /// The stage name.
+    fn name(&self) -> &str;
+    /// One outcome per message.
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome>;
+}
 
-impl LookupSource for StaticLookups {
-    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
-        Ok(self
-            .0
-            .get(table)
-            .and_then(|t| t.get(key))
-            .map(|row| row.iter().map(|(k, v)| (k.clone(), v.clone())).collect()))
+impl Transform for Stage {
+    fn name(&self) -> &str {
+        Stage::name(self)
+    }
+
+    fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        match self.call(batch) {
+            Ok(outcomes) => outcomes,
+            Err(e) => panic!("stage `{}` failed in the benchmark: {e:?}", Stage::name(self)),
+        }
     }
 }
 
+/// Native versions of a pipeline's stages, in its order; fails for a stage
+/// it has none of.
+pub type NativeStages = fn(&PipelineConfig, Arc<dyn LookupSource>) -> anyhow::Result<Vec<Box<dyn Transform>>>;
+
 /// Runs the benchmark and prints one line per batch size and stage.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    run_with(args, None)
+}
+
+/// [`run`], and the stages compared with their `natives`.
+pub fn run_with(args: BenchArgs, natives: Option<NativeStages>) -> anyhow::Result<()> {
     let pipeline = config::load_file(&args.path).map_err(|e| anyhow::anyhow!("{}: {e}", args.path.display()))?;
     let mut rng = Rng::new(args.seed);
     let records: Vec<Record> = (0..args.count)
@@ -76,7 +96,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let bytes: usize = records.iter().map(|r| r.value.as_ref().map_or(0, Vec::len)).sum();
     println!("{} orders, {} bytes on average, seed {}", records.len(), bytes / records.len().max(1), args.seed);
     let engine = Engine::new()?;
-    let lookups: Arc<dyn LookupSource> = Arc::new(StaticLookups(generator::tables()));
+    let lookups: Arc<dyn LookupSource> = Arc::new(InMemory(generator::tables()));
     for &batch in &args.batches {
         anyhow::ensure!(batch > 0, "--batch must be at least 1");
         let mut chain = Chain::build(&engine, &pipeline, lookups.clone())?;
@@ -107,7 +127,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
         // The stages alone, as components and natively, in the same run
         // (for the default pipeline's stages, which have a native version).
-        let mut natives = match native::stages(&pipeline.config, lookups.clone()) {
+        let Some(native_stages) = natives else { continue };
+        let mut natives = match native_stages(&pipeline.config, lookups.clone()) {
             Ok(natives) => natives,
             Err(e) => {
                 println!("  stages only: not measured ({e})");

@@ -23,12 +23,12 @@
 //! when it is not JSON. The host's `sluice.lineage` and `sluice.generation`
 //! headers are left out, since they change with every build.
 
-use crate::bench::StaticLookups;
 use crate::config::{self, Pipeline};
 use crate::engine::Engine;
-use crate::generator::{self, Tables};
+use crate::lookup::InMemory;
 use crate::pipeline::{Chain, GENERATION_HEADER, LINEAGE_HEADER};
 use crate::record::{Effect, Header, Record};
+use crate::tools::generator::{self, Tables};
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -95,7 +95,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<bool> {
     };
     let records = read_input(&args.input, args.records)?;
     let engine = Engine::new()?;
-    let mut chain = Chain::build(&engine, &pipeline, Arc::new(StaticLookups(lookups)))?;
+    let mut chain = Chain::build(&engine, &pipeline, Arc::new(InMemory(lookups)))?;
     if single {
         chain.open_routes();
     }
@@ -292,7 +292,7 @@ fn describe(first: usize, len: usize, result: &crate::pipeline::BatchResult) -> 
         let message = dead.record.headers.iter().find(|h| h.name == "sluice.error.message");
         let message = message.map(|h| String::from_utf8_lossy(&h.value).into_owned()).unwrap_or_default();
         let line = json!({
-            "record": first + dead.origin + 1, "dead_letter": dead.reason, "stage": &*dead.stage, "message": message,
+            "record": first + dead.origin + 1, "dead_letter": dead.reason.as_str(), "stage": &*dead.stage, "message": message,
         });
         per_record[dead.origin].push((line, None));
     }

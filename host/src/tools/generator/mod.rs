@@ -5,10 +5,10 @@ mod data;
 
 pub use data::{Generated, Rng, Tables, record, tables};
 
+use crate::kafka::Writer;
+use crate::redis::Hashes;
+use crate::tools::bench::e2e::{SENT_AT, now_ms};
 use anyhow::Context;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::util::Timeout;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -90,19 +90,9 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
 }
 
 async fn produce(args: &GenArgs, rng: &mut Rng) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "10")
-        .create()
-        .context("cannot create the Kafka producer")?;
-    // Connect and learn the partitions before the clock starts, so that the
-    // first records do not wait for it (and `--stamp` latencies stay true).
-    let client = producer.clone();
-    let topic = args.topic.clone();
-    tokio::task::spawn_blocking(move || client.client().fetch_metadata(Some(&topic), Duration::from_secs(30)))
-        .await?
-        .context("cannot reach the Kafka brokers")?;
+    // Connected before the clock starts, so that the first records do not
+    // wait for it (and `--stamp` latencies stay true).
+    let producer = Writer::connect(&args.brokers, &args.topic).await?;
     let started = Instant::now();
     let progress = Progress::new(args.count);
     let mut pending = futures::stream::FuturesUnordered::new();
@@ -114,20 +104,8 @@ async fn produce(args: &GenArgs, rng: &mut Rng) -> anyhow::Result<()> {
             tokio::time::sleep_until(due.into()).await;
         }
         let generated = record(rng, args.seed, n, args.invalid_ratio);
-        let producer = producer.clone();
-        let topic = args.topic.clone();
-        let stamp = args.stamp.then(|| crate::bench::e2e::now_ms().to_string());
-        pending.push(async move {
-            let mut record = FutureRecord::to(&topic).payload(&generated.value);
-            if let Some(key) = &generated.key {
-                record = record.key(key);
-            }
-            if let Some(stamp) = &stamp {
-                let header = rdkafka::message::Header { key: crate::bench::e2e::SENT_AT, value: Some(stamp.as_str()) };
-                record = record.headers(rdkafka::message::OwnedHeaders::new().insert(header));
-            }
-            producer.send(record, Timeout::After(Duration::from_secs(60))).await.map_err(|(e, _)| e)
-        });
+        let stamp = args.stamp.then(|| (SENT_AT, now_ms().to_string()));
+        pending.push(producer.send(&args.topic, generated.key.as_deref(), generated.value.as_bytes(), stamp));
         while pending.len() >= window {
             next_ack(&mut pending).await?;
             acked += 1;
@@ -144,14 +122,15 @@ async fn produce(args: &GenArgs, rng: &mut Rng) -> anyhow::Result<()> {
         acked += 1;
         progress.show(acked, started);
     }
-    producer.flush(Timeout::After(Duration::from_secs(30)))?;
+    producer.flush(Duration::from_secs(30))?;
     progress.finish(acked, started);
     Ok(())
 }
 
-async fn next_ack<F, T>(pending: &mut futures::stream::FuturesUnordered<F>) -> anyhow::Result<()>
+async fn next_ack<F, T, E>(pending: &mut futures::stream::FuturesUnordered<F>) -> anyhow::Result<()>
 where
-    F: std::future::Future<Output = Result<T, rdkafka::error::KafkaError>>,
+    F: std::future::Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
 {
     use futures::StreamExt;
     match pending.next().await {
@@ -218,21 +197,9 @@ pub fn read_tables(path: &PathBuf) -> anyhow::Result<Tables> {
 
 /// Writes `tables` as Redis hashes `{prefix}{table}:{id}`; returns the rows.
 pub async fn load_lookups(url: &str, prefix: &str, tables: &Tables) -> anyhow::Result<usize> {
-    let shown = crate::config::redact::url(url);
-    let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {shown}"))?;
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("cannot connect to Redis at {shown}"))?;
-    let mut pipe = redis::pipe();
-    let mut rows = 0;
-    for (table, entries) in tables {
-        for (id, fields) in entries {
-            let pairs: Vec<(&String, &String)> = fields.iter().collect();
-            pipe.cmd("HSET").arg(format!("{prefix}{table}:{id}")).arg(pairs).ignore();
-            rows += 1;
-        }
-    }
-    pipe.query_async::<()>(&mut connection).await.context("cannot write the lookup tables")?;
-    Ok(rows)
+    let mut redis = Hashes::connect(url).await?;
+    let rows = tables.iter().flat_map(|(table, entries)| {
+        entries.iter().map(move |(id, fields)| (format!("{prefix}{table}:{id}"), fields.iter().collect()))
+    });
+    redis.set_all(rows).await.context("cannot write the lookup tables")
 }

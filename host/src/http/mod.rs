@@ -9,9 +9,11 @@
 //! script, which hold no data, stay open. The endpoints that change something
 //! take only `Content-Type: application/json` (see `json_only`).
 
+pub mod views;
+
+use crate::kafka::Writer;
 use crate::metrics::Metrics;
-use crate::reload::{Outcome, Report, Request, Status, Trigger};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use crate::reload::{ReloadOutcome, ReloadReport, Request, Trigger};
 use serde_json::json;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot};
+use views::PipelineStatus;
 use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
@@ -34,11 +37,11 @@ pub struct Admin {
     /// The counters.
     pub metrics: Arc<Metrics>,
     /// The live pipeline.
-    pub status: Arc<Status>,
+    pub status: Arc<PipelineStatus>,
     /// The reloader's queue.
     pub requests: mpsc::Sender<Request>,
     /// The sales report, read at most once per `report::REPORT_TTL`.
-    pub report: Arc<crate::report::Cached>,
+    pub report: Arc<crate::tools::report::Cached>,
     /// HTTP ingest.
     pub ingest: Arc<Ingest>,
     /// The bearer token the data and the changing endpoints need, if any.
@@ -50,7 +53,7 @@ pub struct Admin {
 /// `POST /api/ingest/{topic}`: a producer and the topics it may write to.
 pub struct Ingest {
     /// An idempotent producer (not the pipeline's transactional one).
-    pub producer: FutureProducer,
+    pub producer: Writer,
     /// The allow-list.
     pub topics: Vec<String>,
     /// Largest body, in bytes.
@@ -74,7 +77,7 @@ impl warp::reject::Reject for Busy {}
 const DASHBOARD: &str = include_str!("dashboard.html");
 /// Chart.js, from the npm registry (`dashboard/package.json`), embedded so
 /// that the dashboard works offline.
-const CHART_JS: &[u8] = include_bytes!("../../dashboard/node_modules/chart.js/dist/chart.umd.min.js");
+const CHART_JS: &[u8] = include_bytes!("../../../dashboard/node_modules/chart.js/dist/chart.umd.min.js");
 
 /// A request refused for want of the admin token, or for where it comes
 /// from: the status, the error, and the `WWW-Authenticate` challenge if
@@ -356,11 +359,11 @@ async fn request(admin: &Admin, trigger: Trigger) -> Response {
     }
 }
 
-fn report_reply(report: &Report) -> Response {
+fn report_reply(report: &ReloadReport) -> Response {
     let status = match report.result {
-        Outcome::Applied | Outcome::Unchanged => StatusCode::OK,
-        Outcome::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
-        Outcome::RestartRequired => StatusCode::CONFLICT,
+        ReloadOutcome::Applied | ReloadOutcome::Unchanged => StatusCode::OK,
+        ReloadOutcome::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+        ReloadOutcome::RestartRequired => StatusCode::CONFLICT,
     };
     json_reply(status, serde_json::to_value(report).expect("a report is JSON"))
 }
@@ -394,21 +397,17 @@ async fn ingest(admin: &Admin, topic: &str, body: &[u8]) -> Response {
         }
         Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object or an array of objects"),
     };
-    let sends = records.iter().map(|value| {
-        admin.ingest.producer.send(FutureRecord::<(), [u8]>::to(topic).payload(value), Duration::from_secs(10))
-    });
-    let mut offsets = Vec::with_capacity(records.len());
-    for result in futures::future::join_all(sends).await {
-        match result {
-            Ok(delivery) => offsets.push(json!({"partition": delivery.partition, "offset": delivery.offset})),
-            Err((e, _)) => {
-                admin.metrics.record_error("kafka");
-                let message = format!("{} of {} records were written; then: {e}", offsets.len(), records.len());
-                return json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": message, "records": offsets}));
-            }
+    let positions = |written: Vec<(i32, i64)>| -> Vec<serde_json::Value> {
+        written.into_iter().map(|(partition, offset)| json!({"partition": partition, "offset": offset})).collect()
+    };
+    match admin.ingest.producer.write_all(topic, &records).await {
+        Ok(written) => json_reply(StatusCode::OK, json!({"topic": topic, "records": positions(written)})),
+        Err((written, e)) => {
+            admin.metrics.record_error("kafka");
+            let message = format!("{} of {} records were written; then: {e}", written.len(), records.len());
+            json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": message, "records": positions(written)}))
         }
     }
-    json_reply(StatusCode::OK, json!({"topic": topic, "records": offsets}))
 }
 
 /// Unknown paths, wrong methods, missing tokens, bodies that are not JSON and

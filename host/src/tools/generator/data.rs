@@ -3,10 +3,9 @@
 //! orders refer to.
 
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 
 /// Lookup tables as `{table: {id: {field: value}}}`, the layout of lookups.json.
-pub type Tables = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
+pub use crate::lookup::Tables;
 
 const FIRST: [&str; 10] = ["Ana", "Marc", "Zoé", "Lena", "Omar", "Ivan", "Sofia", "Jonas", "Mei", "Tariq"];
 const LAST: [&str; 8] = ["Dupont", "Peeters", "Костина", "Janssens", "Haddad", "Novak", "Rossi", "Kim"];

@@ -7,13 +7,10 @@
 
 use crate::config;
 use crate::delivery::IN_FLIGHT;
-use crate::kafka::{Sent, Sink, Source};
+use crate::kafka::{Commit, Reader, Sent, Sink, Source};
 use crate::metrics::Metrics;
 use crate::record::{Batch, Produce};
 use anyhow::Context;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,12 +87,12 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
             source.store(&sent_batch);
             if committed.elapsed() >= commit_every {
                 committed = Instant::now();
-                source.commit_stored(CommitMode::Async)?;
+                source.commit_stored(Commit::Async)?;
             }
             done += sent_batch.len() as u64;
         }
     }
-    source.commit_stored(CommitMode::Sync)?;
+    source.commit_stored(Commit::Sync)?;
     let secs = first.map_or(0.0, |f: Instant| f.elapsed().as_secs_f64());
     println!("passthrough: {done} records in {secs:.2} s: {:.0} records/s", done as f64 / secs);
     Ok(())
@@ -132,28 +129,18 @@ pub struct LatencyArgs {
 /// header: from the generator's send to the host's output, broker included;
 /// this reader's own delay is not counted.
 pub async fn latency(args: LatencyArgs) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.brokers)
-        .set("group.id", format!("sluice-latency-{}", std::process::id()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "10")
-        .create()
-        .context("cannot create the consumer")?;
-    consumer.subscribe(&[&args.topic])?;
+    let reader = Reader::from_start(&args.brokers, &args.topic, &format!("sluice-latency-{}", std::process::id()))?;
     let mut latencies: Vec<i64> = Vec::with_capacity(args.count as usize);
     let mut sent_at: Vec<i64> = Vec::with_capacity(args.count as usize);
     let idle = Duration::from_secs(args.idle_s);
     let deadline = Instant::now() + Duration::from_secs(600);
     while (latencies.len() as u64) < args.count && Instant::now() < deadline {
         let wait = if latencies.is_empty() { Duration::from_secs(60) } else { idle };
-        let Ok(message) = tokio::time::timeout(wait, consumer.recv()).await else { break };
-        let message = message?;
-        let Some(produced) = message.timestamp().to_millis() else { continue };
-        let sent = message.headers().and_then(|hs| {
-            hs.iter().find(|h| h.key == SENT_AT).and_then(|h| std::str::from_utf8(h.value?).ok()?.parse::<i64>().ok())
-        });
+        let Some(record) = reader.next(wait).await else { break };
+        let record = record?;
+        let Some(produced) = record.timestamp_ms else { continue };
+        let sent = record.headers.iter().find(|h| h.name == SENT_AT);
+        let sent = sent.and_then(|h| std::str::from_utf8(&h.value).ok()?.parse::<i64>().ok());
         if let Some(sent) = sent {
             latencies.push(produced - sent);
             sent_at.push(sent);

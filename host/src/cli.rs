@@ -56,6 +56,9 @@ enum Command {
     Peek(crate::kafka::peek::PeekArgs),
     /// Print the sales report from the Redis counters.
     Report(crate::tools::report::ReportArgs),
+    /// Produce dead letters again to their source topic (or another), once
+    /// each, with the headers they came with.
+    Replay(crate::tools::replay::ReplayArgs),
     /// Copy records from the source topics to another topic with no stages
     /// (the ceiling the end-to-end benchmark compares the pipeline with).
     Passthrough(crate::tools::bench::e2e::PassthroughArgs),
@@ -83,6 +86,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Bench(args) => crate::tools::bench::run(args),
         Command::Peek(args) => crate::kafka::peek::run(args),
         Command::Report(args) => runtime.block_on(crate::tools::report::run(args)),
+        Command::Replay(args) => runtime.block_on(crate::tools::replay::run(args)),
         Command::Passthrough(args) => runtime.block_on(crate::tools::bench::e2e::passthrough(args)),
         Command::Latency(args) => runtime.block_on(crate::tools::bench::e2e::latency(args)),
         Command::Test(args) => match crate::tools::test::run(args)? {

@@ -4,8 +4,10 @@
 //!
 //! The runtime is every module but [`tools`] and [`cli`]; the tools (load
 //! generator, benchmarks, `sluice test`, `sluice new`, the sales report) use
-//! the runtime, which never uses them. Only [`kafka`] talks to Kafka and only
-//! [`redis`] to Redis.
+//! the runtime, which never uses them, but for one wire: the composition root
+//! ([`run`]) hands the admin API the sales report as an
+//! [`http::ReportSource`]. Only [`kafka`] talks to Kafka and only [`redis`]
+//! to Redis.
 //!
 //! - [`record`]: the records the host moves (read, produced, effects, batches
 //!   with their offset spans); a leaf, free of the plugin contract's types.

@@ -40,14 +40,23 @@ pub struct Admin {
     pub status: Arc<PipelineStatus>,
     /// The reloader's queue.
     pub requests: mpsc::Sender<Request>,
-    /// The sales report, read at most once per `report::REPORT_TTL`.
-    pub report: Arc<crate::tools::report::Cached>,
+    /// What `GET /api/report` serves.
+    pub report: Arc<dyn ReportSource>,
     /// HTTP ingest.
     pub ingest: Arc<Ingest>,
     /// The bearer token the data and the changing endpoints need, if any.
     pub token: Option<Arc<str>>,
     /// Host names answered besides IP addresses and `localhost`.
     pub allowed_hosts: Arc<[String]>,
+}
+
+/// What `GET /api/report` serves: a report of the pipeline's results as
+/// JSON, or why it could not be read. The composition root gives the admin
+/// API one (the default pipeline's sales report), so that the API does not
+/// know what the report holds.
+pub trait ReportSource: Send + Sync {
+    /// The report.
+    fn report(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>>;
 }
 
 /// `POST /api/ingest/{topic}`: a producer and the topics it may write to.
@@ -290,8 +299,8 @@ pub async fn serve(
     );
     let report =
         warp::path!("api" / "report").and(warp::get()).and(data.clone()).and(with()).then(|admin: Admin| async move {
-            match admin.report.get().await {
-                Ok(report) => json_reply(StatusCode::OK, serde_json::to_value(report).expect("a report is JSON")),
+            match admin.report.report().await {
+                Ok(report) => json_reply(StatusCode::OK, report),
                 Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e),
             }
         });

@@ -4,12 +4,14 @@
 mod failure;
 pub mod peek;
 mod reader;
+mod scan;
 mod sink;
 mod source;
 mod writer;
 
 pub use failure::Failure;
 pub use reader::Reader;
+pub use scan::scan;
 pub use sink::{Sent, Sink};
 pub use source::{Commit, Source};
 pub use writer::Writer;

@@ -1,12 +1,13 @@
-//! Whole Redis hashes, read and written by the tools: the lookup tables
-//! `sluice gen --load-lookups` writes, the counters `sluice report` reads.
+//! Whole Redis hashes and sets, read and written by the tools: the lookup
+//! tables `sluice gen --load-lookups` writes, the counters `sluice report`
+//! reads, the dead letters `sluice replay` has replayed.
 
 use crate::config::redact;
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
 
-/// A connection to read and write whole hashes.
+/// A connection to read and write whole hashes and sets.
 pub struct Hashes {
     connection: MultiplexedConnection,
 }
@@ -31,6 +32,20 @@ impl Hashes {
     /// `HGET key field`, `None` when either is missing or Redis fails.
     pub async fn get(&mut self, key: &str, field: &str) -> Option<String> {
         redis::cmd("HGET").arg(key).arg(field).query_async(&mut self.connection).await.unwrap_or(None)
+    }
+
+    /// Whether `member` is in the set `key`.
+    pub async fn is_member(&mut self, key: &str, member: &str) -> anyhow::Result<bool> {
+        let mut command = redis::cmd("SISMEMBER");
+        command.arg(key).arg(member);
+        command.query_async(&mut self.connection).await.with_context(|| format!("SISMEMBER {key}"))
+    }
+
+    /// Adds `member` to the set `key`.
+    pub async fn add_member(&mut self, key: &str, member: &str) -> anyhow::Result<()> {
+        let mut command = redis::cmd("SADD");
+        command.arg(key).arg(member);
+        command.query_async::<()>(&mut self.connection).await.with_context(|| format!("SADD {key}"))
     }
 
     /// `HSET` of every (key, fields) in one pipeline; returns how many

@@ -9,9 +9,12 @@
 //! - [`scaffold`]: `sluice new`, a plugin project from a template.
 //! - [`report`]: `sluice report` and `GET /api/report`, the sales report from
 //!   the counters of the default pipeline's `totals` stage.
+//! - [`replay`]: `sluice replay`, dead letters sent through the pipeline
+//!   again.
 
 pub mod bench;
 pub mod generator;
+pub mod replay;
 pub mod report;
 pub mod scaffold;
 pub mod test;

@@ -148,6 +148,12 @@ impl Cached {
     }
 }
 
+impl crate::http::ReportSource for Cached {
+    fn report(&self) -> futures::future::BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move { self.get().await.map(|r| serde_json::to_value(r).expect("a report is JSON")) })
+    }
+}
+
 /// Cents as `1,234.56`.
 pub fn money(cents: i64) -> String {
     let sign = if cents < 0 { "-" } else { "" };

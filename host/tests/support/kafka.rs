@@ -239,3 +239,15 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
         })
         .sum()
 }
+
+/// Produces one record with `headers` to `topic` and waits for its ack.
+pub async fn produce_with_headers(brokers: &str, topic: &str, key: &str, value: &[u8], headers: &[(&str, &str)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let mut owned = OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(Header { key: name, value: Some(*value) });
+    }
+    let record = FutureRecord::to(topic).key(key).payload(value).headers(owned);
+    producer.send(record, Timeout::After(Duration::from_secs(30))).await.map_err(|(e, _)| e).unwrap();
+}

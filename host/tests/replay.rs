@@ -5,19 +5,28 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::Duration;
+use std::time::Instant;
 use support::RedisPrefix;
-use support::inputs::{Expected, SHARED_REDIS, example_values, keyed, load_lookups};
+use support::inputs::{Expected, SHARED_REDIS, example_values, generated, keyed, load_lookups};
 use support::kafka::{Consumed, Tansu, consume, produce, produce_with_headers};
+use support::model;
 use support::process::{Host, HostEnv};
+use support::workdir::Workdir;
 
 /// Runs `sluice replay` on the repository's pipeline.toml with `env`;
 /// returns its summary line.
 fn replay(env: &HostEnv, flags: &[&str]) -> String {
+    replay_with(&support::repo_root().join("pipeline.toml"), env, flags)
+}
+
+/// Runs `sluice replay` on `pipeline` with `env`; returns its summary line.
+fn replay_with(pipeline: &std::path::Path, env: &HostEnv, flags: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("replay")
-        .arg(support::repo_root().join("pipeline.toml"))
+        .arg(pipeline)
         .args(flags)
         .env_clear()
         .envs(&env.vars)
@@ -121,4 +130,74 @@ async fn dead_letters_are_replayed_once_each_as_the_records_they_were() {
         consume(&tansu.brokers(), "orders", inputs + rest, Duration::from_secs(30), Duration::from_secs(1)).await;
     assert_eq!(orders.len(), inputs + rest);
     assert_eq!(orders.iter().filter(|r| r.headers.contains_key("sluice.replay.of")).count(), rest);
+}
+
+/// The default pipeline with a stage `audit` (the test guest) before
+/// `totals` that runs `command` on every record: `panic` is a plugin bug,
+/// `ok` its fix.
+fn with_audit(pipeline: &str, work: &Workdir, command: &str) -> String {
+    let audit = format!(
+        "[[stages]]\nname = \"audit\"\nplugin = \"{}\"\nconfig = {{ always = \"{command}\" }}\n\n[[stages]]\nname = \"totals\"",
+        work.plugin("testguest.wasm").display()
+    );
+    let edited = pipeline.replace("[[stages]]\nname = \"totals\"", &audit);
+    assert_ne!(edited, pipeline);
+    edited
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_a_plugin_bug_dead_lettered_come_out_exactly_once_after_the_fix_and_two_replays() {
+    let tansu = Tansu::start_with_partitions(2);
+    let (lookups, counters) = (RedisPrefix::new("fix-lookups"), RedisPrefix::new("fix-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let pipeline = Workdir::default_pipeline();
+    let work = Workdir::new("replay-fix", &pipeline);
+    work.write_pipeline(&with_audit(&pipeline, &work, "panic"));
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "replay-fix")
+        .set("SLUICE_PLUGIN_DIR", &work.plugin_dir());
+    let mut host = Host::start_with(&env, &work.pipeline());
+    host.wait_ready(Duration::from_secs(60));
+
+    // The bug: every order that reaches `audit` is dead-lettered.
+    let values = generated(400, 31, 0.05);
+    let want = Expected::of(&values);
+    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+    host.wait_records_in(values.len() as u64, Duration::from_secs(120));
+    let dead = want.dead_total() + want.orders.len();
+    let dlq = consume(&tansu.brokers(), "orders.dlq", dead, Duration::from_secs(60), Duration::from_secs(1)).await;
+    let by_audit = dlq.iter().filter(|r| r.headers["sluice.error.stage"] == "audit").count();
+    assert_eq!(by_audit, want.orders.len(), "every valid order failed in audit");
+
+    // The fix goes live; the dead letters of audit are replayed, twice.
+    work.write_pipeline(&with_audit(&pipeline, &work, "ok"));
+    let started = Instant::now();
+    while host.json("GET", "/api/pipeline").1["generation"] != 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "the fix was not reloaded:\n{}", host.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = replay_with(&work.pipeline(), &env, &["--stage", "audit"]);
+    assert!(first.contains(&format!("replayed {by_audit} ({by_audit} to orders)")), "{first}");
+    let second = replay_with(&work.pipeline(), &env, &["--stage", "audit"]);
+    assert!(second.contains(&format!("replayed 0; {by_audit} already replayed")), "{second}");
+    host.wait_records_in((values.len() + by_audit) as u64, Duration::from_secs(120));
+
+    // Every order exactly once, and the counters are the model's.
+    let outputs = consume(
+        &tansu.brokers(),
+        "orders.enriched",
+        want.orders.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
+    let ids: Vec<String> = outputs.iter().map(|r| r.json()["order_id"].as_str().unwrap().to_string()).collect();
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "no order twice");
+    let want_ids: BTreeSet<&String> = want.orders.iter().map(|o| &o.order_id).collect();
+    assert_eq!(distinct, want_ids, "every valid order");
+    assert!(outputs.iter().all(|r| r.headers["sluice.generation"] == "2"), "each one went through the fix");
+    assert_eq!(support::read_counters(&counters.0).await, model::counters(&want.orders));
+    let dlq = consume(&tansu.brokers(), "orders.dlq", dead, Duration::from_secs(30), Duration::from_secs(2)).await;
+    assert_eq!(dlq.len(), dead, "the replayed orders were not dead-lettered again");
+    assert!(host.terminate().success());
 }

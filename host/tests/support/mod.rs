@@ -146,7 +146,7 @@ pub async fn load_shared_lookups(prefix: &str) {
 }
 
 /// Every counter hash under `prefix` as {key without prefix: {field: value}}
-/// (the offset fences excluded).
+/// (the offset fences and the set of replayed dead letters excluded).
 pub async fn read_counters(prefix: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
     read_counters_at(REDIS_URL, prefix).await
 }
@@ -157,7 +157,8 @@ pub async fn read_counters_at(url: &str, prefix: &str) -> BTreeMap<String, BTree
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut con).await.unwrap();
     let mut out = BTreeMap::new();
-    for key in keys.into_iter().filter(|k| !k[prefix.len()..].starts_with("fence")) {
+    let counter = |k: &String| !k[prefix.len()..].starts_with("fence") && !k[prefix.len()..].starts_with("replayed:");
+    for key in keys.into_iter().filter(counter) {
         let fields: BTreeMap<String, i64> = redis::cmd("HGETALL").arg(&key).query_async(&mut con).await.unwrap();
         out.insert(key[prefix.len()..].to_string(), fields);
     }

@@ -22,6 +22,19 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 /// transaction timeout, so a stuck call fails before the broker aborts.
 pub const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The producer's record for `produce`: topic, key, value and headers.
+pub(super) fn future_record(produce: &Produce) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+    let mut headers = OwnedHeaders::new_with_capacity(produce.headers.len());
+    for h in &produce.headers {
+        headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
+    }
+    let record = FutureRecord::to(&produce.topic).payload(&produce.value).headers(headers);
+    match &produce.key {
+        Some(key) => record.key(key),
+        None => record,
+    }
+}
+
 pub(super) fn producer_config(config: &PipelineConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
@@ -108,14 +121,7 @@ impl Sink {
     pub async fn enqueue(&self, records: &[&Produce]) -> Sent {
         let mut deliveries = Vec::with_capacity(records.len());
         for r in records {
-            let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
-            for h in &r.headers {
-                headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
-            }
-            let mut record = FutureRecord::to(&r.topic).payload(&r.value).headers(headers);
-            if let Some(key) = &r.key {
-                record = record.key(key);
-            }
+            let mut record = future_record(r);
             let waited = std::time::Instant::now();
             let delivery = loop {
                 match self.producer.send_result(record) {

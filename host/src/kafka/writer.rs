@@ -1,7 +1,7 @@
 //! A plain producer, outside the pipeline's delivery: HTTP ingest and the
 //! load generator write with it.
 
-use super::sink::producer_config;
+use super::sink::{future_record, producer_config};
 use crate::config::PipelineConfig;
 use crate::record::Produce;
 use anyhow::Context;
@@ -73,15 +73,7 @@ impl Writer {
 
     /// Writes `record` and waits for its acknowledgement.
     pub async fn write(&self, record: &Produce) -> KafkaResult<()> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for h in &record.headers {
-            headers = headers.insert(Header { key: &h.name, value: Some(&h.value) });
-        }
-        let mut out = FutureRecord::to(&record.topic).payload(&record.value).headers(headers);
-        if let Some(key) = &record.key {
-            out = out.key(key);
-        }
-        self.0.send(out, Timeout::After(WRITE_TIMEOUT)).await.map(|_| ()).map_err(|(e, _)| e)
+        self.0.send(future_record(record), Timeout::After(WRITE_TIMEOUT)).await.map(|_| ()).map_err(|(e, _)| e)
     }
 
     /// Writes `values` with no key to `topic` and waits for every

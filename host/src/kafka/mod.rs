@@ -1,5 +1,8 @@
-//! Kafka: the consumer-group source, the producer sink, and the client
-//! context that turns librdkafka's events into log lines.
+//! Kafka, and the only code that talks to it: the consumer-group source,
+//! the producer sink, Kafka errors classified ([`Failure`]), the client
+//! context that turns librdkafka's events into log lines, and for the tools
+//! and HTTP ingest a plain [`Writer`], a [`Reader`] of a topic from its start,
+//! a [`scan`] of a whole topic and `sluice peek`.
 
 mod failure;
 pub mod peek;

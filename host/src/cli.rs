@@ -67,6 +67,8 @@ enum Command {
     /// Run a plugin (or a pipeline's chain) on records from a file, in the
     /// host engine with lookups from memory, and check the results.
     Test(crate::tools::test::TestArgs),
+    /// Write records of a topic to a file, for `sluice test --records`.
+    Capture(crate::tools::capture::CaptureArgs),
     /// Create a plugin project in Rust, Python or JavaScript.
     New(crate::tools::scaffold::NewArgs),
 }
@@ -93,6 +95,7 @@ pub fn main() -> anyhow::Result<()> {
             true => Ok(()),
             false => std::process::exit(1),
         },
+        Command::Capture(args) => crate::tools::capture::run(args),
         Command::New(args) => crate::tools::scaffold::run(args),
     }
 }

@@ -6,8 +6,8 @@
 //! generator, benchmarks, `sluice test`, `sluice new`, the sales report) use
 //! the runtime, which never uses them, but for one wire: the composition root
 //! ([`run`]) hands the admin API the sales report as an
-//! [`http::ReportSource`]. Only [`kafka`] talks to Kafka and only [`redis`]
-//! to Redis.
+//! [`http::ReportSource`]. Only [`kafka`] talks to Kafka, only [`redis`]
+//! to Redis and only [`postgres`] to PostgreSQL.
 //!
 //! - [`record`]: the records the host moves (read, produced, effects, batches
 //!   with their offset spans); a leaf, free of the plugin contract's types.
@@ -19,6 +19,7 @@
 //! - [`lookup`]: lookup tables: the trait plugins' lookups are served by, the
 //!   cache with a time-to-live per table, in-memory and offline tables.
 //! - [`redis`]: lookup rows from Redis hashes, and effects.
+//! - [`postgres`]: the table outputs, upserted behind an offset fence.
 //! - [`run`]: the composition root: wires the source, the chain, Redis and
 //!   the admin API, and runs the consume -> process -> apply -> deliver loop.
 //! - [`delivery`]: the delivery guarantees as types (at-least-once,
@@ -43,6 +44,7 @@ pub mod kafka;
 pub mod lookup;
 pub mod metrics;
 pub mod pipeline;
+pub mod postgres;
 pub mod record;
 pub mod redis;
 pub mod reload;

@@ -112,6 +112,9 @@ pub struct Metrics {
     /// Effects not applied because their record was at or below its
     /// partition's fence (a replay after a crash, an abort or a rebalance).
     pub effects_skipped: AtomicU64,
+    /// Rows not written again because their record was at or below its
+    /// partition's fence.
+    pub rows_skipped: AtomicU64,
     /// The generation of the live pipeline (1 at start, +1 per applied reload).
     pub generation: AtomicU64,
     /// Per stage, per reason (at most [`MAX_REASONS_PER_STAGE`] of the
@@ -121,6 +124,7 @@ pub struct Metrics {
     reloads: Mutex<BTreeMap<&'static str, u64>>,
     topics_in: Mutex<BTreeMap<String, u64>>,
     topics_out: Mutex<BTreeMap<String, u64>>,
+    tables_out: Mutex<BTreeMap<String, u64>>,
     batch_sizes: BatchSizes,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Per partition: the next offset to process, and the broker's last
@@ -163,6 +167,12 @@ impl Metrics {
                 }
             }
         }
+        if !result.rows.is_empty() {
+            let mut tables = self.tables_out.lock().expect("metrics lock");
+            for (_, _, row) in &result.rows {
+                *tables.entry(row.table.to_string()).or_default() += 1;
+            }
+        }
         self.records_out.fetch_add(result.outputs.len() as u64, Ordering::Relaxed);
         self.filtered.fetch_add(result.filtered, Ordering::Relaxed);
         self.completed.fetch_add(result.completed, Ordering::Relaxed);
@@ -198,7 +208,7 @@ impl Metrics {
         }
     }
 
-    /// Counts an error talking to `peer` (`kafka` or `redis`).
+    /// Counts an error talking to `peer` (`kafka`, `redis` or `postgres`).
     pub fn record_error(&self, peer: &'static str) {
         *self.errors.lock().expect("metrics lock").entry(peer).or_default() += 1;
     }
@@ -329,15 +339,17 @@ impl Metrics {
             retries: load(&self.retries),
             rebalances: load(&self.rebalances),
             effects_skipped: load(&self.effects_skipped),
+            rows_skipped: load(&self.rows_skipped),
             transactions: load(&self.transactions),
             offset_commits: load(&self.offset_commits),
             dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
             stages: self.stages.lock().expect("metrics lock").clone(),
             topics_in: self.topics_in.lock().expect("metrics lock").clone(),
             topics_out: self.topics_out.lock().expect("metrics lock").clone(),
+            tables_out: self.tables_out.lock().expect("metrics lock").clone(),
             batch_sizes: self.batch_sizes.0.clone(),
             lag: self.lag(),
-            errors: ["kafka", "redis"].map(|peer| (peer, errors.get(peer).copied().unwrap_or(0))),
+            errors: ["kafka", "redis", "postgres"].map(|peer| (peer, errors.get(peer).copied().unwrap_or(0))),
             reloads: ["applied", "unchanged", "rejected", "restart-required"]
                 .map(|result| (result, reloads.get(result).copied().unwrap_or(0))),
             generation: load(&self.generation),
@@ -379,15 +391,17 @@ struct Scrape {
     retries: u64,
     rebalances: u64,
     effects_skipped: u64,
+    rows_skipped: u64,
     transactions: u64,
     offset_commits: u64,
     dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
     stages: BTreeMap<String, StageTotals>,
     topics_in: BTreeMap<String, u64>,
     topics_out: BTreeMap<String, u64>,
+    tables_out: BTreeMap<String, u64>,
     batch_sizes: Histogram,
     lag: BTreeMap<(String, i32), i64>,
-    errors: [(&'static str, u64); 2],
+    errors: [(&'static str, u64); 3],
     reloads: [(&'static str, u64); 4],
     generation: u64,
     ready: bool,
@@ -438,6 +452,11 @@ impl Collector for Scrape {
                 "Redis effects not applied again because their record was behind its partition's fence (a replay).",
                 self.effects_skipped,
             ),
+            (
+                "sluice_table_rows_skipped",
+                "Rows not written again to a PostgreSQL table because their record was behind its partition's fence.",
+                self.rows_skipped,
+            ),
         ] {
             single(e, name, help, ConstCounter::new(n))?;
         }
@@ -471,6 +490,13 @@ impl Collector for Scrape {
             let samples = topics.iter().map(|(topic, n)| ([("topic", topic.as_str())], ConstCounter::new(*n)));
             family(e, name, help, samples)?;
         }
+        let rows = self.tables_out.iter().map(|(table, n)| ([("table", table.as_str())], ConstCounter::new(*n)));
+        family(
+            e,
+            "sluice_table_rows",
+            "Rows of handled records upserted into PostgreSQL tables, by table (`[tables.NAME]`).",
+            rows,
+        )?;
         single(e, "sluice_batch_records", "Records per batch.", self.batch_sizes.clone())?;
         let lag = self.lag.iter().map(|((topic, partition), lag)| {
             (([("topic", topic.as_str())], [("partition", *partition)]), ConstGauge::new(*lag))

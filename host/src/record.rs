@@ -57,6 +57,17 @@ pub struct Produce {
     pub headers: Vec<Header>,
 }
 
+/// A row for a PostgreSQL table (`[tables.NAME]`): an output routed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// The `[tables.NAME]` name.
+    pub table: Arc<str>,
+    /// The output's key.
+    pub key: Option<Vec<u8>>,
+    /// The output's value.
+    pub value: Vec<u8>,
+}
+
 /// A change to a Redis hash that a record causes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {

@@ -4,10 +4,14 @@
 //! The source reads ahead on its own task into a bounded buffer (two
 //! batches); the loop takes what is waiting as soon as it is free, so a
 //! batch never waits to fill and batches grow with the load. Each batch
-//! goes through the chain; its Redis effects are applied first, behind a
-//! per-partition offset fence, so a replayed record never applies them
-//! twice, and a record whose effects Redis refuses is dead-lettered
-//! (`effect_failed`) and produces nothing. The delivery mode
+//! goes through the chain. Its rows for PostgreSQL tables are written
+//! first, with a per-partition offset fence in the same PostgreSQL
+//! transaction; a record with a row PostgreSQL refuses is dead-lettered
+//! (`row_refused`) and produces nothing more. Its Redis effects are applied
+//! next, behind a per-partition offset fence, so a replayed record never
+//! applies them twice, and a record whose effects Redis refuses is
+//! dead-lettered (`effect_failed`) and produces nothing more (its rows,
+//! written by then, stay). The delivery mode
 //! ([`crate::delivery`]) then writes its outputs and commits its offsets.
 //! Transient failures (lookups, broker, Redis) are retried with backoff
 //! while the batch waits; nothing is skipped.
@@ -22,6 +26,7 @@ use crate::kafka::{Commit, Sink, Source, Writer};
 use crate::lookup::LookupSource;
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain, HostRefusal};
+use crate::postgres::Tables;
 use crate::record::{Batch, Effect, Record};
 use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups};
 use crate::reload::{self, PROBE_RECORDS, Reloader, Request, Trigger};
@@ -114,6 +119,11 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     let live_config = config.clone();
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
     adopt_group_fences(&mut effects, &config).await;
+    let mut tables = Tables::new(&config);
+    if let Err(e) = tables.connect().await {
+        // Waited out with the first batch that has rows.
+        tracing::warn!(error = %e, "cannot prepare the PostgreSQL tables yet");
+    }
     let source = Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
     let exactly_once = config.delivery == Delivery::ExactlyOnce;
     let transactional_id = exactly_once.then(|| format!("{}-{}", config.kafka.group, instance_id(&config)));
@@ -131,6 +141,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         chain: &chain,
         probe: &probe,
         effects,
+        tables,
         live_config,
         configs: configs_rx,
         metrics: &metrics,
@@ -162,6 +173,8 @@ struct Consuming<'a> {
     chain: &'a Arc<Mutex<Chain>>,
     probe: &'a Mutex<Vec<Record>>,
     effects: RedisEffects,
+    /// The PostgreSQL table outputs.
+    tables: Tables,
     /// The settings of the source now live.
     live_config: PipelineConfig,
     /// The pipeline of each reload, once its chain is live.
@@ -229,8 +242,18 @@ impl Consuming<'_> {
                 probe_taken = std::time::Instant::now();
                 *self.probe.lock().expect("probe lock") = probe_sample(batch.records(), &result);
             }
-            // Effects first, in both modes: a record whose effects Redis
-            // refuses is dead-lettered and produces nothing.
+            // Rows first, in both modes: a record whose rows PostgreSQL
+            // refuses is dead-lettered and produces nothing more.
+            if !result.rows.is_empty() {
+                let written = steps.write_rows(&mut self.tables, &batch, &result.rows).await?;
+                self.metrics.rows_skipped.fetch_add(written.skipped as u64, Ordering::Relaxed);
+                for refused in written.refused {
+                    let info = ErrorInfo { reason: HostRefusal::RowRefused.as_str().into(), message: refused.message };
+                    result.reject(batch.records(), refused.record, refused.stage, &info);
+                }
+            }
+            // Then effects: a record whose effects Redis refuses is
+            // dead-lettered and produces nothing more.
             let effect_stages = std::mem::take(&mut result.effect_stages);
             let (fence, record_effects) =
                 fenced_effects(self.live_config.fence_key(), &batch, std::mem::take(&mut result.effects));

@@ -137,7 +137,7 @@ fn the_shipped_pipeline_parses() {
     assert_eq!(config.kafka.group, "sluice");
     assert_eq!(config.redis.url, "redis://127.0.0.1:6379");
     assert_eq!(config.admin.addr, "127.0.0.1:8080");
-    assert_eq!(config.output.topic, "orders.enriched");
+    assert_eq!(config.output.topic.as_deref(), Some("orders.enriched"));
     assert_eq!(config.dead_letter.topic, "orders.dlq");
     assert_eq!(config.lookups["user"].key_prefix, "user:");
     let names: Vec<&str> = config.stages.iter().map(|s| s.name.get_ref().as_str()).collect();

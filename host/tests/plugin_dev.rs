@@ -173,7 +173,10 @@ fn records_with_keys_and_headers_go_through_a_plugin() {
 
     std::fs::write(&input, r#"{"value":1,"value_text":"1"}"#).unwrap();
     let out = sluice(&["test", "plugins/dist/vip.wasm", "--input", input.to_str().unwrap(), "--records"]);
-    assert!(!out.status.success() && text(&out).contains(":1: give exactly one of `value` (JSON) and `value_text`"));
+    assert!(
+        !out.status.success()
+            && text(&out).contains(":1: give exactly one of `value` (JSON), `value_text` and `value_base64`")
+    );
 }
 
 #[test]

@@ -7,9 +7,11 @@
 mod interpolate;
 pub mod redact;
 mod stage;
+mod table;
 
 pub use interpolate::interpolate;
 pub use stage::{CanaryConfig, FailurePolicy, Limits, StageConfig};
+pub use table::{ColumnConfig, OutputConfig, TYPES, TableConfig};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -74,10 +76,13 @@ pub struct PipelineConfig {
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: NonZeroU64,
     /// Where the records emitted by the last stage go.
-    pub output: TopicConfig,
+    pub output: OutputConfig,
     /// Named outputs a stage may route records to, by route name.
     #[serde(default)]
-    pub routes: BTreeMap<String, TopicConfig>,
+    pub routes: BTreeMap<String, OutputConfig>,
+    /// PostgreSQL tables outputs may be upserted into, by name.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableConfig>,
     /// Where records that cannot be processed go, with their reason.
     pub dead_letter: TopicConfig,
     /// Lookup tables served from Redis hashes, by table name.
@@ -389,8 +394,8 @@ impl PipelineConfig {
     }
 
     /// The settings that differ between `self` and `next` and that a running
-    /// host cannot change: the Kafka client, Redis, the delivery guarantee
-    /// and the admin address. Everything else applies live.
+    /// host cannot change: the Kafka client, Redis, the delivery guarantee,
+    /// the admin address and the PostgreSQL tables. Everything else applies live.
     pub fn restart_required(&self, next: &PipelineConfig) -> Vec<&'static str> {
         let mut keys = Vec::new();
         let mut check = |key: &'static str, same: bool| {
@@ -408,6 +413,7 @@ impl PipelineConfig {
         check("delivery", self.delivery == next.delivery);
         check("admin", self.admin == next.admin);
         check("report", self.report == next.report);
+        check("tables", self.tables == next.tables);
         keys
     }
 }
@@ -477,7 +483,10 @@ impl PipelineConfig {
         }
         non_empty("kafka.group", &self.kafka.group)?;
         non_empty("redis.url", &self.redis.url)?;
-        non_empty("output.topic", &self.output.topic)?;
+        for (name, table) in &self.tables {
+            table.check(name).map_err(whole)?;
+        }
+        self.output.check("output", &self.tables).map_err(whole)?;
         non_empty("dead_letter.topic", &self.dead_letter.topic)?;
         if self.source.topics.is_empty() {
             return Err(whole("`source.topics` must name at least one topic".into()));
@@ -486,7 +495,7 @@ impl PipelineConfig {
             non_empty(&format!("source.topics[{i}]"), topic)?;
         }
         for (name, route) in &self.routes {
-            non_empty(&format!("routes.{name}.topic"), &route.topic)?;
+            route.check(&format!("routes.{name}"), &self.tables).map_err(whole)?;
         }
         if self.stages.is_empty() {
             return Err(whole("the pipeline has no stages: add at least one [[stages]]".into()));

@@ -1,5 +1,5 @@
 //! Delivery: how a processed batch's outputs, dead letters and offsets
-//! reach Kafka once its Redis effects are applied.
+//! reach Kafka once its Redis effects are applied and its rows written.
 //!
 //! The guarantee is a type: [`AtLeastOnce`] and [`ExactlyOnce`] implement
 //! [`Mode`], and the run loop is generic over it. Both share [`Steps`], the
@@ -16,7 +16,8 @@ use crate::config::PipelineConfig;
 use crate::kafka::{Sent, Sink, Source};
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain};
-use crate::record::{Batch, Produce};
+use crate::postgres::{Tables, Written};
+use crate::record::{Batch, Produce, Row};
 use crate::redis::{Applied, Fence, RecordEffect, RedisEffects};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,8 @@ pub enum Peer {
     Kafka,
     /// Redis (lookups and effects).
     Redis,
+    /// PostgreSQL (table outputs).
+    Postgres,
 }
 
 impl Peer {
@@ -115,6 +118,7 @@ impl Peer {
         match self {
             Self::Kafka => "kafka",
             Self::Redis => "redis",
+            Self::Postgres => "postgres",
         }
     }
 }
@@ -126,6 +130,8 @@ pub enum Step {
     Lookups,
     /// Its effects, applied behind the fence (Redis).
     Effects,
+    /// Its rows, written behind the fence (PostgreSQL).
+    Rows,
     /// The acknowledgement of its outputs (Kafka).
     Delivery,
     /// The rewind of its partitions after an aborted transaction (Kafka).
@@ -141,6 +147,7 @@ impl Step {
     pub fn peer(self) -> Peer {
         match self {
             Self::Lookups | Self::Effects => Peer::Redis,
+            Self::Rows => Peer::Postgres,
             Self::Delivery | Self::Rewind | Self::Begin | Self::Commit => Peer::Kafka,
         }
     }
@@ -152,6 +159,7 @@ impl Step {
         match self {
             Self::Lookups => "waiting for lookups",
             Self::Effects => "applying Redis effects",
+            Self::Rows => "writing rows to PostgreSQL",
             Self::Delivery => "delivering to Kafka",
             Self::Rewind => "rewinding after an aborted transaction",
             Self::Begin => "beginning a transaction",
@@ -198,6 +206,23 @@ impl Steps<'_> {
                     let why = format!("{e} ({})", crate::config::redact::url(&self.config.redis.url));
                     self.wait(Step::Effects, &why, &mut backoff).await?;
                 }
+            }
+        }
+    }
+
+    /// Writes a batch's rows to their tables behind their fences, waiting
+    /// while PostgreSQL cannot take them.
+    pub async fn write_rows(
+        &mut self,
+        tables: &mut Tables,
+        batch: &Batch,
+        rows: &[(usize, usize, Row)],
+    ) -> anyhow::Result<Written> {
+        let mut backoff = Backoff::new();
+        loop {
+            match tables.write(batch, rows).await {
+                Ok(written) => return Ok(written),
+                Err(e) => self.wait(Step::Rows, &e.to_string(), &mut backoff).await?,
             }
         }
     }

@@ -182,6 +182,8 @@ impl PipelineStatus {
             "output": config.map(|c| &c.output.topic),
             "dead_letter": config.map(|c| &c.dead_letter.topic),
             "routes": config.map(|c| c.routes.iter().map(|(k, v)| (k.clone(), v.topic.clone())).collect::<BTreeMap<_, _>>()),
+            "output_tables": config.map(|c| &c.output.tables),
+            "tables": config.map(|c| c.tables.keys().cloned().collect::<Vec<_>>()),
             "lookups": config.map(|c| c.lookups.keys().cloned().collect::<Vec<_>>()),
             "stages": s.stages.iter().map(|v| v.to_json(metrics)).collect::<Vec<_>>(),
             "promoted": s.promoted,

@@ -14,7 +14,7 @@ mod writer;
 
 pub use failure::Failure;
 pub use reader::Reader;
-pub use scan::scan;
+pub use scan::{Start, scan, scan_from};
 pub use sink::{Sent, Sink};
 pub use source::{Commit, Source};
 pub use writer::Writer;

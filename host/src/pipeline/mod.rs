@@ -23,7 +23,7 @@ mod stage;
 pub use canary::{CanaryDiff, CanaryStats};
 pub use dead_letter::{DeadLetter, GENERATION_HEADER, LINEAGE_HEADER, Letters, SOURCE_STAGE, TRUNCATED_HEADER};
 pub use reason::{HostRefusal, PluginFailure, Reason};
-pub use route::{Destination, Routes};
+pub use route::{Destination, Routes, Target};
 pub use sandbox::{LimitExceeded, MAX_TABLE_ELEMENTS, StageState, linker};
 pub use stage::{Stage, StageError, StageSpec, Writes};
 
@@ -31,7 +31,7 @@ use crate::bindings::{self, ErrorInfo, Message, Outcome};
 use crate::config::{self, FailurePolicy};
 use crate::engine::{Engine, LoadError};
 use crate::lookup::{LookupSource, Unavailable};
-use crate::record::{Effect, Header, Produce, Record};
+use crate::record::{Effect, Header, Produce, Record, Row};
 use canary::Canary;
 use dead_letter::record_size;
 use stage::CallError;
@@ -70,6 +70,9 @@ pub struct BatchResult {
     pub output_origins: Vec<usize>,
     /// Dead letters, at most one per input record.
     pub dead_letters: Vec<DeadLetter>,
+    /// Rows for PostgreSQL tables, of the records that were not
+    /// dead-lettered: (input record index, stage index, row).
+    pub rows: Vec<(usize, usize, Row)>,
     /// Redis effects of the records that were not dead-lettered, each with
     /// the index of its input record.
     pub effects: Vec<(usize, Effect)>,
@@ -89,7 +92,7 @@ pub struct BatchResult {
 
 impl BatchResult {
     /// Rejects, after the fact, the record at `origin` of `records` (its
-    /// effects were refused): drops its outputs and effects and adds its
+    /// effects or rows were refused): drops its outputs, rows and effects and adds its
     /// dead letter, given by the stage at `stage` of the chain that
     /// processed the batch.
     pub fn reject(&mut self, records: &[Record], origin: usize, stage: usize, info: &ErrorInfo) {
@@ -97,11 +100,12 @@ impl BatchResult {
             return;
         }
         let letters = self.letters.clone().expect("a processed batch knows its chain's dead letters");
-        let before = self.outputs.len();
+        let before = self.outputs.len() + self.rows.len();
         let mut keep = self.output_origins.iter().map(|&o| o != origin);
         self.outputs.retain(|_| keep.next().expect("one origin per output"));
         self.output_origins.retain(|&o| o != origin);
-        if self.outputs.len() < before {
+        self.rows.retain(|(o, _, _)| *o != origin);
+        if self.outputs.len() + self.rows.len() < before {
             self.completed -= 1;
         } else {
             self.filtered -= 1;
@@ -222,8 +226,8 @@ impl Chain {
             stages,
             canaries,
             routes: Routes {
-                output: Arc::from(config.output.topic.as_str()),
-                named: config.routes.iter().map(|(name, r)| (name.clone(), Arc::from(r.topic.as_str()))).collect(),
+                output: Target::of(&config.output),
+                named: config.routes.iter().map(|(name, r)| (name.clone(), Target::of(r))).collect(),
                 open: false,
             },
             letters: Arc::new(Letters {
@@ -339,6 +343,7 @@ impl Chain {
         }
         let mut outputs: Vec<(usize, usize, Produce)> = Vec::new();
         let mut effects: Vec<(usize, usize, bindings::Effect)> = Vec::new();
+        let mut rows: Vec<(usize, usize, Row)> = Vec::new();
         let mut stats = Vec::with_capacity(self.stages.len());
         let last = self.stages.len() - 1;
         for (index, stage) in self.stages.iter_mut().enumerate() {
@@ -359,7 +364,7 @@ impl Chain {
                         st.emitted += emitted.len() as u64;
                         effects.extend(stage_effects.into_iter().map(|e| (origin, index, e)));
                         for out in emitted {
-                            let topic = match self.routes.destination(out.route.as_deref(), index == last) {
+                            let target = match self.routes.destination(out.route.as_deref(), index == last) {
                                 Ok(Destination::Next) => {
                                     next_origins.push(origin);
                                     next.push(Message {
@@ -370,13 +375,18 @@ impl Chain {
                                     });
                                     continue;
                                 }
-                                Ok(Destination::Topic(topic)) => topic,
+                                Ok(Destination::Out(target)) => target,
                                 Err(message) => {
                                     let reason = HostRefusal::UnknownRoute.as_str().into();
                                     rejected[origin].get_or_insert((Some(index), ErrorInfo { reason, message }));
                                     continue;
                                 }
                             };
+                            for table in target.tables.iter() {
+                                let row = Row { table: table.clone(), key: out.key.clone(), value: out.value.clone() };
+                                rows.push((origin, index, row));
+                            }
+                            let Some(topic) = target.topic else { continue };
                             let headers = out.headers.into_iter().map(from_guest_header).collect();
                             let produce = Produce { topic, key: out.key, value: out.value, headers };
                             let size = record_size(&produce);
@@ -423,6 +433,10 @@ impl Chain {
                 result.outputs.push(produce);
                 result.output_origins.push(origin);
             }
+        }
+        result.rows = rows.into_iter().filter(|(origin, _, _)| rejected[*origin].is_none()).collect();
+        for (origin, _, _) in &result.rows {
+            has_output[*origin] = true;
         }
         for (origin, stage, effect) in effects {
             if rejected[origin].is_none() {

@@ -42,6 +42,8 @@ pub enum HostRefusal {
     EffectDenied,
     /// Redis refused one of the record's effects.
     EffectFailed,
+    /// PostgreSQL refused one of the record's rows.
+    RowRefused,
 }
 
 /// Why a record was dead-lettered.
@@ -73,13 +75,14 @@ impl PluginFailure {
 
 impl HostRefusal {
     /// Every refusal, for tests and documentation.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::CircuitOpen,
         Self::RecordTooLarge,
         Self::OutputTooLarge,
         Self::UnknownRoute,
         Self::EffectDenied,
         Self::EffectFailed,
+        Self::RowRefused,
     ];
 
     /// The header value.
@@ -91,6 +94,7 @@ impl HostRefusal {
             Self::UnknownRoute => "unknown_route",
             Self::EffectDenied => "effect_denied",
             Self::EffectFailed => "effect_failed",
+            Self::RowRefused => "row_refused",
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Where a stage's outputs go: to the next stage, to the default output
-//! topic, or to the topic of a named route.
+//! Where a stage's outputs go: to the next stage, or to the default output
+//! or a named route: a topic, PostgreSQL tables, or both.
 
+use crate::config::OutputConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -10,17 +11,41 @@ pub enum Destination {
     /// The next stage (an output without a route, from any stage but the
     /// last).
     Next,
-    /// A topic.
-    Topic(Arc<str>),
+    /// The default output or a named route.
+    Out(Target),
 }
 
-/// The outputs' topics of a chain.
+/// The topic and tables of the default output or of a named route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The topic the output is produced to, if any.
+    pub topic: Option<Arc<str>>,
+    /// The tables (`[tables.NAME]` names) it becomes a row of.
+    pub tables: Arc<[Arc<str>]>,
+}
+
+impl Target {
+    /// The target of an `[output]` or `[routes.NAME]` entry.
+    pub fn of(config: &OutputConfig) -> Self {
+        Self {
+            topic: config.topic.as_deref().map(Arc::from),
+            tables: config.tables.iter().map(|t| Arc::from(t.as_str())).collect(),
+        }
+    }
+
+    /// A topic and no table.
+    pub fn topic(topic: &str) -> Self {
+        Self { topic: Some(Arc::from(topic)), tables: Arc::new([]) }
+    }
+}
+
+/// The outputs' destinations of a chain.
 #[derive(Debug, Clone)]
 pub struct Routes {
     /// Where an output without a route goes after the last stage.
-    pub output: Arc<str>,
-    /// Route name -> topic, from `[routes]`.
-    pub named: HashMap<String, Arc<str>>,
+    pub output: Target,
+    /// Route name -> target, from `[routes]`.
+    pub named: HashMap<String, Target>,
     /// Whether a route missing from `named` goes to the topic of its name
     /// (`sluice test` of a single plugin) instead of being refused.
     pub open: bool,
@@ -32,10 +57,10 @@ impl Routes {
     pub fn destination(&self, route: Option<&str>, last_stage: bool) -> Result<Destination, String> {
         match route {
             None if !last_stage => Ok(Destination::Next),
-            None => Ok(Destination::Topic(self.output.clone())),
+            None => Ok(Destination::Out(self.output.clone())),
             Some(route) => match self.named.get(route) {
-                Some(topic) => Ok(Destination::Topic(topic.clone())),
-                None if self.open => Ok(Destination::Topic(Arc::from(route))),
+                Some(target) => Ok(Destination::Out(target.clone())),
+                None if self.open => Ok(Destination::Out(Target::topic(route))),
                 None => Err(format!("route `{route}` is not declared in [routes]")),
             },
         }
@@ -47,12 +72,12 @@ mod tests {
     use super::*;
 
     fn routes(open: bool) -> Routes {
-        let named = HashMap::from([("vip".to_string(), Arc::from("orders.vip"))]);
-        Routes { output: Arc::from("orders.enriched"), named, open }
+        let named = HashMap::from([("vip".to_string(), Target::topic("orders.vip"))]);
+        Routes { output: Target::topic("orders.enriched"), named, open }
     }
 
     fn topic(name: &str) -> Result<Destination, String> {
-        Ok(Destination::Topic(Arc::from(name)))
+        Ok(Destination::Out(Target::topic(name)))
     }
 
     #[test]

@@ -66,9 +66,10 @@ pub fn changes(
     differs("source.batch_size", a.source.batch_size == b.source.batch_size);
     differs("source.batch_max_bytes", a.source.batch_max_bytes == b.source.batch_max_bytes);
     differs("source.max_record_bytes", a.source.max_record_bytes == b.source.max_record_bytes);
-    differs("output.topic", a.output.topic == b.output.topic);
+    differs("output", a.output == b.output);
     differs("dead_letter.topic", a.dead_letter.topic == b.dead_letter.topic);
     differs("routes", a.routes == b.routes);
+    differs("tables", a.tables == b.tables);
     differs("lookups", a.lookups == b.lookups);
     changes
 }

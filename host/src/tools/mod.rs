@@ -11,9 +11,13 @@
 //!   the counters of the default pipeline's `totals` stage.
 //! - [`replay`]: `sluice replay`, dead letters sent through the pipeline
 //!   again.
+//! - [`capture`]: `sluice capture`, records of a topic written to a file in
+//!   the format ([`records`]) that `sluice test --records` reads.
 
 pub mod bench;
+pub mod capture;
 pub mod generator;
+pub mod records;
 pub mod replay;
 pub mod report;
 pub mod scaffold;

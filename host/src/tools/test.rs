@@ -9,14 +9,15 @@
 //!
 //! ```text
 //! {"record":1,"to":"next","key":"o1","value":{...},"headers":{"x":"1"}}
+//! {"record":1,"table":"orders","key":"o1","value":{...}}
 //! {"record":1,"effect":"HINCRBY","key":"sluice:user:u1","field":"orders","value":1}
 //! {"record":2,"dead_letter":"invalid_json","stage":"vip","message":"..."}
 //! {"record":3,"filtered":true}
 //! ```
 //!
-//! With `--records`, each input line is a record object with the same
-//! fields as a result line (`key`, `value` or `value_text`, `headers`), plus
-//! `topic`, `partition`, `offset` and `timestamp_ms`.
+//! With `--records`, each input line is a whole record (key, value,
+//! headers and coordinates) in the format `sluice capture` writes: see
+//! [`crate::tools::records`].
 //!
 //! `to` is the route name for a single plugin (`next` without a route) and
 //! the topic with `--chain`. `value` is the value as JSON, or `value_text`
@@ -29,9 +30,9 @@ use crate::lookup::InMemory;
 use crate::pipeline::{Chain, GENERATION_HEADER, LINEAGE_HEADER};
 use crate::record::{Effect, Header, Record};
 use crate::tools::generator::{self, Tables};
+use crate::tools::records::RecordLine;
 use anyhow::{Context, bail};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,9 +49,10 @@ pub struct TestArgs {
     /// Input records: one record value per line (blank lines are skipped).
     #[arg(long)]
     pub input: PathBuf,
-    /// Each input line is a record object instead of a value:
-    /// `{"key": "k", "value": {...} or "value_text": "...", "headers": {"h": "v"}, "timestamp_ms": 0}`
-    /// (also `topic`, `partition`, `offset`).
+    /// Each input line is a record object instead of a value, as `sluice
+    /// capture` writes them: `{"key": "k", "value": {...} or "value_text":
+    /// "...", "headers": {"h": "v"}, "timestamp_ms": 0}` (also `topic`,
+    /// `partition`, `offset`, `key_base64`, `value_base64`).
     #[arg(long)]
     pub records: bool,
     /// The plugin's config: a JSON or TOML file, or `key=value` (the value
@@ -201,58 +203,32 @@ fn stage_config(items: &[String]) -> anyhow::Result<toml::Table> {
 }
 
 /// One record per non-blank line of `path`: the value itself, or with
-/// `records`, a JSON object describing the whole record ([`InputRecord`]).
+/// `records`, a line of a record file ([`RecordLine`]).
 fn read_input(path: &Path, records: bool) -> anyhow::Result<Vec<Record>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let offset = out.len() as i64;
-        let mut record = Record {
-            key: None,
-            value: Some(line.as_bytes().to_vec()),
-            headers: Vec::new(),
-            topic: "input".into(),
-            partition: 0,
-            offset,
-            timestamp_ms: None,
+        let position = out.len() as i64;
+        let record = if records {
+            let at = || format!("{}:{}", path.display(), i + 1);
+            let line: RecordLine =
+                serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{}: not a record object: {e}", at()))?;
+            line.into_record(position).map_err(|e| anyhow::anyhow!("{}: {e:#}", at()))?
+        } else {
+            Record {
+                key: None,
+                value: Some(line.as_bytes().to_vec()),
+                headers: Vec::new(),
+                topic: "input".into(),
+                partition: 0,
+                offset: position,
+                timestamp_ms: None,
+            }
         };
-        if records {
-            let input: InputRecord = serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}:{}: not a record object: {e}", path.display(), i + 1))?;
-            record.value = Some(match (input.value, input.value_text) {
-                (Some(value), None) => value.to_string().into_bytes(),
-                (None, Some(text)) => text.into_bytes(),
-                _ => bail!("{}:{}: give exactly one of `value` (JSON) and `value_text`", path.display(), i + 1),
-            });
-            record.key = input.key.map(String::into_bytes);
-            record.headers =
-                input.headers.into_iter().map(|(name, value)| Header { name, value: value.into_bytes() }).collect();
-            record.topic = input.topic.unwrap_or(record.topic);
-            record.partition = input.partition.unwrap_or(0);
-            record.offset = input.offset.unwrap_or(offset);
-            record.timestamp_ms = input.timestamp_ms;
-        }
         out.push(record);
     }
     anyhow::ensure!(!out.is_empty(), "{}: no records (one record per line)", path.display());
     Ok(out)
-}
-
-/// A line of `--input` with `--records`: the result lines' own fields.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct InputRecord {
-    key: Option<String>,
-    /// The value as JSON.
-    value: Option<Value>,
-    /// The value as text, when it is not JSON.
-    value_text: Option<String>,
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    topic: Option<String>,
-    partition: Option<i32>,
-    offset: Option<i64>,
-    timestamp_ms: Option<i64>,
 }
 
 /// The result lines of a batch of `len` records whose first is record
@@ -275,6 +251,19 @@ fn describe(first: usize, len: usize, result: &crate::pipeline::BatchResult) -> 
             line.insert("headers".into(), Value::Object(headers));
         }
         per_record[*origin].push((Value::Object(line), Some(String::from_utf8_lossy(&out.value).into_owned())));
+    }
+    for (origin, _, row) in &result.rows {
+        let mut line = Map::new();
+        line.insert("record".into(), json!(first + origin + 1));
+        line.insert("table".into(), json!(&*row.table));
+        if let Some(key) = &row.key {
+            line.insert("key".into(), json!(String::from_utf8_lossy(key)));
+        }
+        match serde_json::from_slice::<Value>(&row.value) {
+            Ok(value) => line.insert("value".into(), value),
+            Err(_) => line.insert("value_text".into(), json!(String::from_utf8_lossy(&row.value))),
+        };
+        per_record[*origin].push((Value::Object(line), None));
     }
     for (origin, effect) in &result.effects {
         let record = first + origin + 1;
@@ -333,6 +322,11 @@ fn print_results(results: &[Value], raw: &[Option<String>], as_json: bool) {
         } else if r.get("filtered").is_some() {
             filtered += 1;
             println!("#{n} filtered");
+        } else if let Some(table) = r.get("table") {
+            outputs += 1;
+            let key = r.get("key").and_then(Value::as_str).map(|k| format!("  key={k}")).unwrap_or_default();
+            println!("#{n} -> table {}{key}", table.as_str().unwrap_or(""));
+            println!("    {}", r.get("value").or(r.get("value_text")).unwrap_or(&Value::Null));
         } else if let Some(kind) = r.get("effect") {
             effects += 1;
             println!(

@@ -1,0 +1,329 @@
+//! PostgreSQL, and the only code that talks to it: the table outputs
+//! (`[tables.NAME]`).
+//!
+//! The rows of a batch are written to each server in one transaction with
+//! a per-table, per-partition offset fence (table [`FENCES`], keyed by the
+//! table's qualified name, so that it belongs to the rows it protects
+//! whatever pipeline or consumer group writes them): the rows of
+//! a record at or below its partition's fence were written before (the
+//! batch is being processed again after a crash, an aborted Kafka
+//! transaction or a rebalance) and are skipped, so a running sum (`add`)
+//! counts each record once and a row never goes back to an older version.
+//!
+//! A row that PostgreSQL refuses (a value of the wrong type, a constraint)
+//! is its record's fault: the batch is written again record by record, each
+//! in a savepoint, and the records refused are dead-lettered
+//! (`row_refused`). Any other failure (the server is down or restarting,
+//! the table is missing) is retried with backoff.
+
+mod statement;
+
+pub use statement::TableSql;
+
+use crate::config::{PipelineConfig, redact};
+use crate::record::{Batch, Row};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use tokio_postgres::{Client, NoTls, Transaction};
+
+/// The table of offset fences, created on each server written to.
+pub const FENCES: &str = "sluice_fences";
+
+/// The tables of a pipeline, grouped by server.
+pub struct Tables {
+    servers: Vec<Server>,
+}
+
+/// A server's connection (made when first needed, again after it broke)
+/// and the tables written to it.
+struct Server {
+    url: String,
+    client: Option<Client>,
+    tables: Vec<TableSql>,
+}
+
+/// A record whose rows PostgreSQL refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The index of the record in its batch.
+    pub record: usize,
+    /// The index of the stage that emitted the refused row.
+    pub stage: usize,
+    /// PostgreSQL's message, naming the table.
+    pub message: String,
+}
+
+/// What writing a batch's rows did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Rows written.
+    pub rows: usize,
+    /// Rows not written again: their record was at or below the fence.
+    pub skipped: usize,
+    /// Records whose rows were refused, in batch order.
+    pub refused: Vec<Refused>,
+}
+
+/// A failure to write that is not a record's fault: retried.
+#[derive(Debug)]
+pub struct Unavailable {
+    /// The server (its URL without the password).
+    pub server: String,
+    /// What failed.
+    pub error: tokio_postgres::Error,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.error.as_db_error() {
+            Some(db) => write!(f, "PostgreSQL {}: {} ({})", db.code().code(), db.message(), self.server),
+            None => write!(f, "PostgreSQL: {} ({})", self.error, self.server),
+        }
+    }
+}
+
+impl std::error::Error for Unavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// Whether PostgreSQL refused a statement because of the data in it (SQLSTATE
+/// classes 22, data exception, and 23, integrity constraint violation).
+fn is_data_error(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some_and(|db| matches!(&db.code().code()[..2], "22" | "23"))
+}
+
+impl Tables {
+    /// The tables of `config`; connects to nothing yet.
+    pub fn new(config: &PipelineConfig) -> Self {
+        let mut servers: Vec<Server> = Vec::new();
+        for (name, table) in &config.tables {
+            let sql = TableSql::new(name, table);
+            match servers.iter_mut().find(|s| s.url == table.url) {
+                Some(server) => server.tables.push(sql),
+                None => servers.push(Server { url: table.url.clone(), client: None, tables: vec![sql] }),
+            }
+        }
+        Self { servers }
+    }
+
+    /// Whether the pipeline has no table outputs.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Connects to every server and creates the tables (and the fences)
+    /// that are missing.
+    pub async fn connect(&mut self) -> Result<(), Unavailable> {
+        for server in &mut self.servers {
+            server.client().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `rows` (of records of `batch`: record index, stage index,
+    /// row) to their tables, behind the fence.
+    pub async fn write(&mut self, batch: &Batch, rows: &[(usize, usize, Row)]) -> Result<Written, Unavailable> {
+        let mut written = Written::default();
+        for server in &mut self.servers {
+            let mine: Vec<&(usize, usize, Row)> =
+                rows.iter().filter(|(_, _, row)| server.tables.iter().any(|t| *t.name == *row.table)).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let done = server.write(batch, &mine).await;
+            if done.as_ref().is_err_and(|e| e.error.is_closed() || e.error.as_db_error().is_none()) {
+                server.client = None; // reconnect on the next attempt
+            }
+            let done = done?;
+            written.rows += done.rows;
+            written.skipped += done.skipped;
+            written.refused.extend(done.refused);
+        }
+        written.refused.sort_by_key(|r| r.record);
+        written.refused.dedup_by_key(|r| r.record);
+        Ok(written)
+    }
+}
+
+impl Server {
+    fn unavailable(&self, error: tokio_postgres::Error) -> Unavailable {
+        Unavailable { server: redact::url(&self.url), error }
+    }
+
+    /// The connection, made (and the tables created) if there is none or
+    /// it broke.
+    async fn client(&mut self) -> Result<&mut Client, Unavailable> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let (client, connection) =
+                tokio_postgres::connect(&self.url, NoTls).await.map_err(|e| self.unavailable(e))?;
+            let server = redact::url(&self.url);
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(server = %server, error = %e, "PostgreSQL connection ended");
+                }
+            });
+            let mut ddl = vec![format!(
+                "CREATE TABLE IF NOT EXISTS {FENCES} (target text NOT NULL, topic text NOT NULL, partition integer \
+                 NOT NULL, last_offset bigint NOT NULL, PRIMARY KEY (target, topic, partition))"
+            )];
+            ddl.extend(self.tables.iter().filter_map(|t| t.create.clone()));
+            for statement in ddl {
+                client.batch_execute(&statement).await.map_err(|e| self.unavailable(e))?;
+            }
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Writes this server's `rows` in one transaction with its fences:
+    /// all at once, or record by record when a row is refused.
+    async fn write(&mut self, batch: &Batch, rows: &[&(usize, usize, Row)]) -> Result<Written, Unavailable> {
+        let tables = self.tables.clone();
+        let client = self.client().await?;
+        let attempt = write_rows(client, &tables, batch, rows, false).await;
+        let attempt = match attempt {
+            Err(e) if is_data_error(&e) => write_rows(client, &tables, batch, rows, true).await,
+            other => other,
+        };
+        attempt.map_err(|e| self.unavailable(e))
+    }
+}
+
+/// The partitions of a batch: (topic, partition, last offset), in order.
+fn partitions(batch: &Batch) -> Vec<(String, i32, i64)> {
+    batch.spans().iter().map(|s| (s.topic.clone(), s.partition, s.last)).collect()
+}
+
+/// One transaction: locks the fences of `tables` for the batch's
+/// partitions, writes the rows of the records past them (together, or with
+/// `one_by_one` each record in a savepoint, leaving out those refused),
+/// moves the fences to the batch's last offsets and commits.
+async fn write_rows(
+    client: &mut Client,
+    tables: &[TableSql],
+    batch: &Batch,
+    rows: &[&(usize, usize, Row)],
+    one_by_one: bool,
+) -> Result<Written, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let fences = lock_fences(&tx, tables, batch).await?;
+    let mut written = Written::default();
+    // Per table, the rows of the records past its fence, as row objects.
+    let mut pending: Vec<(usize, usize, &TableSql, Value)> = Vec::new();
+    for (n, (record, stage, row)) in rows.iter().enumerate() {
+        let table = tables.iter().find(|t| *t.name == *row.table).expect("rows of this server's tables");
+        let source = &batch.records()[*record];
+        let behind = fences.get(&(table.qualified.clone(), source.topic.clone(), source.partition));
+        if behind.is_some_and(|&at| source.offset <= at) {
+            written.skipped += 1;
+            continue;
+        }
+        match table.row(row, n) {
+            Ok(object) => pending.push((*record, *stage, table, object)),
+            Err(message) => written.refused.push(Refused { record: *record, stage: *stage, message }),
+        }
+    }
+    let refused: Vec<usize> = written.refused.iter().map(|r| r.record).collect();
+    pending.retain(|(record, ..)| !refused.contains(record));
+    if one_by_one {
+        let mut records: Vec<usize> = pending.iter().map(|(record, ..)| *record).collect();
+        records.sort_unstable();
+        records.dedup();
+        for record in records {
+            let of_record: Vec<&(usize, usize, &TableSql, Value)> =
+                pending.iter().filter(|(r, ..)| *r == record).collect();
+            tx.batch_execute("SAVEPOINT sluice_record").await?;
+            match upsert(&tx, tables, &of_record).await {
+                Ok(n) => {
+                    written.rows += n;
+                    tx.batch_execute("RELEASE SAVEPOINT sluice_record").await?;
+                }
+                Err((table, e)) if is_data_error(&e) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT sluice_record").await?;
+                    let db = e.as_db_error().expect("a data error comes from the server");
+                    let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+                    let message = format!("table `{table}`: {}{detail}", db.message());
+                    written.refused.push(Refused { record, stage: of_record[0].1, message });
+                }
+                Err((_, e)) => return Err(e),
+            }
+        }
+    } else {
+        let all: Vec<&(usize, usize, &TableSql, Value)> = pending.iter().collect();
+        written.rows += upsert(&tx, tables, &all).await.map_err(|(_, e)| e)?;
+    }
+    move_fences(&tx, tables, batch).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// Upserts `rows` (record, stage, table, row object), one statement per
+/// table; the number of rows sent, or the table that failed and why.
+async fn upsert<'t>(
+    tx: &Transaction<'_>,
+    tables: &'t [TableSql],
+    rows: &[&(usize, usize, &TableSql, Value)],
+) -> Result<usize, (&'t str, tokio_postgres::Error)> {
+    let mut sent = 0;
+    for table in tables {
+        let objects: Vec<&Value> = rows.iter().filter(|(_, _, t, _)| t.name == table.name).map(|r| &r.3).collect();
+        if objects.is_empty() {
+            continue;
+        }
+        let array = Value::Array(objects.iter().map(|v| (*v).clone()).collect());
+        tx.execute(&table.upsert, &[&array]).await.map_err(|e| (table.name.as_str(), e))?;
+        sent += objects.len();
+    }
+    Ok(sent)
+}
+
+/// The fence's columns for the batch's partitions of every table.
+fn fence_keys(tables: &[TableSql], batch: &Batch) -> (Vec<String>, Vec<String>, Vec<i32>, Vec<i64>) {
+    let mut keys = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for table in tables {
+        for (topic, partition, last) in partitions(batch) {
+            keys.0.push(table.qualified.clone());
+            keys.1.push(topic);
+            keys.2.push(partition);
+            keys.3.push(last);
+        }
+    }
+    keys
+}
+
+/// Locks (creating them if new) and reads the fences of the batch's
+/// partitions: (table, topic, partition) -> last offset written.
+async fn lock_fences(
+    tx: &Transaction<'_>,
+    tables: &[TableSql],
+    batch: &Batch,
+) -> Result<BTreeMap<(String, String, i32), i64>, tokio_postgres::Error> {
+    let (targets, topics, partitions, _) = fence_keys(tables, batch);
+    let create = format!(
+        "INSERT INTO {FENCES} (target, topic, partition, last_offset) SELECT t, p, q, -1 FROM \
+         unnest($1::text[], $2::text[], $3::integer[]) AS u(t, p, q) ON CONFLICT DO NOTHING"
+    );
+    tx.execute(&create, &[&targets, &topics, &partitions]).await?;
+    let select = format!(
+        "SELECT target, topic, partition, last_offset FROM {FENCES} WHERE (target, topic, partition) IN (SELECT * \
+         FROM unnest($1::text[], $2::text[], $3::integer[])) FOR UPDATE"
+    );
+    let rows = tx.query(&select, &[&targets, &topics, &partitions]).await?;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3))).collect())
+}
+
+/// Moves the fences of the batch's partitions to its last offsets.
+async fn move_fences(tx: &Transaction<'_>, tables: &[TableSql], batch: &Batch) -> Result<(), tokio_postgres::Error> {
+    let (targets, topics, partitions, lasts) = fence_keys(tables, batch);
+    let update = format!(
+        "UPDATE {FENCES} f SET last_offset = GREATEST(f.last_offset, u.o) FROM unnest($1::text[], $2::text[], \
+         $3::integer[], $4::bigint[]) AS u(t, p, q, o) WHERE f.target = u.t AND f.topic = u.p AND f.partition = u.q"
+    );
+    tx.execute(&update, &[&targets, &topics, &partitions, &lasts]).await?;
+    Ok(())
+}

@@ -1,0 +1,248 @@
+//! Table outputs against tansu, the real Redis and the real PostgreSQL
+//! (127.0.0.1:5432, database `test`), each test in a schema of its own:
+//! examples/warehouse.toml's tables agree with the topics, the Redis
+//! counters and the independent model after SIGKILLs and a PostgreSQL
+//! restart, and a row PostgreSQL refuses dead-letters its record and only
+//! that record.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::RedisPrefix;
+use support::inputs::{Expected, Outputs, SHARED_REDIS, assert_exact, generated, keyed, load_lookups};
+use support::kafka::{Tansu, produce};
+use support::model;
+use support::process::{Host, HostEnv};
+
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+async fn connect() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// A schema of the test's own, dropped with everything in it at the end.
+struct Schema(String);
+
+impl Schema {
+    async fn new(name: &str) -> Self {
+        let name = format!("sluice_{name}_{}", std::process::id());
+        connect()
+            .await
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))
+            .await
+            .unwrap();
+        Self(name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let _ = connect().await.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await;
+                // The fences of this schema's tables.
+                let _ = connect()
+                    .await
+                    .execute("DELETE FROM sluice_fences WHERE target LIKE $1", &[&format!("\"{name}\".%")])
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Restarts the machine's PostgreSQL server and waits until it answers.
+fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql").unwrap().next().unwrap().unwrap().file_name();
+    let version = version.to_str().unwrap();
+    let status = Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "pg_ctlcluster restart failed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect("127.0.0.1:5432").is_err() {
+        assert!(Instant::now() < deadline, "PostgreSQL did not come back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `query` (one bigint) until it gives `want` or `timeout` passes;
+/// the last value.
+async fn wait_count(client: &tokio_postgres::Client, query: &str, want: i64, timeout: Duration) -> i64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got: i64 = client.query_one(query, &[]).await.unwrap().get(0);
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn total(order: &model::Summary) -> i64 {
+    order.items.iter().map(|(_, _, unit, q)| unit * q).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warehouse_tables_agree_with_topics_and_counters_after_sigkills_and_a_postgres_restart() {
+    let tansu = Tansu::start();
+    let (lookups, counters) = (RedisPrefix::new("wh-lookups"), RedisPrefix::new("wh-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let schema = Schema::new("warehouse").await;
+    let values = generated(120_000, 21, 0.02);
+    let want = Expected::of(&values);
+    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "warehouse")
+        .set("SLUICE_DELIVERY", "exactly-once")
+        .set("SLUICE_INSTANCE_ID", "one")
+        .set("SLUICE_BATCH_SIZE", "200")
+        .set("DATABASE_URL", PG_URL)
+        .set("SLUICE_PG_SCHEMA", &schema.0);
+    let pipeline = support::repo_root().join("examples/warehouse.toml");
+    for (i, moment) in [700, 1_900, 1_300].into_iter().enumerate() {
+        let mut host = Host::start_with(&env, &pipeline);
+        host.wait_ready(Duration::from_secs(90));
+        std::thread::sleep(Duration::from_millis(moment));
+        assert!(host.is_running(), "run {i} ended early:\n{}", host.log_text());
+        host.kill();
+    }
+    let mut host = Host::start_with(&env, &pipeline);
+    host.wait_ready(Duration::from_secs(90));
+    std::thread::sleep(Duration::from_millis(500));
+    restart_postgres();
+    assert_exact(&tansu.brokers(), &want, SHARED_REDIS, &counters.0, Outputs::AbortsVisible).await;
+
+    let pg = connect().await;
+    let (orders, daily) = (format!("{}.orders", schema.0), format!("{}.daily_revenue", schema.0));
+    let rows = want.orders.len() as i64;
+    let count = wait_count(&pg, &format!("SELECT count(*) FROM {orders}"), rows, Duration::from_secs(60)).await;
+    assert_eq!(count, rows, "rows in {orders}");
+    let ids: BTreeSet<String> =
+        pg.query(&format!("SELECT order_id FROM {orders}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let want_ids: BTreeSet<String> = want.orders.iter().map(|o| o.order_id.clone()).collect();
+    assert!(ids == want_ids, "the order ids in {orders} are the valid orders");
+    // Every row holds its order: the total column, and the document.
+    let totals: BTreeMap<String, i64> = pg
+        .query(
+            &format!("SELECT order_id, total_cents FROM {orders} WHERE (doc->>'total_cents')::bigint = total_cents"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want_totals: BTreeMap<String, i64> = want.orders.iter().map(|o| (o.order_id.clone(), total(o))).collect();
+    assert!(totals == want_totals, "total_cents and the jsonb document of every row are its order's");
+
+    // The daily sums were added once per order, whatever was replayed.
+    let days: BTreeMap<String, (i64, i64)> = pg
+        .query(&format!("SELECT day::text, orders, revenue_cents FROM {daily}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut want_days: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for o in &want.orders {
+        let day = want_days.entry(o.day.clone()).or_default();
+        day.0 += 1;
+        day.1 += total(o);
+    }
+    assert_eq!(days, want_days, "{daily}: orders and revenue per day");
+    let redis_days = &model::counters(&want.orders)["revenue:day"];
+    assert!(days.iter().all(|(day, (_, cents))| redis_days.get(day) == Some(cents)), "the same as Redis's revenue:day");
+
+    let errors = host.metric("sluice_errors_total{peer=\"postgres\"}").unwrap_or(0.0);
+    eprintln!(
+        "PostgreSQL errors waited out: {errors}; rows skipped behind the fence in the last run: {:?}",
+        host.metric("sluice_table_rows_skipped_total")
+    );
+    assert!(host.terminate().success(), "{}", host.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
+    let tansu = Tansu::start();
+    let (lookups, counters) = (RedisPrefix::new("refuse-lookups"), RedisPrefix::new("refuse-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let schema = Schema::new("refuse").await;
+    let values = generated(4_000, 22, 0.02);
+    let mut want = Expected::of(&values);
+    // The table takes orders under the 90th percentile of totals; the rest
+    // break its CHECK constraint.
+    let mut totals: Vec<i64> = want.orders.iter().map(total).collect();
+    totals.sort_unstable();
+    let limit = totals[totals.len() * 9 / 10];
+    let table = format!("{}.small", schema.0);
+    connect()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (order_id text PRIMARY KEY, total_cents bigint CONSTRAINT under_limit CHECK \
+             (total_cents < {limit}))"
+        ))
+        .await
+        .unwrap();
+    let (kept, refused): (Vec<model::Summary>, Vec<model::Summary>) =
+        want.orders.drain(..).partition(|o| total(o) < limit);
+    assert!(!refused.is_empty() && !kept.is_empty());
+    want.orders = kept;
+    want.dead.insert("row_refused", refused.len());
+
+    let text = std::fs::read_to_string(support::repo_root().join("pipeline.toml")).unwrap();
+    let text = text.replacen(
+        "[output]\ntopic = \"orders.enriched\"\n",
+        &format!(
+            "[output]\ntopic = \"orders.enriched\"\ntables = [\"small\"]\n\n[tables.small]\nurl = \"{PG_URL}\"\n\
+             table = \"{table}\"\nkey = [\"order_id\"]\ncreate = false\n\
+             columns.order_id = {{ field = \"order_id\", type = \"text\" }}\n\
+             columns.total_cents = {{ field = \"total_cents\", type = \"bigint\" }}\n"
+        ),
+        1,
+    );
+    let dir = std::env::temp_dir().join(format!("sluice-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    let plugins = support::repo_root().join("plugins/dist");
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "refuse")
+        .set("SLUICE_DELIVERY", "at-least-once")
+        .set("SLUICE_PLUGIN_DIR", plugins.to_str().unwrap());
+    let mut host = Host::start_with(&env, &pipeline);
+    host.wait_ready(Duration::from_secs(90));
+    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+
+    // Outputs, dead letters and counters: the refused orders are dead
+    // letters only, counted nowhere.
+    assert_exact(&tansu.brokers(), &want, SHARED_REDIS, &counters.0, Outputs::ExactlyOnce).await;
+    let pg = connect().await;
+    let ids: BTreeSet<String> =
+        pg.query(&format!("SELECT order_id FROM {table}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let want_ids: BTreeSet<String> = want.orders.iter().map(|o| o.order_id.clone()).collect();
+    assert!(ids == want_ids, "{table} holds every order under the limit and no other");
+    let dlq = support::kafka::consume(
+        &tansu.brokers(),
+        "orders.dlq",
+        want.dead_total(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let letter = dlq.iter().find(|r| r.headers["sluice.error.reason"] == "row_refused").unwrap();
+    let message = &letter.headers["sluice.error.message"];
+    assert!(
+        message.starts_with("table `small`: new row for relation \"small\" violates check constraint \"under_limit\""),
+        "{message}"
+    );
+    assert_eq!(letter.headers["sluice.error.stage"], "totals");
+    assert!(host.terminate().success(), "{}", host.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}

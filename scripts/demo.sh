@@ -5,6 +5,11 @@
 # ${DEMO_KAFKA_PORT:-9092}; Redis is taken from REDIS_URL (default the local
 # one). Counters are written under ${SLUICE_REDIS_PREFIX:-demo:}, which the
 # demo clears first. DEMO_COUNT and DEMO_RATE size the generated load.
+#
+# When PostgreSQL answers at DATABASE_URL (default the local server's
+# database `test`) and psql is installed, the demo runs
+# examples/warehouse.toml instead: the same pipeline, with the orders and
+# their daily revenue also upserted into tables of schema sluice_demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,11 +56,22 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
   echo "demo: started a local tansu broker at $KAFKA_BROKERS (log: $logs/tansu.log)"
 fi
 
+pipeline=pipeline.toml
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+if command -v psql >/dev/null && psql "$DATABASE_URL" -qc 'select 1' >/dev/null 2>&1; then
+  export SLUICE_PG_SCHEMA=sluice_demo
+  psql "$DATABASE_URL" -q -c "drop schema if exists $SLUICE_PG_SCHEMA cascade" -c "create schema $SLUICE_PG_SCHEMA" \
+    -c "delete from sluice_fences where target like '\"$SLUICE_PG_SCHEMA\".%'" 2>/dev/null ||
+    psql "$DATABASE_URL" -q -c "create schema if not exists $SLUICE_PG_SCHEMA"
+  pipeline=examples/warehouse.toml
+  echo "demo: PostgreSQL answers at $DATABASE_URL: running $pipeline (tables in schema $SLUICE_PG_SCHEMA)"
+fi
+
 redis_cli() { redis-cli -u "$REDIS_URL" "$@"; }
 redis_cli --scan --pattern "${SLUICE_REDIS_PREFIX}*" | while read -r key; do redis_cli del "$key" >/dev/null; done
 "$sluice" gen --load-lookups --count 0
 
-"$sluice" run pipeline.toml >"$logs/host.log" 2>&1 &
+"$sluice" run "$pipeline" >"$logs/host.log" 2>&1 &
 host=$!
 pids+=($host)
 echo "demo: sluice is starting (log: $logs/host.log); dashboard: http://$SLUICE_HTTP_ADDR/"
@@ -90,7 +106,14 @@ done
 show
 echo
 echo "demo: $count records in $(( $(date +%s) - started )) s"
-./target/release/sluice report pipeline.toml --top 5
+./target/release/sluice report "$pipeline" --top 5
+if [ "$pipeline" = examples/warehouse.toml ]; then
+  echo
+  echo "demo: the PostgreSQL tables ($DATABASE_URL, schema $SLUICE_PG_SCHEMA):"
+  psql "$DATABASE_URL" -c "select (select count(*) from $SLUICE_PG_SCHEMA.orders) as order_rows,
+    (select count(*) from $SLUICE_PG_SCHEMA.daily_revenue) as day_rows,
+    (select sum(revenue_cents) from $SLUICE_PG_SCHEMA.daily_revenue) as revenue_cents" | sed 's/^/  /'
+fi
 echo
 echo "demo: the first canonical order on orders.enriched, and the first dead letter:"
 "$sluice" peek orders.enriched --count 1 | sed 's/^/  /'

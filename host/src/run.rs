@@ -26,7 +26,7 @@ use crate::kafka::{Commit, Sink, Source, Writer};
 use crate::lookup::LookupSource;
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain, HostRefusal};
-use crate::postgres::Tables;
+use crate::postgres::{FENCES, Tables, Written};
 use crate::record::{Batch, Effect, Record};
 use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups};
 use crate::reload::{self, PROBE_RECORDS, Reloader, Request, Trigger};
@@ -247,6 +247,7 @@ impl Consuming<'_> {
             if !result.rows.is_empty() {
                 let written = steps.write_rows(&mut self.tables, &batch, &result.rows).await?;
                 self.metrics.rows_skipped.fetch_add(written.skipped as u64, Ordering::Relaxed);
+                check_table_fences(self.source, &self.tables, &written, &batch)?;
                 for refused in written.refused {
                     let info = ErrorInfo { reason: HostRefusal::RowRefused.as_str().into(), message: refused.message };
                     result.reject(batch.records(), refused.record, refused.stage, &info);
@@ -354,8 +355,31 @@ async fn adopt_group_fences(effects: &mut RedisEffects, config: &PipelineConfig)
 /// topic was deleted and created again (or truncated), and every effect of
 /// its new records would be skipped as already applied.
 fn check_fences(source: &Source, fence: &Fence, applied: &Applied, batch: &Batch) -> anyhow::Result<()> {
-    // `fence.partitions` are the batch's spans, in order.
-    for (span, &before) in batch.spans().iter().zip(&applied.fences_before) {
+    check_fence_positions(source, batch, &applied.fences_before, "effects", |topic, partition| {
+        format!("redis-cli HDEL '{}' '{topic}:{partition}'", fence.key)
+    })
+}
+
+/// [`check_fences`] for the fences of the PostgreSQL tables.
+fn check_table_fences(source: &Source, tables: &Tables, written: &Written, batch: &Batch) -> anyhow::Result<()> {
+    let targets: Vec<String> = tables.targets().iter().map(|t| format!("'{t}'")).collect();
+    check_fence_positions(source, batch, &written.fences_before, "table rows", |topic, partition| {
+        let targets = targets.join(", ");
+        format!("DELETE FROM {FENCES} WHERE target IN ({targets}) AND topic = '{topic}' AND partition = {partition}")
+    })
+}
+
+/// Fails when the fence before the batch (`fences_before`, one per span of
+/// `batch`) of a partition is at or past its end, naming what the fence
+/// protects (`what`) and how to remove it (`remove`).
+fn check_fence_positions(
+    source: &Source,
+    batch: &Batch,
+    fences_before: &[i64],
+    what: &str,
+    remove: impl Fn(&str, i32) -> String,
+) -> anyhow::Result<()> {
+    for (span, &before) in batch.spans().iter().zip(fences_before) {
         let (topic, partition) = (span.topic.as_str(), span.partition);
         if before < span.first {
             continue; // nothing of this partition was behind the fence
@@ -364,11 +388,10 @@ fn check_fences(source: &Source, fence: &Fence, applied: &Applied, batch: &Batch
         // the partition checks again.
         match source.end_offset(topic, partition) {
             Some(end) if before >= end => anyhow::bail!(
-                "the effects fence of topic `{topic}` partition {partition} is at offset {before}, past the \
-                 partition's end ({end}): the topic was recreated or truncated, and the effects of its records \
-                 would be skipped as already applied. If that is intended, remove the fence \
-                 (redis-cli HDEL '{key}' '{topic}:{partition}') and start again",
-                key = fence.key
+                "the {what} fence of topic `{topic}` partition {partition} is at offset {before}, past the \
+                 partition's end ({end}): the topic was recreated or truncated, and the {what} of its records \
+                 would be skipped as already applied. If that is intended, remove the fence ({}) and start again",
+                remove(topic, partition)
             ),
             _ => {}
         }

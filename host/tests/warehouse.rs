@@ -18,6 +18,12 @@ use support::process::{Host, HostEnv};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
+/// One test at a time: one of them restarts the PostgreSQL server.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 async fn connect() -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
@@ -92,6 +98,7 @@ fn total(order: &model::Summary) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warehouse_tables_agree_with_topics_and_counters_after_sigkills_and_a_postgres_restart() {
+    let _serial = serial().await;
     let tansu = Tansu::start();
     let (lookups, counters) = (RedisPrefix::new("wh-lookups"), RedisPrefix::new("wh-counters"));
     load_lookups(SHARED_REDIS, &lookups.0).await;
@@ -171,6 +178,7 @@ async fn warehouse_tables_agree_with_topics_and_counters_after_sigkills_and_a_po
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
+    let _serial = serial().await;
     let tansu = Tansu::start();
     let (lookups, counters) = (RedisPrefix::new("refuse-lookups"), RedisPrefix::new("refuse-counters"));
     load_lookups(SHARED_REDIS, &lookups.0).await;
@@ -197,25 +205,8 @@ async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
     want.orders = kept;
     want.dead.insert("row_refused", refused.len());
 
-    let text = std::fs::read_to_string(support::repo_root().join("pipeline.toml")).unwrap();
-    let text = text.replacen(
-        "[output]\ntopic = \"orders.enriched\"\n",
-        &format!(
-            "[output]\ntopic = \"orders.enriched\"\ntables = [\"small\"]\n\n[tables.small]\nurl = \"{PG_URL}\"\n\
-             table = \"{table}\"\nkey = [\"order_id\"]\ncreate = false\n\
-             columns.order_id = {{ field = \"order_id\", type = \"text\" }}\n\
-             columns.total_cents = {{ field = \"total_cents\", type = \"bigint\" }}\n"
-        ),
-        1,
-    );
-    let dir = std::env::temp_dir().join(format!("sluice-refuse-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let pipeline = dir.join("pipeline.toml");
-    std::fs::write(&pipeline, text).unwrap();
-    let plugins = support::repo_root().join("plugins/dist");
-    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "refuse")
-        .set("SLUICE_DELIVERY", "at-least-once")
-        .set("SLUICE_PLUGIN_DIR", plugins.to_str().unwrap());
+    let (dir, pipeline) = table_pipeline("refuse", &table);
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "refuse").set("SLUICE_DELIVERY", "at-least-once");
     let mut host = Host::start_with(&env, &pipeline);
     host.wait_ready(Duration::from_secs(90));
     produce(&tansu.brokers(), "orders", &keyed(&values)).await;
@@ -244,5 +235,73 @@ async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
     );
     assert_eq!(letter.headers["sluice.error.stage"], "totals");
     assert!(host.terminate().success(), "{}", host.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The default pipeline whose output also goes to `table` (created by the
+/// test: `order_id` and `total_cents`), in a folder of its own; the folder
+/// and the pipeline file.
+fn table_pipeline(name: &str, table: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let text = std::fs::read_to_string(support::repo_root().join("pipeline.toml")).unwrap();
+    let plugins = support::repo_root().join("plugins/dist");
+    let text = text.replace("${SLUICE_PLUGIN_DIR:-plugins/dist}", plugins.to_str().unwrap()).replacen(
+        "[output]\ntopic = \"orders.enriched\"\n",
+        &format!(
+            "[output]\ntopic = \"orders.enriched\"\ntables = [\"small\"]\n\n[tables.small]\nurl = \"{PG_URL}\"\n\
+             table = \"{table}\"\nkey = [\"order_id\"]\ncreate = false\n\
+             columns.order_id = {{ field = \"order_id\", type = \"text\" }}\n\
+             columns.total_cents = {{ field = \"total_cents\", type = \"bigint\" }}\n"
+        ),
+        1,
+    );
+    assert!(text.contains("[tables.small]"));
+    let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(&pipeline, text).unwrap();
+    (dir, pipeline)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_fence_past_the_end_of_its_partition_stops_the_host_and_says_how_to_reset() {
+    let _serial = serial().await;
+    let tansu = Tansu::start();
+    let (lookups, counters) = (RedisPrefix::new("pgfence-lookups"), RedisPrefix::new("pgfence-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let schema = Schema::new("pgfence").await;
+    let table = format!("{}.small", schema.0);
+    let pg = connect().await;
+    pg.batch_execute(&format!("CREATE TABLE {table} (order_id text PRIMARY KEY, total_cents bigint)")).await.unwrap();
+    // The fences a topic of the same name left before it was recreated.
+    let target = format!("\"{}\".\"small\"", schema.0);
+    pg.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS sluice_fences (target text NOT NULL, topic text NOT NULL, partition integer NOT \
+         NULL, last_offset bigint NOT NULL, PRIMARY KEY (target, topic, partition)); INSERT INTO sluice_fences \
+         SELECT '{target}', 'orders', p, 500 FROM generate_series(0, 2) AS p"
+    ))
+    .await
+    .unwrap();
+    let (dir, pipeline) = table_pipeline("pgfence", &table);
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "pgfence");
+    let mut host = Host::start_with(&env, &pipeline);
+    host.wait_ready(Duration::from_secs(90));
+    // The end offsets are known a few seconds after the assignment: keep
+    // orders coming until the host gives up.
+    let values = generated(30, 23, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    while host.is_running() {
+        assert!(Instant::now() < deadline, "still running:\n{}", host.log_text());
+        produce(&tansu.brokers(), "orders", &keyed(&values[sent % values.len()..][..1])).await;
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let log = host.log_text();
+    assert!(log.contains("the table rows fence of topic `orders` partition"), "{log}");
+    assert!(log.contains("is at offset 500, past the partition's end"), "{log}");
+    let reset = format!("DELETE FROM sluice_fences WHERE target IN ('{target}') AND topic = 'orders' AND partition = ");
+    assert!(log.contains(&reset), "{log}");
+    let rows: i64 = pg.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "nothing written");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,6 +62,9 @@ pub struct Written {
     pub skipped: usize,
     /// Records whose rows were refused, in batch order.
     pub refused: Vec<Refused>,
+    /// Per span of the batch (in order), the highest fence of its
+    /// partition before the batch (-1 where none was set).
+    pub fences_before: Vec<i64>,
 }
 
 /// A failure to write that is not a record's fault: retried.
@@ -108,6 +111,11 @@ impl Tables {
         Self { servers }
     }
 
+    /// The tables' names in SQL, as their fences name them.
+    pub fn targets(&self) -> Vec<&str> {
+        self.servers.iter().flat_map(|s| s.tables.iter().map(|t| t.qualified.as_str())).collect()
+    }
+
     /// Whether the pipeline has no table outputs.
     pub fn is_empty(&self) -> bool {
         self.servers.is_empty()
@@ -125,7 +133,7 @@ impl Tables {
     /// Writes `rows` (of records of `batch`: record index, stage index,
     /// row) to their tables, behind the fence.
     pub async fn write(&mut self, batch: &Batch, rows: &[(usize, usize, Row)]) -> Result<Written, Unavailable> {
-        let mut written = Written::default();
+        let mut written = Written { fences_before: vec![-1; batch.spans().len()], ..Written::default() };
         for server in &mut self.servers {
             let mine: Vec<&(usize, usize, Row)> =
                 rows.iter().filter(|(_, _, row)| server.tables.iter().any(|t| *t.name == *row.table)).collect();
@@ -140,6 +148,9 @@ impl Tables {
             written.rows += done.rows;
             written.skipped += done.skipped;
             written.refused.extend(done.refused);
+            for (highest, before) in written.fences_before.iter_mut().zip(done.fences_before) {
+                *highest = (*highest).max(before);
+            }
         }
         written.refused.sort_by_key(|r| r.record);
         written.refused.dedup_by_key(|r| r.record);
@@ -212,7 +223,12 @@ async fn write_rows(
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let fences = lock_fences(&tx, tables, batch).await?;
-    let mut written = Written::default();
+    let before = |span: &crate::record::Span| {
+        let of_span =
+            fences.iter().filter(|((_, topic, partition), _)| *topic == span.topic && *partition == span.partition);
+        of_span.map(|(_, &at)| at).max().unwrap_or(-1)
+    };
+    let mut written = Written { fences_before: batch.spans().iter().map(before).collect(), ..Written::default() };
     // Per table, the rows of the records past its fence, as row objects.
     let mut pending: Vec<(usize, usize, &TableSql, Value)> = Vec::new();
     for (n, (record, stage, row)) in rows.iter().enumerate() {

@@ -3,7 +3,9 @@
 #   0. the raw copy (host/examples/raw_copy.rs: a bare librdkafka
 #      BaseConsumer -> BaseProducer with the host's producer settings),
 #   1. native pass-through (`sluice passthrough`: consume -> produce, no stages),
-#   2. the default pipeline, at-least-once, then exactly-once,
+#   2. the default pipeline, at-least-once, then exactly-once, then (when
+#      PostgreSQL answers at DATABASE_URL) exactly-once with the tables of
+#      examples/warehouse.toml,
 #   3. end-to-end latency (p50/p99) at half the at-least-once rate,
 # each over the same COUNT generated orders, with CPU seconds per million
 # records and peak RSS. Usage: scripts/benchmark.sh [COUNT]   (default 1000000)
@@ -79,17 +81,17 @@ pass_peers=$(peer_usage "$before" "$(peers)" "$count")
 echo "benchmark: $(cat "$out/passthrough.txt")" >&2
 
 # 2. The default pipeline, until every record is committed.
-pipeline() { # mode group pipeline-file -> "records/s cpu rss broker-cpu redis-cpu"
-  local http; http=$(free_port)
-  SLUICE_DELIVERY=$1 SLUICE_GROUP=$2 SLUICE_HTTP_ADDR=127.0.0.1:$http SLUICE_REDIS_PREFIX=bench:$port:$1: \
-    "$sluice" run "$3" >"$out/host-$1.log" 2>&1 &
+pipeline() { # mode group pipeline-file [name] -> "records/s cpu rss broker-cpu redis-cpu"
+  local http name=${4:-$1}; http=$(free_port)
+  SLUICE_DELIVERY=$1 SLUICE_GROUP=$2 SLUICE_HTTP_ADDR=127.0.0.1:$http SLUICE_REDIS_PREFIX=bench:$port:$name: \
+    "$sluice" run "$3" >"$out/host-$name.log" 2>&1 &
   host=$!
   local ready="" end
   until curl -fs "localhost:$http/ready" >/dev/null 2>&1; do sleep 0.05; done
   ready=$(date +%s%N)
   local before; before=$(peers)
   until [ "$(curl -fs "localhost:$http/metrics" | awk '$1=="sluice_records_in_total"{print $2}')" = "$count" ]; do
-    kill -0 "$host" || { echo "benchmark: the host died, see $out/host-$1.log" >&2; exit 1; }
+    kill -0 "$host" || { echo "benchmark: the host died, see $out/host-$name.log" >&2; exit 1; }
     sleep 0.05
   done
   end=$(date +%s%N)
@@ -103,6 +105,21 @@ echo "benchmark: at-least-once $alo_rate records/s" >&2
 pipeline exactly-once bench-eo pipeline.toml >"$out/exactly-once.txt"
 read -r eo_rate eo_cpu eo_rss eo_broker eo_redis <"$out/exactly-once.txt"
 echo "benchmark: exactly-once $eo_rate records/s" >&2
+# The same with every order also upserted into PostgreSQL (orders, and revenue per day).
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
+pg_rate=""
+if command -v psql >/dev/null && psql "$DATABASE_URL" -qc 'select 1' >/dev/null 2>&1; then
+  export SLUICE_PG_SCHEMA=bench_$port
+  psql "$DATABASE_URL" -qc "create schema $SLUICE_PG_SCHEMA"
+  pipeline exactly-once bench-pg examples/warehouse.toml postgres >"$out/postgres.txt"
+  read -r pg_rate pg_cpu pg_rss pg_broker pg_redis <"$out/postgres.txt"
+  pg_rows=$(psql "$DATABASE_URL" -tAc "select count(*) from $SLUICE_PG_SCHEMA.orders")
+  psql "$DATABASE_URL" -qc "drop schema $SLUICE_PG_SCHEMA cascade" \
+    -c "delete from sluice_fences where target like '\"$SLUICE_PG_SCHEMA\".%'"
+  echo "benchmark: exactly-once with PostgreSQL tables $pg_rate records/s ($pg_rows order rows)" >&2
+else
+  echo "benchmark: no PostgreSQL at $DATABASE_URL: the table outputs are not measured" >&2
+fi
 
 # 3. Latency at half the at-least-once rate (500/s in quick mode) for 20 s (the first
 # second, the sender's own start, left out),
@@ -134,7 +151,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
   echo "| native pass-through | $pass_rate | $(ratio "$pass_rate" "$raw_rate") | 1.00 | ${pass_usage% *} | ${pass_peers% *} | ${pass_peers#* } | ${pass_usage#* } |"
   echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$raw_rate") | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_broker | $alo_redis | $alo_rss |"
   echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$raw_rate") | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_broker | $eo_redis | $eo_rss |"
+  [ -z "$pg_rate" ] ||
+    echo "| pipeline + PostgreSQL tables, exactly-once | $pg_rate | $(ratio "$pg_rate" "$raw_rate") | $(ratio "$pg_rate" "$pass_rate") | $pg_cpu | $pg_broker | $pg_redis | $pg_rss |"
   echo
+  [ -z "$pg_rate" ] ||
+    echo "With PostgreSQL tables, exactly-once keeps $(ratio "$pg_rate" "$eo_rate") of its Kafka-only rate (target 0.7)."
   echo "Against the raw copy: pass-through $(ratio "$pass_rate" "$raw_rate") (target 0.7)," \
     "at-least-once $(ratio "$alo_rate" "$raw_rate") (target 0.5), exactly-once $(ratio "$eo_rate" "$raw_rate") (target 0.4)."
   echo "Latency at $rate records/s (half the at-least-once rate), $measured records: p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms, max $max ms."
@@ -145,5 +166,7 @@ if [ -n "$quick" ]; then
   [ "$(awk '{print $3}' "$out/raw.txt")" -ge "$count" ] || { echo "benchmark: the raw copy fell short" >&2; exit 1; }
   [ "$(awk '{print $2}' "$out/passthrough.txt")" -ge "$count" ] || { echo "benchmark: pass-through fell short" >&2; exit 1; }
   [ "$measured" -ge $(( stamped * 7 / 10 )) ] || { echo "benchmark: latency saw $measured of $stamped records" >&2; exit 1; }
+  [ -z "$pg_rate" ] || [ "$pg_rows" -gt $(( count * 9 / 10 )) ] ||
+    { echo "benchmark: $pg_rows order rows in PostgreSQL for $count orders" >&2; exit 1; }
   echo "benchmark: quick mode ok" >&2
 fi

@@ -18,7 +18,9 @@
 //! - [`kafka`]: the consumer-group source and the producer sink.
 //! - [`lookup`]: lookup tables: the trait plugins' lookups are served by, the
 //!   cache with a time-to-live per table, in-memory and offline tables.
-//! - [`redis`]: lookup rows from Redis hashes, and effects.
+//! - [`redis`]: lookup rows from Redis hashes, effects, and what HTTP
+//!   sources remember.
+//! - [`http_source`]: HTTP JSON APIs polled into topics.
 //! - [`postgres`]: the table outputs, upserted behind an offset fence.
 //! - [`run`]: the composition root: wires the source, the chain, Redis and
 //!   the admin API, and runs the consume -> process -> apply -> deliver loop.
@@ -40,6 +42,7 @@ pub mod config;
 pub mod delivery;
 pub mod engine;
 pub mod http;
+pub mod http_source;
 pub mod kafka;
 pub mod lookup;
 pub mod metrics;

@@ -125,6 +125,8 @@ pub struct Metrics {
     topics_in: Mutex<BTreeMap<String, u64>>,
     topics_out: Mutex<BTreeMap<String, u64>>,
     tables_out: Mutex<BTreeMap<String, u64>>,
+    /// Per HTTP source: polls by result, objects by outcome.
+    http_sources: Mutex<BTreeMap<String, HttpSourceTotals>>,
     batch_sizes: BatchSizes,
     errors: Mutex<BTreeMap<&'static str, u64>>,
     /// Per partition: the next offset to process, and the broker's last
@@ -206,6 +208,25 @@ impl Metrics {
             t.latency.observe(s.elapsed.as_secs_f64());
             t.memory_bytes = s.memory_bytes;
         }
+    }
+
+    /// Counts a poll of the HTTP source `name`.
+    pub fn record_http_poll(&self, name: &str, poll: &crate::http_source::Poll) {
+        let mut sources = self.http_sources.lock().expect("metrics lock");
+        let totals = sources.entry(name.to_string()).or_default();
+        if poll.not_modified {
+            totals.polls[1] += 1;
+        } else {
+            totals.polls[0] += 1;
+        }
+        totals.objects[0] += poll.produced as u64;
+        totals.objects[1] += poll.duplicates as u64;
+        totals.objects[2] += poll.without_id as u64;
+    }
+
+    /// Counts a failed poll of the HTTP source `name`.
+    pub fn record_http_poll_error(&self, name: &str) {
+        self.http_sources.lock().expect("metrics lock").entry(name.to_string()).or_default().polls[2] += 1;
     }
 
     /// Counts an error talking to `peer` (`kafka`, `redis` or `postgres`).
@@ -347,6 +368,7 @@ impl Metrics {
             topics_in: self.topics_in.lock().expect("metrics lock").clone(),
             topics_out: self.topics_out.lock().expect("metrics lock").clone(),
             tables_out: self.tables_out.lock().expect("metrics lock").clone(),
+            http_sources: self.http_sources.lock().expect("metrics lock").clone(),
             batch_sizes: self.batch_sizes.0.clone(),
             lag: self.lag(),
             errors: ["kafka", "redis", "postgres"].map(|peer| (peer, errors.get(peer).copied().unwrap_or(0))),
@@ -375,6 +397,20 @@ fn reason_label<'a>(reasons: &BTreeMap<String, u64>, reason: &'a Reason) -> &'a 
 /// A topic's partition.
 type Partition = (String, i32);
 
+/// The counts of one HTTP source.
+#[derive(Debug, Clone, Default)]
+struct HttpSourceTotals {
+    /// By [`Self::POLLS`].
+    polls: [u64; 3],
+    /// By [`Self::OBJECTS`].
+    objects: [u64; 3],
+}
+
+impl HttpSourceTotals {
+    const POLLS: [&'static str; 3] = ["ok", "not_modified", "error"];
+    const OBJECTS: [&'static str; 3] = ["produced", "duplicate", "without_id"];
+}
+
 /// A partition's next offset to process, and the broker's last stable
 /// offset.
 type Position = (Option<i64>, Option<i64>);
@@ -399,6 +435,7 @@ struct Scrape {
     topics_in: BTreeMap<String, u64>,
     topics_out: BTreeMap<String, u64>,
     tables_out: BTreeMap<String, u64>,
+    http_sources: BTreeMap<String, HttpSourceTotals>,
     batch_sizes: Histogram,
     lag: BTreeMap<(String, i32), i64>,
     errors: [(&'static str, u64); 3],
@@ -497,6 +534,18 @@ impl Collector for Scrape {
             "Rows of handled records upserted into PostgreSQL tables, by table (`[tables.NAME]`).",
             rows,
         )?;
+        let polls = self.http_sources.iter().flat_map(|(source, t)| {
+            let results = HttpSourceTotals::POLLS.iter().zip(t.polls);
+            results.map(move |(result, n)| ([("source", source.as_str()), ("result", result)], ConstCounter::new(n)))
+        });
+        family(e, "sluice_http_source_polls", "Polls of an HTTP source, by result (ok, not_modified, error).", polls)?;
+        let objects = self.http_sources.iter().flat_map(|(source, t)| {
+            let outcomes = HttpSourceTotals::OBJECTS.iter().zip(t.objects);
+            outcomes
+                .map(move |(outcome, n)| ([("source", source.as_str()), ("outcome", outcome)], ConstCounter::new(n)))
+        });
+        let help = "Objects an HTTP source returned, by outcome (produced, duplicate, without_id).";
+        family(e, "sluice_http_source_objects", help, objects)?;
         single(e, "sluice_batch_records", "Records per batch.", self.batch_sizes.clone())?;
         let lag = self.lag.iter().map(|((topic, partition), lag)| {
             (([("topic", topic.as_str())], [("partition", *partition)]), ConstGauge::new(*lag))

@@ -116,6 +116,15 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     let status_line = on_terminal.then(|| tokio::spawn(status_line(metrics.clone())));
     let watcher = tokio::spawn(reload::watch(watched, requests));
 
+    let sources: Vec<_> = config
+        .http_sources
+        .keys()
+        .map(|name| {
+            let source = crate::http_source::HttpSource::new(name, &config, metrics.clone())?;
+            tracing::info!(source = %name, topic = %config.http_sources[name].topic, "polling an HTTP source");
+            Ok(tokio::spawn(source.run(stop_rx.clone())))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let live_config = config.clone();
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
     adopt_group_fences(&mut effects, &config).await;
@@ -154,6 +163,9 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     metrics.ready.store(false, Ordering::Relaxed);
     watcher.abort();
     reloads.abort();
+    for source in sources {
+        source.abort();
+    }
     if let Some(task) = status_line {
         task.abort();
     }

@@ -4,11 +4,13 @@
 //! that name the key and its line. [`PipelineConfig::validate`] then checks
 //! what spans several keys (stage names, lookup references, routes).
 
+mod http_source;
 mod interpolate;
 pub mod redact;
 mod stage;
 mod table;
 
+pub use http_source::{CursorConfig, HttpSourceConfig};
 pub use interpolate::interpolate;
 pub use stage::{CanaryConfig, FailurePolicy, Limits, StageConfig};
 pub use table::{ColumnConfig, OutputConfig, TYPES, TableConfig};
@@ -83,6 +85,9 @@ pub struct PipelineConfig {
     /// PostgreSQL tables outputs may be upserted into, by name.
     #[serde(default)]
     pub tables: BTreeMap<String, TableConfig>,
+    /// HTTP JSON APIs polled into topics, by name.
+    #[serde(default)]
+    pub http_sources: BTreeMap<String, HttpSourceConfig>,
     /// Where records that cannot be processed go, with their reason.
     pub dead_letter: TopicConfig,
     /// Lookup tables served from Redis hashes, by table name.
@@ -414,6 +419,7 @@ impl PipelineConfig {
         check("admin", self.admin == next.admin);
         check("report", self.report == next.report);
         check("tables", self.tables == next.tables);
+        check("http_sources", self.http_sources == next.http_sources);
         keys
     }
 }
@@ -487,6 +493,9 @@ impl PipelineConfig {
             table.check(name).map_err(whole)?;
         }
         self.output.check("output", &self.tables).map_err(whole)?;
+        for (name, source) in &self.http_sources {
+            source.check(name).map_err(whole)?;
+        }
         non_empty("dead_letter.topic", &self.dead_letter.topic)?;
         if self.source.topics.is_empty() {
             return Err(whole("`source.topics` must name at least one topic".into()));

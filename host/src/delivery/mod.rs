@@ -298,6 +298,11 @@ impl Backoff {
         Self { delay: MIN_BACKOFF, waited: Duration::ZERO }
     }
 
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        self.next()
+    }
+
     fn next(&mut self) -> Duration {
         let delay = self.delay;
         self.waited += delay;

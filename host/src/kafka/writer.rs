@@ -97,6 +97,16 @@ impl Writer {
         Ok(written)
     }
 
+    /// Writes `records` together and waits for every acknowledgement; the
+    /// first error, if any.
+    pub async fn write_records(&self, records: &[Produce]) -> KafkaResult<()> {
+        let sends = records.iter().map(|r| self.0.send(future_record(r), Timeout::After(WRITE_TIMEOUT)));
+        for result in join_all(sends).await {
+            result.map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+
     /// Waits until every record sent is acknowledged.
     pub fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         self.0.flush(Timeout::After(timeout))

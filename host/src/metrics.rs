@@ -171,8 +171,13 @@ impl Metrics {
         }
         if !result.rows.is_empty() {
             let mut tables = self.tables_out.lock().expect("metrics lock");
-            for (_, _, row) in &result.rows {
-                *tables.entry(row.table.to_string()).or_default() += 1;
+            for table in result.rows.iter().flat_map(|(_, _, row)| row.tables.iter()) {
+                match tables.get_mut(&**table) {
+                    Some(n) => *n += 1,
+                    None => {
+                        tables.insert(table.to_string(), 1);
+                    }
+                }
             }
         }
         self.records_out.fetch_add(result.outputs.len() as u64, Ordering::Relaxed);

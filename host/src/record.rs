@@ -57,11 +57,12 @@ pub struct Produce {
     pub headers: Vec<Header>,
 }
 
-/// A row for a PostgreSQL table (`[tables.NAME]`): an output routed to it.
+/// Rows for PostgreSQL tables (`[tables.NAME]`): an output routed to them,
+/// one row in each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
-    /// The `[tables.NAME]` name.
-    pub table: Arc<str>,
+    /// The `[tables.NAME]` names.
+    pub tables: Arc<[Arc<str>]>,
     /// The output's key.
     pub key: Option<Vec<u8>>,
     /// The output's value.

@@ -382,8 +382,12 @@ impl Chain {
                                     continue;
                                 }
                             };
-                            for table in target.tables.iter() {
-                                let row = Row { table: table.clone(), key: out.key.clone(), value: out.value.clone() };
+                            if !target.tables.is_empty() {
+                                let row = Row {
+                                    tables: target.tables.clone(),
+                                    key: out.key.clone(),
+                                    value: out.value.clone(),
+                                };
                                 rows.push((origin, index, row));
                             }
                             let Some(topic) = target.topic else { continue };

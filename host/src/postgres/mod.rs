@@ -131,12 +131,14 @@ impl Tables {
     }
 
     /// Writes `rows` (of records of `batch`: record index, stage index,
-    /// row) to their tables, behind the fence.
+    /// rows) to their tables, behind the fence.
     pub async fn write(&mut self, batch: &Batch, rows: &[(usize, usize, Row)]) -> Result<Written, Unavailable> {
         let mut written = Written { fences_before: vec![-1; batch.spans().len()], ..Written::default() };
         for server in &mut self.servers {
-            let mine: Vec<&(usize, usize, Row)> =
-                rows.iter().filter(|(_, _, row)| server.tables.iter().any(|t| *t.name == *row.table)).collect();
+            let mine: Vec<&(usize, usize, Row)> = rows
+                .iter()
+                .filter(|(_, _, row)| row.tables.iter().any(|name| server.tables.iter().any(|t| *t.name == **name)))
+                .collect();
             if mine.is_empty() {
                 continue;
             }
@@ -210,6 +212,16 @@ fn partitions(batch: &Batch) -> Vec<(String, i32, i64)> {
     batch.spans().iter().map(|s| (s.topic.clone(), s.partition, s.last)).collect()
 }
 
+/// A row ready to send: its record and stage, its table (index in the
+/// server's tables), its object as JSON text and its key's text.
+struct Pending {
+    record: usize,
+    stage: usize,
+    table: usize,
+    object: String,
+    key: String,
+}
+
 /// One transaction: locks the fences of `tables` for the batch's
 /// partitions, writes the rows of the records past them (together, or with
 /// `one_by_one` each record in a savepoint, leaving out those refused),
@@ -223,38 +235,58 @@ async fn write_rows(
 ) -> Result<Written, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let fences = lock_fences(&tx, tables, batch).await?;
-    let before = |span: &crate::record::Span| {
-        let of_span =
-            fences.iter().filter(|((_, topic, partition), _)| *topic == span.topic && *partition == span.partition);
-        of_span.map(|(_, &at)| at).max().unwrap_or(-1)
-    };
-    let mut written = Written { fences_before: batch.spans().iter().map(before).collect(), ..Written::default() };
-    // Per table, the rows of the records past its fence, as row objects.
-    let mut pending: Vec<(usize, usize, &TableSql, Value)> = Vec::new();
+    // fence[table][span]: the last offset written of that partition.
+    let fence: Vec<Vec<i64>> = tables
+        .iter()
+        .map(|t| {
+            let of = |s: &crate::record::Span| (t.qualified.clone(), s.topic.clone(), s.partition);
+            batch.spans().iter().map(|s| fences.get(&of(s)).copied().unwrap_or(-1)).collect()
+        })
+        .collect();
+    let fences_before = (0..batch.spans().len()).map(|i| fence.iter().map(|f| f[i]).max().unwrap_or(-1)).collect();
+    let mut written = Written { fences_before, ..Written::default() };
+    let mut pending: Vec<Pending> = Vec::with_capacity(rows.len());
     for (n, (record, stage, row)) in rows.iter().enumerate() {
-        let table = tables.iter().find(|t| *t.name == *row.table).expect("rows of this server's tables");
-        let source = &batch.records()[*record];
-        let behind = fences.get(&(table.qualified.clone(), source.topic.clone(), source.partition));
-        if behind.is_some_and(|&at| source.offset <= at) {
-            written.skipped += 1;
+        let (record, stage) = (*record, *stage);
+        let source = &batch.records()[record];
+        let span = batch.span_of(record);
+        let mine = tables.iter().enumerate().filter(|(_, t)| row.tables.iter().any(|name| **name == *t.name));
+        let past: Vec<(usize, &TableSql)> = mine
+            .filter(|(i, _)| {
+                let behind = source.offset <= fence[*i][span];
+                written.skipped += usize::from(behind);
+                !behind
+            })
+            .collect();
+        if past.is_empty() {
             continue;
         }
-        match table.row(row, n) {
-            Ok(object) => pending.push((*record, *stage, table, object)),
-            Err(message) => written.refused.push(Refused { record: *record, stage: *stage, message }),
+        let value: Value = match serde_json::from_slice(&row.value) {
+            Ok(value) => value,
+            Err(e) => {
+                let message = format!("table `{}`: the output is not JSON: {e}", past[0].1.name);
+                written.refused.push(Refused { record, stage, message });
+                continue;
+            }
+        };
+        for (table, sql) in past {
+            let (mut object, mut key) = (String::new(), String::new());
+            match sql.row(row.key.as_deref(), &value, &row.value, n, &mut object, &mut key) {
+                Ok(()) => pending.push(Pending { record, stage, table, object, key }),
+                Err(message) => written.refused.push(Refused { record, stage, message }),
+            }
         }
     }
     let refused: Vec<usize> = written.refused.iter().map(|r| r.record).collect();
-    pending.retain(|(record, ..)| !refused.contains(record));
+    pending.retain(|p| !refused.contains(&p.record));
     if one_by_one {
-        let mut records: Vec<usize> = pending.iter().map(|(record, ..)| *record).collect();
+        let mut records: Vec<usize> = pending.iter().map(|p| p.record).collect();
         records.sort_unstable();
         records.dedup();
         for record in records {
-            let of_record: Vec<&(usize, usize, &TableSql, Value)> =
-                pending.iter().filter(|(r, ..)| *r == record).collect();
+            let of_record: Vec<&Pending> = pending.iter().filter(|p| p.record == record).collect();
             tx.batch_execute("SAVEPOINT sluice_record").await?;
-            match upsert(&tx, tables, &of_record).await {
+            match upsert(&tx, tables, &of_record, true).await {
                 Ok(n) => {
                     written.rows += n;
                     tx.batch_execute("RELEASE SAVEPOINT sluice_record").await?;
@@ -264,36 +296,50 @@ async fn write_rows(
                     let db = e.as_db_error().expect("a data error comes from the server");
                     let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
                     let message = format!("table `{table}`: {}{detail}", db.message());
-                    written.refused.push(Refused { record, stage: of_record[0].1, message });
+                    written.refused.push(Refused { record, stage: of_record[0].stage, message });
                 }
                 Err((_, e)) => return Err(e),
             }
         }
     } else {
-        let all: Vec<&(usize, usize, &TableSql, Value)> = pending.iter().collect();
-        written.rows += upsert(&tx, tables, &all).await.map_err(|(_, e)| e)?;
+        let all: Vec<&Pending> = pending.iter().collect();
+        written.rows += upsert(&tx, tables, &all, false).await.map_err(|(_, e)| e)?;
     }
     move_fences(&tx, tables, batch).await?;
     tx.commit().await?;
     Ok(written)
 }
 
-/// Upserts `rows` (record, stage, table, row object), one statement per
-/// table; the number of rows sent, or the table that failed and why.
+/// Upserts `rows`, one statement per table (merging rows of the same key,
+/// with `merge` or when a key may repeat); the number of rows sent, or the
+/// table that failed and why.
 async fn upsert<'t>(
     tx: &Transaction<'_>,
     tables: &'t [TableSql],
-    rows: &[&(usize, usize, &TableSql, Value)],
+    rows: &[&Pending],
+    merge: bool,
 ) -> Result<usize, (&'t str, tokio_postgres::Error)> {
     let mut sent = 0;
-    for table in tables {
-        let objects: Vec<&Value> = rows.iter().filter(|(_, _, t, _)| t.name == table.name).map(|r| &r.3).collect();
-        if objects.is_empty() {
+    for (i, table) in tables.iter().enumerate() {
+        let of_table: Vec<&&Pending> = rows.iter().filter(|p| p.table == i).collect();
+        if of_table.is_empty() {
             continue;
         }
-        let array = Value::Array(objects.iter().map(|v| (*v).clone()).collect());
-        tx.execute(&table.upsert, &[&array]).await.map_err(|e| (table.name.as_str(), e))?;
-        sent += objects.len();
+        let mut array = String::with_capacity(of_table.iter().map(|p| p.object.len() + 1).sum::<usize>() + 2);
+        array.push('[');
+        let mut keys = std::collections::HashSet::with_capacity(of_table.len());
+        let mut repeats = merge || !table.text_keys;
+        for (n, p) in of_table.iter().enumerate() {
+            if n > 0 {
+                array.push(',');
+            }
+            array.push_str(&p.object);
+            repeats |= !keys.insert(p.key.as_str());
+        }
+        array.push(']');
+        let statement = if repeats { &table.merging_upsert } else { &table.upsert };
+        tx.execute(statement, &[&array]).await.map_err(|e| (table.name.as_str(), e))?;
+        sent += of_table.len();
     }
     Ok(sent)
 }

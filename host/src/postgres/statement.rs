@@ -1,17 +1,18 @@
 //! The SQL of a table output, built once from its `[tables.NAME]` entry:
 //! the upsert of a batch's rows, the table's creation, and a row's JSON.
 //!
-//! A batch's rows go to PostgreSQL as one `jsonb` parameter, an array of
-//! objects with one field per column; `jsonb_to_recordset` gives them their
-//! SQL types on the server. Rows of the same key are merged in the same
-//! statement (`GROUP BY` the key: the last row's value, or the sum of an
-//! `add` column), since one `INSERT ... ON CONFLICT` may not touch a row
-//! twice. Every name in the SQL was checked to be a plain identifier when
+//! A batch's rows go to PostgreSQL as one parameter, the JSON text of an
+//! array of objects with one field per column, written directly from the
+//! output's bytes (a `$value` column copies them as they are);
+//! `json_to_recordset` gives them their SQL types on the server. When keys
+//! repeat within the batch, the rows of a key are merged in the statement
+//! (`GROUP BY` the key: the last row's value, or the sum of an `add`
+//! column), since one `INSERT ... ON CONFLICT` may not touch a row twice. Every name in the SQL was checked to be a plain identifier when
 //! the pipeline was loaded, and every type is one of a fixed list.
 
 use crate::config::{ColumnConfig, TableConfig};
-use crate::record::Row;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use std::fmt::Write as _;
 
 /// The field of each row object that orders the rows of a batch.
 const ORDER: &str = "_sluice_n";
@@ -38,8 +39,15 @@ pub struct TableSql {
     pub qualified: String,
     /// `CREATE TABLE IF NOT EXISTS ...`, if the table is to be created.
     pub create: Option<String>,
-    /// The upsert of a batch: `$1` is the array of row objects.
+    /// The upsert of a batch whose keys are all different: `$1` is the
+    /// JSON text of the array of row objects.
     pub upsert: String,
+    /// The upsert of a batch where a key may repeat, merging its rows.
+    pub merging_upsert: String,
+    /// Whether every key column is `text`, so that the host can tell when
+    /// keys repeat (other types may make one value of different JSON, as a
+    /// `date` does of two times of one day).
+    pub text_keys: bool,
     columns: Vec<(String, Source)>,
     key: Vec<String>,
 }
@@ -55,7 +63,7 @@ impl TableSql {
         let columns: Vec<(&String, &ColumnConfig)> = config.columns.iter().collect();
         let names: Vec<String> = columns.iter().map(|(n, _)| quote(n)).collect();
         let keys: Vec<String> = config.key.iter().map(|k| quote(k)).collect();
-        let selects: Vec<String> = columns
+        let merged: Vec<String> = columns
             .iter()
             .map(|(n, c)| match (config.key.contains(n), c.add) {
                 (true, _) => quote(n),
@@ -76,14 +84,15 @@ impl TableSql {
             true => "DO NOTHING".to_string(),
             false => format!("DO UPDATE SET {}", sets.join(", ")),
         };
+        let (names, types, keys) = (names.join(", "), types.join(", "), keys.join(", "));
+        let rows = format!("json_to_recordset($1::text::json) AS r({types}, \"{ORDER}\" bigint)");
         let upsert = format!(
-            "INSERT INTO {table} AS \"target\" ({}) SELECT {} FROM jsonb_to_recordset($1::jsonb) AS r({}, \"{ORDER}\" \
-             bigint) GROUP BY {} ON CONFLICT ({}) {on_conflict}",
-            names.join(", "),
-            selects.join(", "),
-            types.join(", "),
-            keys.join(", "),
-            keys.join(", "),
+            "INSERT INTO {table} AS \"target\" ({names}) SELECT {names} FROM {rows} ON CONFLICT ({keys}) {on_conflict}"
+        );
+        let merging_upsert = format!(
+            "INSERT INTO {table} AS \"target\" ({names}) SELECT {} FROM {rows} GROUP BY {keys} ON CONFLICT ({keys}) \
+             {on_conflict}",
+            merged.join(", "),
         );
         let create = config.create.then(|| {
             let defs: Vec<String> = columns
@@ -93,7 +102,7 @@ impl TableSql {
                     format!("{} {}{not_null}", quote(n), c.sql_type)
                 })
                 .collect();
-            format!("CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({}))", defs.join(", "), keys.join(", "))
+            format!("CREATE TABLE IF NOT EXISTS {table} ({}, PRIMARY KEY ({keys}))", defs.join(", "))
         });
         let columns = columns
             .iter()
@@ -108,37 +117,44 @@ impl TableSql {
                 (n.to_string(), source)
             })
             .collect();
-        Self { name: name.to_string(), qualified: table, create, upsert, columns, key: config.key.clone() }
+        Self {
+            name: name.to_string(),
+            qualified: table,
+            create,
+            upsert,
+            merging_upsert,
+            text_keys: config.key.iter().all(|k| config.columns[k].sql_type == "text"),
+            columns,
+            key: config.key.clone(),
+        }
     }
 
-    /// The row object of `row`, the `n`th of its batch, or why it cannot be
-    /// one (its value is not JSON, a key column would be null).
-    pub fn row(&self, row: &Row, n: usize) -> Result<Value, String> {
-        let mut parsed: Option<Value> = None;
-        let mut object = Map::with_capacity(self.columns.len() + 1);
+    /// Appends the row object of an output (its `key`, its `value` as
+    /// JSON and as the bytes it was parsed from), the `n`th of its batch, to
+    /// `out` as JSON text, and its key's text (as a `text` column holds it)
+    /// to `key_text`; or says why it
+    /// cannot be a row (a key column would be null).
+    pub fn row(
+        &self,
+        key: Option<&[u8]>,
+        value: &Value,
+        raw: &[u8],
+        n: usize,
+        out: &mut String,
+        key_text: &mut String,
+    ) -> Result<(), String> {
+        let start = out.len();
+        out.push('{');
         for (column, source) in &self.columns {
-            let value = match source {
-                Source::Key => match &row.key {
-                    Some(key) => Value::String(String::from_utf8_lossy(key).into_owned()),
-                    None => Value::Null,
-                },
-                Source::Const(value) => value.clone(),
-                Source::Value | Source::Field(_) => {
-                    if parsed.is_none() {
-                        let value = serde_json::from_slice(&row.value)
-                            .map_err(|e| format!("table `{}`: the output is not JSON: {e}", self.name))?;
-                        parsed = Some(value);
-                    }
-                    let value = parsed.as_ref().expect("parsed above");
-                    match source {
-                        Source::Field(path) => {
-                            path.iter().try_fold(value, |v, f| v.get(f)).cloned().unwrap_or_default()
-                        }
-                        _ => value.clone(),
-                    }
-                }
+            let found = match source {
+                Source::Key => key.map(|k| Value::String(String::from_utf8_lossy(k).into_owned())),
+                Source::Const(value) => Some(value.clone()),
+                Source::Field(path) => path.iter().try_fold(value, |v, f| v.get(f)).filter(|v| !v.is_null()).cloned(),
+                Source::Value => None,
             };
-            if value.is_null() && self.key.contains(column) {
+            let is_key = self.key.contains(column);
+            if found.is_none() && is_key && *source != Source::Value {
+                out.truncate(start);
                 return Err(format!(
                     "table `{}`: key column `{column}` would be null ({})",
                     self.name,
@@ -149,10 +165,26 @@ impl TableSql {
                     }
                 ));
             }
-            object.insert(column.clone(), value);
+            // Column names are plain identifiers: no escaping needed.
+            let _ = write!(out, "\"{column}\":");
+            let text: std::borrow::Cow<'_, str> = match (source, found) {
+                // The bytes parsed as JSON above are JSON text.
+                (Source::Value, _) => std::str::from_utf8(raw).unwrap_or("null").into(),
+                (_, Some(found)) => found.to_string().into(),
+                (_, None) => "null".into(),
+            };
+            out.push_str(&text);
+            out.push(',');
+            if is_key {
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(Value::String(s)) => key_text.push_str(&s),
+                    _ => key_text.push_str(&text),
+                }
+                key_text.push('\0');
+            }
         }
-        object.insert(ORDER.into(), Value::from(n));
-        Ok(Value::Object(object))
+        let _ = write!(out, "\"{ORDER}\":{n}}}");
+        Ok(())
     }
 }
 
@@ -177,17 +209,23 @@ mod tests {
     }
 
     #[test]
-    fn the_upsert_merges_a_batch_by_key_and_adds_or_replaces_on_conflict() {
+    fn the_upsert_adds_or_replaces_on_conflict_and_merges_a_batch_by_key_when_keys_repeat() {
         let sql = TableSql::new("daily", &daily());
+        let columns = "\"day\", \"last_order\", \"orders\", \"revenue_cents\", \"source\"";
+        let rows = "json_to_recordset($1::text::json) AS r(\"day\" date, \"last_order\" text, \"orders\" bigint, \
+                    \"revenue_cents\" bigint, \"source\" text, \"_sluice_n\" bigint)";
+        let conflict = "ON CONFLICT (\"day\", \"source\") DO UPDATE SET \"last_order\" = excluded.\"last_order\", \
+                        \"orders\" = \"target\".\"orders\" + excluded.\"orders\", \"revenue_cents\" = \
+                        \"target\".\"revenue_cents\" + excluded.\"revenue_cents\"";
+        let table = "INSERT INTO \"mart\".\"daily_revenue\" AS \"target\"";
+        assert_eq!(sql.upsert, format!("{table} ({columns}) SELECT {columns} FROM {rows} {conflict}"));
         assert_eq!(
-            sql.upsert,
-            "INSERT INTO \"mart\".\"daily_revenue\" AS \"target\" (\"day\", \"last_order\", \"orders\", \
-             \"revenue_cents\", \"source\") SELECT \"day\", (array_agg(\"last_order\" ORDER BY \"_sluice_n\" DESC))[1], \
-             sum(\"orders\")::bigint, sum(\"revenue_cents\")::bigint, \"source\" FROM jsonb_to_recordset($1::jsonb) AS \
-             r(\"day\" date, \"last_order\" text, \"orders\" bigint, \"revenue_cents\" bigint, \"source\" text, \
-             \"_sluice_n\" bigint) GROUP BY \"day\", \"source\" ON CONFLICT (\"day\", \"source\") DO UPDATE SET \
-             \"last_order\" = excluded.\"last_order\", \"orders\" = \"target\".\"orders\" + excluded.\"orders\", \
-             \"revenue_cents\" = \"target\".\"revenue_cents\" + excluded.\"revenue_cents\""
+            sql.merging_upsert,
+            format!(
+                "{table} ({columns}) SELECT \"day\", (array_agg(\"last_order\" ORDER BY \"_sluice_n\" DESC))[1], \
+                 sum(\"orders\")::bigint, sum(\"revenue_cents\")::bigint, \"source\" FROM {rows} GROUP BY \"day\", \
+                 \"source\" {conflict}"
+            )
         );
         assert_eq!(
             sql.create.as_deref(),
@@ -198,30 +236,51 @@ mod tests {
         );
     }
 
+    fn row(sql: &TableSql, key: Option<&[u8]>, raw: &[u8]) -> Result<(String, String), String> {
+        let value: Value = serde_json::from_slice(raw).unwrap();
+        let (mut object, mut key_text) = (String::new(), String::new());
+        sql.row(key, &value, raw, 7, &mut object, &mut key_text)?;
+        Ok((object, key_text))
+    }
+
     #[test]
     fn a_row_takes_fields_the_key_and_constants() {
         let sql = TableSql::new("daily", &daily());
-        let row = Row {
-            table: "daily".into(),
-            key: Some(b"o-1".to_vec()),
-            value: br#"{"ts":"2026-01-05T10:00:00Z","source":"webshop","total_cents":1250}"#.to_vec(),
-        };
-        let object = sql.row(&row, 7).unwrap();
+        let raw = br#"{"ts":"2026-01-05T10:00:00Z","source":"webshop","total_cents":1250}"#;
+        let (object, key) = row(&sql, Some(b"o-1"), raw).unwrap();
+        let object: Value = serde_json::from_str(&object).unwrap();
         assert_eq!(
             object,
             serde_json::json!({"day": "2026-01-05T10:00:00Z", "source": "webshop", "revenue_cents": 1250,
                 "orders": 1, "last_order": "o-1", "_sluice_n": 7})
         );
+        assert_eq!(key, "2026-01-05T10:00:00Z\0webshop\0");
+        assert!(!sql.text_keys, "a date key may repeat whatever the JSON says");
     }
 
     #[test]
-    fn a_row_without_its_key_or_of_a_value_that_is_not_json_is_refused_with_the_reason() {
+    fn a_value_column_takes_the_bytes_as_they_are() {
+        let config: TableConfig = toml::from_str(
+            r#"
+            url = "postgres://localhost/test"
+            key = ["id"]
+            columns.id = { field = "id", type = "text" }
+            columns.doc = { field = "$value", type = "jsonb" }
+            "#,
+        )
+        .unwrap();
+        let raw = br#"{"id": "a\"b", "n": 1.50, "s": "\u00e9"}"#;
+        let (object, _) = row(&TableSql::new("docs", &config), None, raw).unwrap();
+        assert_eq!(object, format!(r#"{{"doc":{},"id":"a\"b","_sluice_n":7}}"#, std::str::from_utf8(raw).unwrap()));
+    }
+
+    #[test]
+    fn a_row_without_its_key_is_refused_with_the_reason() {
         let sql = TableSql::new("daily", &daily());
-        let row = |value: &[u8]| Row { table: "daily".into(), key: None, value: value.to_vec() };
-        let err = sql.row(&row(br#"{"source":"webshop","total_cents":1}"#), 0).unwrap_err();
+        let err = row(&sql, None, br#"{"source":"webshop","total_cents":1}"#).unwrap_err();
         assert_eq!(err, "table `daily`: key column `day` would be null (no field `ts`)");
-        let err = sql.row(&row(b"{oops"), 0).unwrap_err();
-        assert!(err.starts_with("table `daily`: the output is not JSON: "), "{err}");
+        let err = row(&sql, None, br#"{"ts":null,"source":"webshop"}"#).unwrap_err();
+        assert_eq!(err, "table `daily`: key column `day` would be null (no field `ts`)");
     }
 
     #[test]

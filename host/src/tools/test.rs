@@ -252,10 +252,10 @@ fn describe(first: usize, len: usize, result: &crate::pipeline::BatchResult) -> 
         }
         per_record[*origin].push((Value::Object(line), Some(String::from_utf8_lossy(&out.value).into_owned())));
     }
-    for (origin, _, row) in &result.rows {
+    for (origin, table, row) in result.rows.iter().flat_map(|(o, _, row)| row.tables.iter().map(move |t| (o, t, row))) {
         let mut line = Map::new();
         line.insert("record".into(), json!(first + origin + 1));
-        line.insert("table".into(), json!(&*row.table));
+        line.insert("table".into(), json!(&**table));
         if let Some(key) = &row.key {
             line.insert("key".into(), json!(String::from_utf8_lossy(key)));
         }

@@ -55,11 +55,20 @@ usage() {
 # CPU ticks used so far by the broker and by Redis (0 when not readable).
 redis_pid=$(pgrep -x redis-server | head -n 1 || true)
 ticks_of() { if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo 0; fi; }
-peers() { echo "$(ticks_of "$broker") $(ticks_of "$redis_pid")"; }
-# CPU seconds per million records of the broker and of Redis between two `peers` readings.
+# PostgreSQL's processes come and go (a backend per connection): the ticks of
+# those alive now, their pids with them.
+pg_ticks() { for pid in $(pgrep -x postgres || true); do echo "$pid:$(ticks_of "$pid")"; done | paste -sd, -; }
+peers() { echo "$(ticks_of "$broker") $(ticks_of "$redis_pid") ${1:-$(pg_ticks)}"; }
+# CPU seconds per million records of the broker, Redis and PostgreSQL between
+# two `peers` readings (PostgreSQL: the processes alive at the second one).
 peer_usage() { # before after count
-  awk -v b="$1" -v a="$2" -v t="$ticks" -v c="$3" \
-    'BEGIN { split(b, x, " "); split(a, y, " "); printf "%.1f %.1f", (y[1] - x[1]) / t * 1e6 / c, (y[2] - x[2]) / t * 1e6 / c }'
+  awk -v b="$1" -v a="$2" -v t="$ticks" -v c="$3" '
+    function pg(list, into,   n, i, kv, parts) { n = split(list, parts, ","); for (i = 1; i <= n; i++) { split(parts[i], kv, ":"); into[kv[1]] = kv[2] } }
+    BEGIN {
+      split(b, x, " "); split(a, y, " "); pg(x[3], old); pg(y[3], new)
+      for (pid in new) used += new[pid] - (pid in old ? old[pid] : 0)
+      printf "%.1f %.1f %.1f", (y[1] - x[1]) / t * 1e6 / c, (y[2] - x[2]) / t * 1e6 / c, used / t * 1e6 / c
+    }'
 }
 
 # 0. The raw ceiling: librdkafka alone on one thread, no batches of our own, no commits.
@@ -100,10 +109,10 @@ pipeline() { # mode group pipeline-file [name] -> "records/s cpu rss broker-cpu 
   awk -v c="$count" -v r="$ready" -v e="$end" -v u="$used" 'BEGIN { printf "%.0f %s\n", c / ((e - r) / 1e9), u }'
 }
 pipeline at-least-once bench-alo pipeline.toml >"$out/at-least-once.txt"
-read -r alo_rate alo_cpu alo_rss alo_broker alo_redis <"$out/at-least-once.txt"
+read -r alo_rate alo_cpu alo_rss alo_broker alo_redis alo_pg <"$out/at-least-once.txt"
 echo "benchmark: at-least-once $alo_rate records/s" >&2
 pipeline exactly-once bench-eo pipeline.toml >"$out/exactly-once.txt"
-read -r eo_rate eo_cpu eo_rss eo_broker eo_redis <"$out/exactly-once.txt"
+read -r eo_rate eo_cpu eo_rss eo_broker eo_redis eo_pg <"$out/exactly-once.txt"
 echo "benchmark: exactly-once $eo_rate records/s" >&2
 # The same with every order also upserted into PostgreSQL (orders, and revenue per day).
 export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
@@ -112,7 +121,7 @@ if command -v psql >/dev/null && psql "$DATABASE_URL" -qc 'select 1' >/dev/null 
   export SLUICE_PG_SCHEMA=bench_$port
   psql "$DATABASE_URL" -qc "create schema $SLUICE_PG_SCHEMA"
   pipeline exactly-once bench-pg examples/warehouse.toml postgres >"$out/postgres.txt"
-  read -r pg_rate pg_cpu pg_rss pg_broker pg_redis <"$out/postgres.txt"
+  read -r pg_rate pg_cpu pg_rss pg_broker pg_redis pg_pg <"$out/postgres.txt"
   pg_rows=$(psql "$DATABASE_URL" -tAc "select count(*) from $SLUICE_PG_SCHEMA.orders")
   psql "$DATABASE_URL" -qc "drop schema $SLUICE_PG_SCHEMA cascade" \
     -c "delete from sluice_fences where target like '\"$SLUICE_PG_SCHEMA\".%'"
@@ -145,14 +154,16 @@ echo "benchmark: $(cat "$out/latency.txt") at $rate records/s" >&2
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 {
-  echo "| | records/s | vs raw copy | vs pass-through | CPU s per million: host | broker | Redis | peak RSS MB |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-  echo "| raw copy (librdkafka) | $raw_rate | 1.00 | $(ratio "$raw_rate" "$pass_rate") | ${raw_usage% *} | ${raw_peers% *} | ${raw_peers#* } | ${raw_usage#* } |"
-  echo "| native pass-through | $pass_rate | $(ratio "$pass_rate" "$raw_rate") | 1.00 | ${pass_usage% *} | ${pass_peers% *} | ${pass_peers#* } | ${pass_usage#* } |"
-  echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$raw_rate") | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_broker | $alo_redis | $alo_rss |"
-  echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$raw_rate") | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_broker | $eo_redis | $eo_rss |"
+  read -r raw_broker raw_redis _ <<<"$raw_peers"
+  read -r pass_broker pass_redis _ <<<"$pass_peers"
+  echo "| | records/s | vs raw copy | vs pass-through | CPU s per million: host | broker | Redis | PostgreSQL | peak RSS MB |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| raw copy (librdkafka) | $raw_rate | 1.00 | $(ratio "$raw_rate" "$pass_rate") | ${raw_usage% *} | $raw_broker | $raw_redis | - | ${raw_usage#* } |"
+  echo "| native pass-through | $pass_rate | $(ratio "$pass_rate" "$raw_rate") | 1.00 | ${pass_usage% *} | $pass_broker | $pass_redis | - | ${pass_usage#* } |"
+  echo "| pipeline, at-least-once | $alo_rate | $(ratio "$alo_rate" "$raw_rate") | $(ratio "$alo_rate" "$pass_rate") | $alo_cpu | $alo_broker | $alo_redis | - | $alo_rss |"
+  echo "| pipeline, exactly-once | $eo_rate | $(ratio "$eo_rate" "$raw_rate") | $(ratio "$eo_rate" "$pass_rate") | $eo_cpu | $eo_broker | $eo_redis | - | $eo_rss |"
   [ -z "$pg_rate" ] ||
-    echo "| pipeline + PostgreSQL tables, exactly-once | $pg_rate | $(ratio "$pg_rate" "$raw_rate") | $(ratio "$pg_rate" "$pass_rate") | $pg_cpu | $pg_broker | $pg_redis | $pg_rss |"
+    echo "| pipeline + PostgreSQL tables, exactly-once | $pg_rate | $(ratio "$pg_rate" "$raw_rate") | $(ratio "$pg_rate" "$pass_rate") | $pg_cpu | $pg_broker | $pg_redis | $pg_pg | $pg_rss |"
   echo
   [ -z "$pg_rate" ] ||
     echo "With PostgreSQL tables, exactly-once keeps $(ratio "$pg_rate" "$eo_rate") of its Kafka-only rate (target 0.7)."

@@ -24,7 +24,7 @@ use crate::config::{PipelineConfig, redact};
 use crate::record::{Batch, Row};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
 /// The table of offset fences, created on each server written to.
 pub const FENCES: &str = "sluice_fences";
@@ -38,8 +38,26 @@ pub struct Tables {
 /// and the tables written to it.
 struct Server {
     url: String,
-    client: Option<Client>,
+    connection: Option<Connection>,
     tables: Vec<TableSql>,
+}
+
+/// A connection and its prepared statements.
+struct Connection {
+    client: Client,
+    statements: Statements,
+}
+
+/// The statements a batch runs, prepared once per connection.
+struct Statements {
+    /// Creates the fences of new (table, topic, partition)s.
+    create_fences: Statement,
+    /// Locks and reads the fences.
+    select_fences: Statement,
+    /// Moves the fences to the batch's last offsets.
+    move_fences: Statement,
+    /// Per table: the upsert, and the merging upsert.
+    upserts: Vec<(Statement, Statement)>,
 }
 
 /// A record whose rows PostgreSQL refused.
@@ -105,7 +123,7 @@ impl Tables {
             let sql = TableSql::new(name, table);
             match servers.iter_mut().find(|s| s.url == table.url) {
                 Some(server) => server.tables.push(sql),
-                None => servers.push(Server { url: table.url.clone(), client: None, tables: vec![sql] }),
+                None => servers.push(Server { url: table.url.clone(), connection: None, tables: vec![sql] }),
             }
         }
         Self { servers }
@@ -125,7 +143,7 @@ impl Tables {
     /// that are missing.
     pub async fn connect(&mut self) -> Result<(), Unavailable> {
         for server in &mut self.servers {
-            server.client().await?;
+            server.connection().await?;
         }
         Ok(())
     }
@@ -144,7 +162,7 @@ impl Tables {
             }
             let done = server.write(batch, &mine).await;
             if done.as_ref().is_err_and(|e| e.error.is_closed() || e.error.as_db_error().is_none()) {
-                server.client = None; // reconnect on the next attempt
+                server.connection = None; // reconnect on the next attempt
             }
             let done = done?;
             written.rows += done.rows;
@@ -165,13 +183,13 @@ impl Server {
         Unavailable { server: redact::url(&self.url), error }
     }
 
-    /// The connection, made (and the tables created) if there is none or
-    /// it broke.
-    async fn client(&mut self) -> Result<&mut Client, Unavailable> {
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
+    /// The connection, made (the tables created and the statements
+    /// prepared) if there is none or it broke.
+    async fn connection(&mut self) -> Result<&mut Connection, Unavailable> {
+        if self.connection.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.connection = None;
         }
-        if self.client.is_none() {
+        if self.connection.is_none() {
             let (client, connection) =
                 tokio_postgres::connect(&self.url, NoTls).await.map_err(|e| self.unavailable(e))?;
             let server = redact::url(&self.url);
@@ -188,23 +206,52 @@ impl Server {
             for statement in ddl {
                 client.batch_execute(&statement).await.map_err(|e| self.unavailable(e))?;
             }
-            self.client = Some(client);
+            let statements = prepare(&client, &self.tables).await.map_err(|e| self.unavailable(e))?;
+            self.connection = Some(Connection { client, statements });
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        Ok(self.connection.as_mut().expect("connected above"))
     }
 
     /// Writes this server's `rows` in one transaction with its fences:
     /// all at once, or record by record when a row is refused.
     async fn write(&mut self, batch: &Batch, rows: &[&(usize, usize, Row)]) -> Result<Written, Unavailable> {
         let tables = self.tables.clone();
-        let client = self.client().await?;
-        let attempt = write_rows(client, &tables, batch, rows, false).await;
+        let connection = self.connection().await?;
+        let attempt = write_rows(connection, &tables, batch, rows, false).await;
         let attempt = match attempt {
-            Err(e) if is_data_error(&e) => write_rows(client, &tables, batch, rows, true).await,
+            Err(e) if is_data_error(&e) => write_rows(connection, &tables, batch, rows, true).await,
             other => other,
         };
         attempt.map_err(|e| self.unavailable(e))
     }
+}
+
+/// Prepares the statements of a batch for `tables`.
+async fn prepare(client: &Client, tables: &[TableSql]) -> Result<Statements, tokio_postgres::Error> {
+    let keys = "unnest($1::text[], $2::text[], $3::integer[])";
+    let create_fences = client
+        .prepare(&format!(
+            "INSERT INTO {FENCES} (target, topic, partition, last_offset) SELECT t, p, q, -1 FROM {keys} AS u(t, p, q) \
+             ON CONFLICT DO NOTHING"
+        ))
+        .await?;
+    let select_fences = client
+        .prepare(&format!(
+            "SELECT target, topic, partition, last_offset FROM {FENCES} WHERE (target, topic, partition) IN (SELECT * \
+             FROM {keys}) FOR UPDATE"
+        ))
+        .await?;
+    let move_fences = client
+        .prepare(&format!(
+            "UPDATE {FENCES} f SET last_offset = GREATEST(f.last_offset, u.o) FROM unnest($1::text[], $2::text[], \
+             $3::integer[], $4::bigint[]) AS u(t, p, q, o) WHERE f.target = u.t AND f.topic = u.p AND f.partition = u.q"
+        ))
+        .await?;
+    let mut upserts = Vec::with_capacity(tables.len());
+    for table in tables {
+        upserts.push((client.prepare(&table.upsert).await?, client.prepare(&table.merging_upsert).await?));
+    }
+    Ok(Statements { create_fences, select_fences, move_fences, upserts })
 }
 
 /// The partitions of a batch: (topic, partition, last offset), in order.
@@ -227,14 +274,15 @@ struct Pending {
 /// `one_by_one` each record in a savepoint, leaving out those refused),
 /// moves the fences to the batch's last offsets and commits.
 async fn write_rows(
-    client: &mut Client,
+    connection: &mut Connection,
     tables: &[TableSql],
     batch: &Batch,
     rows: &[&(usize, usize, Row)],
     one_by_one: bool,
 ) -> Result<Written, tokio_postgres::Error> {
+    let Connection { client, statements } = connection;
     let tx = client.transaction().await?;
-    let fences = lock_fences(&tx, tables, batch).await?;
+    let fences = lock_fences(&tx, statements, tables, batch).await?;
     // fence[table][span]: the last offset written of that partition.
     let fence: Vec<Vec<i64>> = tables
         .iter()
@@ -286,7 +334,7 @@ async fn write_rows(
         for record in records {
             let of_record: Vec<&Pending> = pending.iter().filter(|p| p.record == record).collect();
             tx.batch_execute("SAVEPOINT sluice_record").await?;
-            match upsert(&tx, tables, &of_record, true).await {
+            match upsert(&tx, statements, tables, &of_record, true).await {
                 Ok(n) => {
                     written.rows += n;
                     tx.batch_execute("RELEASE SAVEPOINT sluice_record").await?;
@@ -303,9 +351,16 @@ async fn write_rows(
         }
     } else {
         let all: Vec<&Pending> = pending.iter().collect();
-        written.rows += upsert(&tx, tables, &all, false).await.map_err(|(_, e)| e)?;
+        // The fences move in the same round trip as the rows are sent.
+        let (sent, ()) = futures::try_join!(
+            async { upsert(&tx, statements, tables, &all, false).await.map_err(|(_, e)| e) },
+            move_fences(&tx, statements, tables, batch)
+        )?;
+        written.rows += sent;
+        tx.commit().await?;
+        return Ok(written);
     }
-    move_fences(&tx, tables, batch).await?;
+    move_fences(&tx, statements, tables, batch).await?;
     tx.commit().await?;
     Ok(written)
 }
@@ -315,6 +370,7 @@ async fn write_rows(
 /// table that failed and why.
 async fn upsert<'t>(
     tx: &Transaction<'_>,
+    statements: &Statements,
     tables: &'t [TableSql],
     rows: &[&Pending],
     merge: bool,
@@ -337,7 +393,8 @@ async fn upsert<'t>(
             repeats |= !keys.insert(p.key.as_str());
         }
         array.push(']');
-        let statement = if repeats { &table.merging_upsert } else { &table.upsert };
+        let (plain, merging) = &statements.upserts[i];
+        let statement = if repeats { merging } else { plain };
         tx.execute(statement, &[&array]).await.map_err(|e| (table.name.as_str(), e))?;
         sent += of_table.len();
     }
@@ -362,30 +419,29 @@ fn fence_keys(tables: &[TableSql], batch: &Batch) -> (Vec<String>, Vec<String>, 
 /// partitions: (table, topic, partition) -> last offset written.
 async fn lock_fences(
     tx: &Transaction<'_>,
+    statements: &Statements,
     tables: &[TableSql],
     batch: &Batch,
 ) -> Result<BTreeMap<(String, String, i32), i64>, tokio_postgres::Error> {
     let (targets, topics, partitions, _) = fence_keys(tables, batch);
-    let create = format!(
-        "INSERT INTO {FENCES} (target, topic, partition, last_offset) SELECT t, p, q, -1 FROM \
-         unnest($1::text[], $2::text[], $3::integer[]) AS u(t, p, q) ON CONFLICT DO NOTHING"
-    );
-    tx.execute(&create, &[&targets, &topics, &partitions]).await?;
-    let select = format!(
-        "SELECT target, topic, partition, last_offset FROM {FENCES} WHERE (target, topic, partition) IN (SELECT * \
-         FROM unnest($1::text[], $2::text[], $3::integer[])) FOR UPDATE"
-    );
-    let rows = tx.query(&select, &[&targets, &topics, &partitions]).await?;
+    // One round trip: a new fence is created (or waited for, if another
+    // transaction is creating it) before all are locked and read.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&targets, &topics, &partitions];
+    let (_, rows) = futures::try_join!(
+        tx.execute(&statements.create_fences, &params),
+        tx.query(&statements.select_fences, &params)
+    )?;
     Ok(rows.iter().map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3))).collect())
 }
 
 /// Moves the fences of the batch's partitions to its last offsets.
-async fn move_fences(tx: &Transaction<'_>, tables: &[TableSql], batch: &Batch) -> Result<(), tokio_postgres::Error> {
+async fn move_fences(
+    tx: &Transaction<'_>,
+    statements: &Statements,
+    tables: &[TableSql],
+    batch: &Batch,
+) -> Result<(), tokio_postgres::Error> {
     let (targets, topics, partitions, lasts) = fence_keys(tables, batch);
-    let update = format!(
-        "UPDATE {FENCES} f SET last_offset = GREATEST(f.last_offset, u.o) FROM unnest($1::text[], $2::text[], \
-         $3::integer[], $4::bigint[]) AS u(t, p, q, o) WHERE f.target = u.t AND f.topic = u.p AND f.partition = u.q"
-    );
-    tx.execute(&update, &[&targets, &topics, &partitions, &lasts]).await?;
+    tx.execute(&statements.move_fences, &[&targets, &topics, &partitions, &lasts]).await?;
     Ok(())
 }

@@ -123,7 +123,8 @@ async fn warehouse_tables_agree_with_topics_and_counters_after_sigkills_and_a_po
     }
     let mut host = Host::start_with(&env, &pipeline);
     host.wait_ready(Duration::from_secs(90));
-    std::thread::sleep(Duration::from_millis(500));
+    // Mid-stream: once a batch is through, with more to come.
+    host.wait_records_in(1, Duration::from_secs(60));
     restart_postgres();
     assert_exact(&tansu.brokers(), &want, SHARED_REDIS, &counters.0, Outputs::AbortsVisible).await;
 

@@ -2,7 +2,6 @@
 //! tables `sluice gen --load-lookups` writes, the counters `sluice report`
 //! reads, the dead letters `sluice replay` has replayed.
 
-use crate::config::redact;
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
@@ -15,13 +14,7 @@ pub struct Hashes {
 impl Hashes {
     /// Connects to `url`; the error names the URL without its password.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let shown = redact::url(url);
-        let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {shown}"))?;
-        let connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .with_context(|| format!("cannot connect to Redis at {shown}"))?;
-        Ok(Self { connection })
+        Ok(Self { connection: super::connect(url).await? })
     }
 
     /// `HGETALL key`: empty when there is no such hash.

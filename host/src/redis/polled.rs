@@ -1,7 +1,6 @@
 //! What an HTTP source remembers in Redis: the ids it produced (a sorted
 //! set scored by when, so that old ones can be forgotten) and its cursor.
 
-use crate::config::redact;
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 
@@ -16,14 +15,8 @@ pub struct Polled {
 impl Polled {
     /// Connects to `url` for the source `name`, its keys under `prefix`.
     pub async fn connect(url: &str, prefix: &str, name: &str) -> anyhow::Result<Self> {
-        let shown = redact::url(url);
-        let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {shown}"))?;
-        let connection = client
-            .get_multiplexed_async_connection()
-            .await
-            .with_context(|| format!("cannot connect to Redis at {shown}"))?;
         Ok(Self {
-            connection,
+            connection: super::connect(url).await?,
             seen: format!("{prefix}http:{name}:seen"),
             cursor: format!("{prefix}http:{name}:cursor"),
         })

@@ -18,7 +18,7 @@
 
 use crate::bindings::ErrorInfo;
 use crate::config::{self, Delivery, PipelineConfig};
-use crate::delivery::{AtLeastOnce, ExactlyOnce, Mode, Steps};
+use crate::delivery::{AtLeastOnce, ExactlyOnce, Mode, Processing, Steps};
 use crate::engine::Engine;
 use crate::http;
 use crate::http::views::{PipelineStatus, StageView};
@@ -128,7 +128,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     let live_config = config.clone();
     let mut effects = RedisEffects::new(&config.redis.url).context("redis.url")?;
     adopt_group_fences(&mut effects, &config).await;
-    let mut tables = Tables::new(&config);
+    let mut tables = Tables::new(&config).map_err(anyhow::Error::msg)?;
     if let Err(e) = tables.connect().await {
         // Waited out with the first batch that has rows.
         tracing::warn!(error = %e, "cannot prepare the PostgreSQL tables yet");
@@ -144,7 +144,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     metrics.ready.store(true, Ordering::Relaxed);
 
     let every = Duration::from_millis(config.commit_interval_ms.get());
-    let mut steps = Steps { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink };
+    let mut steps = Steps { config: &config, metrics: &metrics, stop: stop_rx.clone(), sink, rewinds: 0 };
     let mut consuming = Consuming {
         source: &source,
         chain: &chain,
@@ -231,57 +231,101 @@ impl Consuming<'_> {
 
     async fn turns<M: Mode>(&mut self, mode: &mut M, steps: &mut Steps<'_>) -> anyhow::Result<()> {
         let mut probe_taken = std::time::Instant::now() - PROBE_EVERY;
+        // The next batch, in the chain while the one before it is finished.
+        let mut ahead: Option<Processing> = None;
         loop {
             // A reload's chain went live when the reloader swapped it in,
-            // between two batches; its source settings apply here.
+            // between two batches; its source settings apply here, once the
+            // batch taken under the old ones is finished.
             if self.configs.has_changed().unwrap_or(false) {
+                if let Some(processing) = ahead.take() {
+                    let (batch, result) = steps.processed(self.chain, processing).await?;
+                    self.finish(mode, steps, batch, result, &mut probe_taken).await?;
+                }
                 let next = self.configs.borrow_and_update().clone();
                 self.reconfigure(&next, mode, steps).await?;
             }
-            let batch = tokio::select! {
-                biased;
-                () = stopped(self.stop.clone()) => break,
-                batch = self.source.next_batch() => batch,
+            let processing = match ahead.take() {
+                Some(processing) => processing,
+                None => {
+                    let batch = tokio::select! {
+                        biased;
+                        () = stopped(self.stop.clone()) => break,
+                        batch = self.source.next_batch() => batch,
+                    };
+                    if batch.is_empty() {
+                        // Nothing new: acknowledge and commit what is in flight now.
+                        mode.settle(steps, self.source).await?;
+                        continue;
+                    }
+                    Processing::start(self.chain, Arc::new(batch))
+                }
             };
-            if batch.is_empty() {
-                // Nothing new: acknowledge and commit what is in flight now.
-                mode.settle(steps, self.source).await?;
-                continue;
-            }
-            let batch = Arc::new(batch);
-            let mut result = steps.process(self.chain, &batch).await?;
-            if probe_taken.elapsed() >= PROBE_EVERY {
-                probe_taken = std::time::Instant::now();
-                *self.probe.lock().expect("probe lock") = probe_sample(batch.records(), &result);
-            }
-            // Rows first, in both modes: a record whose rows PostgreSQL
-            // refuses is dead-lettered and produces nothing more.
-            if !result.rows.is_empty() {
-                let written = steps.write_rows(&mut self.tables, &batch, &result.rows).await?;
-                self.metrics.rows_skipped.fetch_add(written.skipped as u64, Ordering::Relaxed);
-                check_table_fences(self.source, &self.tables, &written, &batch)?;
-                for refused in written.refused {
-                    let info = ErrorInfo { reason: HostRefusal::RowRefused.as_str().into(), message: refused.message };
-                    result.reject(batch.records(), refused.record, refused.stage, &info);
+            let (batch, result) = steps.processed(self.chain, processing).await?;
+            // The chain takes the records waiting now while this batch's
+            // rows, effects and outputs are written: the chain does not
+            // wait for the peers, nor the peers for the chain. Nothing the
+            // chain reads (lookup tables) is written by effects.
+            if !*self.stop.borrow() {
+                let next = self.source.take_waiting();
+                if !next.is_empty() {
+                    ahead = Some(Processing::start(self.chain, Arc::new(next)));
                 }
             }
-            // Then effects: a record whose effects Redis refuses is
-            // dead-lettered and produces nothing more.
-            let effect_stages = std::mem::take(&mut result.effect_stages);
-            let (fence, record_effects) =
-                fenced_effects(self.live_config.fence_key(), &batch, std::mem::take(&mut result.effects));
-            let applied = steps.apply(&mut self.effects, &fence, &record_effects).await?;
-            self.metrics.effects_skipped.fetch_add(applied.skipped as u64, Ordering::Relaxed);
-            check_fences(self.source, &fence, &applied, &batch)?;
-            for refused in &applied.refused {
-                let stage = record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
-                let info =
-                    ErrorInfo { reason: HostRefusal::EffectFailed.as_str().into(), message: refused.message.clone() };
-                result.reject(batch.records(), refused.record, stage.unwrap_or(0), &info);
+            let rewinds = steps.rewinds;
+            self.finish(mode, steps, batch, result, &mut probe_taken).await?;
+            if steps.rewinds != rewinds
+                && let Some(stale) = ahead.take()
+            {
+                // Partitions were moved back behind the batch taken ahead:
+                // it is read again from there, so it is dropped, and its
+                // own partitions are moved back to its first records.
+                steps.rewind(self.source, [&**stale.batch()]).await?;
             }
-            mode.deliver(steps, self.source, batch, result).await?;
         }
         mode.settle(steps, self.source).await
+    }
+
+    /// Writes a processed batch's rows, applies its effects, and hands it
+    /// to the delivery mode.
+    async fn finish<M: Mode>(
+        &mut self,
+        mode: &mut M,
+        steps: &mut Steps<'_>,
+        batch: Arc<Batch>,
+        mut result: BatchResult,
+        probe_taken: &mut std::time::Instant,
+    ) -> anyhow::Result<()> {
+        if probe_taken.elapsed() >= PROBE_EVERY {
+            *probe_taken = std::time::Instant::now();
+            *self.probe.lock().expect("probe lock") = probe_sample(batch.records(), &result);
+        }
+        // Rows first, in both modes: a record whose rows PostgreSQL
+        // refuses is dead-lettered and produces nothing more.
+        if !result.rows.is_empty() {
+            let written = steps.write_rows(&mut self.tables, &batch, &result.rows).await?;
+            self.metrics.rows_skipped.fetch_add(written.skipped as u64, Ordering::Relaxed);
+            check_table_fences(self.source, &self.tables, &written, &batch)?;
+            for refused in written.refused {
+                let info = ErrorInfo { reason: HostRefusal::RowRefused.as_str().into(), message: refused.message };
+                result.reject(batch.records(), refused.record, refused.stage, &info);
+            }
+        }
+        // Then effects: a record whose effects Redis refuses is
+        // dead-lettered and produces nothing more.
+        let effect_stages = std::mem::take(&mut result.effect_stages);
+        let (fence, record_effects) =
+            fenced_effects(self.live_config.fence_key(), &batch, std::mem::take(&mut result.effects));
+        let applied = steps.apply(&mut self.effects, &fence, &record_effects).await?;
+        self.metrics.effects_skipped.fetch_add(applied.skipped as u64, Ordering::Relaxed);
+        check_fences(self.source, &fence, &applied, &batch)?;
+        for refused in &applied.refused {
+            let stage = record_effects.iter().position(|e| e.record == refused.record).map(|i| effect_stages[i]);
+            let info =
+                ErrorInfo { reason: HostRefusal::EffectFailed.as_str().into(), message: refused.message.clone() };
+            result.reject(batch.records(), refused.record, stage.unwrap_or(0), &info);
+        }
+        mode.deliver(steps, self.source, batch, result).await
     }
 }
 

@@ -239,16 +239,82 @@ async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_travel_over_verified_tls_and_a_server_whose_certificate_cannot_be_verified_gets_none() {
+    let _serial = serial().await;
+    let pg = connect().await;
+    let ssl: String = pg.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert_eq!(ssl, "on", "the test needs the PostgreSQL server at 127.0.0.1:5432 to accept TLS");
+    let cert: String = pg.query_one("SHOW ssl_cert_file", &[]).await.unwrap().get(0);
+    let tansu = Tansu::start();
+    let (lookups, counters) = (RedisPrefix::new("pgtls-lookups"), RedisPrefix::new("pgtls-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let schema = Schema::new("pgtls").await;
+    let table = format!("{}.small", schema.0);
+    pg.batch_execute(&format!("CREATE TABLE {table} (order_id text PRIMARY KEY, total_cents bigint)")).await.unwrap();
+
+    // Not verifiable: the server's certificate is self-signed, so the
+    // built-in roots do not vouch for it. Nothing is written; the host
+    // waits, counting the failures, and says why.
+    let unverified = "postgres://postgres@localhost:5432/test?sslmode=require";
+    let (dir, pipeline) = table_pipeline_at("pgtls-bad", &table, unverified);
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "pgtls-bad");
+    let mut host = Host::start_with(&env, &pipeline);
+    host.wait_ready(Duration::from_secs(90));
+    let values = generated(1_000, 24, 0.0);
+    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+    host.wait_log("invalid peer certificate", Duration::from_secs(60));
+    let errors = r#"sluice_errors_total{peer="postgres"}"#;
+    assert!(host.metric(errors).unwrap_or(0.0) >= 1.0, "{}", host.log_text());
+    let rows: i64 = pg.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "no row goes to a server that was not verified");
+    host.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Verified against the server's own certificate as the root, host
+    // name included: every order arrives, over TLS.
+    let app = format!("sluice-tls-{}", std::process::id());
+    let verified = format!(
+        "postgres://postgres@localhost:5432/test?sslmode=verify-full&sslrootcert={cert}&application_name={app}"
+    );
+    let (dir, pipeline) = table_pipeline_at("pgtls", &table, &verified);
+    let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "pgtls-good");
+    let mut host = Host::start_with(&env, &pipeline);
+    host.wait_ready(Duration::from_secs(90));
+    let want = Expected::of(&values).orders.len() as i64;
+    let got = wait_count(&pg, &format!("SELECT count(*) FROM {table}"), want, Duration::from_secs(90)).await;
+    assert_eq!(got, want, "{}", host.log_text());
+    let (tls, connections): (bool, i64) = {
+        let row = pg
+            .query_one(
+                "SELECT coalesce(bool_and(s.ssl), false), count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a \
+                 USING (pid) WHERE a.application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(connections >= 1 && tls, "the host's {connections} connection(s) must all use TLS");
+    assert!(host.terminate().success(), "{}", host.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The default pipeline whose output also goes to `table` (created by the
 /// test: `order_id` and `total_cents`), in a folder of its own; the folder
 /// and the pipeline file.
 fn table_pipeline(name: &str, table: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    table_pipeline_at(name, table, PG_URL)
+}
+
+/// [`table_pipeline`] with the table on the server at `url`.
+fn table_pipeline_at(name: &str, table: &str, url: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let text = std::fs::read_to_string(support::repo_root().join("pipeline.toml")).unwrap();
     let plugins = support::repo_root().join("plugins/dist");
     let text = text.replace("${SLUICE_PLUGIN_DIR:-plugins/dist}", plugins.to_str().unwrap()).replacen(
         "[output]\ntopic = \"orders.enriched\"\n",
         &format!(
-            "[output]\ntopic = \"orders.enriched\"\ntables = [\"small\"]\n\n[tables.small]\nurl = \"{PG_URL}\"\n\
+            "[output]\ntopic = \"orders.enriched\"\ntables = [\"small\"]\n\n[tables.small]\nurl = \"{url}\"\n\
              table = \"{table}\"\nkey = [\"order_id\"]\ncreate = false\n\
              columns.order_id = {{ field = \"order_id\", type = \"text\" }}\n\
              columns.total_cents = {{ field = \"total_cents\", type = \"bigint\" }}\n"

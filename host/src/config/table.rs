@@ -94,6 +94,7 @@ impl TableConfig {
         if self.url.trim().is_empty() {
             return Err(format!("`{at}.url` must not be empty"));
         }
+        crate::postgres::Endpoint::parse(&self.url).map_err(|e| format!("`{at}.url`: {e}"))?;
         let name = self.table.as_deref().unwrap_or(entry);
         let parts: Vec<&str> = name.split('.').collect();
         if parts.len() > 2 || !parts.iter().all(|p| is_identifier(p)) {

@@ -14,6 +14,7 @@ pub use exactly_once::ExactlyOnce;
 
 use crate::config::PipelineConfig;
 use crate::kafka::{Sent, Sink, Source};
+use crate::lookup::Unavailable;
 use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain};
 use crate::postgres::{Tables, Written};
@@ -71,6 +72,38 @@ pub struct Steps<'a> {
     pub stop: watch::Receiver<bool>,
     /// The producer of outputs and dead letters.
     pub sink: Sink,
+    /// How many rewinds have moved partitions back: a batch taken before
+    /// a rewind and not delivered yet is stale once this moves.
+    pub rewinds: u64,
+}
+
+/// A batch the chain works on, on a blocking thread, while the run loop
+/// finishes the batch before it.
+pub struct Processing {
+    batch: Arc<Batch>,
+    run: tokio::task::JoinHandle<Result<BatchResult, Unavailable>>,
+}
+
+impl Processing {
+    /// Starts running `batch` through the chain. The chain's lock is held
+    /// for the whole batch, so a reload goes live between two batches.
+    pub fn start(chain: &Arc<Mutex<Chain>>, batch: Arc<Batch>) -> Self {
+        let run = Self::spawn(chain, &batch);
+        Self { batch, run }
+    }
+
+    fn spawn(
+        chain: &Arc<Mutex<Chain>>,
+        batch: &Arc<Batch>,
+    ) -> tokio::task::JoinHandle<Result<BatchResult, Unavailable>> {
+        let (chain, batch) = (chain.clone(), batch.clone());
+        tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(batch.records()))
+    }
+
+    /// The batch being processed.
+    pub fn batch(&self) -> &Arc<Batch> {
+        &self.batch
+    }
 }
 
 /// A batch whose outputs and dead letters were handed to the producer and
@@ -175,18 +208,21 @@ impl std::fmt::Display for Step {
 }
 
 impl Steps<'_> {
-    /// Runs `batch` through the chain, waiting while lookups cannot be
-    /// served.
-    pub async fn process(&mut self, chain: &Arc<Mutex<Chain>>, batch: &Arc<Batch>) -> anyhow::Result<BatchResult> {
+    /// The result of a batch the chain was started on, running it again
+    /// while lookups cannot be served.
+    pub async fn processed(
+        &mut self,
+        chain: &Arc<Mutex<Chain>>,
+        processing: Processing,
+    ) -> anyhow::Result<(Arc<Batch>, BatchResult)> {
+        let Processing { batch, mut run } = processing;
         let mut backoff = Backoff::new();
         loop {
-            let (chain, batch) = (chain.clone(), batch.clone());
-            let result =
-                tokio::task::spawn_blocking(move || chain.lock().expect("chain lock").process(batch.records())).await?;
-            match result {
-                Ok(result) => return Ok(result),
+            match run.await? {
+                Ok(result) => return Ok((batch, result)),
                 Err(e) => self.wait(Step::Lookups, &e.to_string(), &mut backoff).await?,
             }
+            run = Processing::spawn(chain, &batch);
         }
     }
 
@@ -253,7 +289,10 @@ impl Steps<'_> {
         let mut backoff = Backoff::new();
         loop {
             match source.rewind(batches.clone()).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.rewinds += 1;
+                    return Ok(());
+                }
                 Err(e) => {
                     let why = e.to_string();
                     self.wait(Step::Rewind, &why, &mut backoff).await?

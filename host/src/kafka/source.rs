@@ -178,6 +178,12 @@ impl Source {
         }
     }
 
+    /// The records waiting now, as one batch like [`Source::next_batch`]'s,
+    /// without waiting for any: empty if none is waiting.
+    pub fn take_waiting(&self) -> Batch {
+        Batch::new(self.shared.take())
+    }
+
     /// Notes, per partition, the offset after the last record of `batch`
     /// for the next [`Source::commit_stored`]: its records' outputs are
     /// acknowledged and their effects applied.

@@ -16,15 +16,17 @@
 //! (`row_refused`). Any other failure (the server is down or restarting,
 //! the table is missing) is retried with backoff.
 
+mod endpoint;
 mod statement;
 
+pub use endpoint::Endpoint;
 pub use statement::TableSql;
 
 use crate::config::{PipelineConfig, redact};
 use crate::record::{Batch, Row};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use tokio_postgres::{Client, NoTls, Statement, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 /// The table of offset fences, created on each server written to.
 pub const FENCES: &str = "sluice_fences";
@@ -38,6 +40,7 @@ pub struct Tables {
 /// and the tables written to it.
 struct Server {
     url: String,
+    endpoint: Endpoint,
     connection: Option<Connection>,
     tables: Vec<TableSql>,
 }
@@ -98,7 +101,17 @@ impl std::fmt::Display for Unavailable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.error.as_db_error() {
             Some(db) => write!(f, "PostgreSQL {}: {} ({})", db.code().code(), db.message(), self.server),
-            None => write!(f, "PostgreSQL: {} ({})", self.error, self.server),
+            None => {
+                // The cause (a refused connection, a certificate that
+                // cannot be verified) is in the error's sources.
+                write!(f, "PostgreSQL: {}", self.error)?;
+                let mut cause = std::error::Error::source(&self.error);
+                while let Some(e) = cause {
+                    write!(f, ": {e}")?;
+                    cause = e.source();
+                }
+                write!(f, " ({})", self.server)
+            }
         }
     }
 }
@@ -116,17 +129,21 @@ fn is_data_error(error: &tokio_postgres::Error) -> bool {
 }
 
 impl Tables {
-    /// The tables of `config`; connects to nothing yet.
-    pub fn new(config: &PipelineConfig) -> Self {
+    /// The tables of `config`; connects to nothing yet. Fails when a
+    /// table's URL (or its TLS root file) cannot be read.
+    pub fn new(config: &PipelineConfig) -> Result<Self, String> {
         let mut servers: Vec<Server> = Vec::new();
         for (name, table) in &config.tables {
             let sql = TableSql::new(name, table);
             match servers.iter_mut().find(|s| s.url == table.url) {
                 Some(server) => server.tables.push(sql),
-                None => servers.push(Server { url: table.url.clone(), connection: None, tables: vec![sql] }),
+                None => {
+                    let endpoint = Endpoint::parse(&table.url).map_err(|e| format!("tables.{name}.url: {e}"))?;
+                    servers.push(Server { url: table.url.clone(), endpoint, connection: None, tables: vec![sql] })
+                }
             }
         }
-        Self { servers }
+        Ok(Self { servers })
     }
 
     /// The tables' names in SQL, as their fences name them.
@@ -190,14 +207,7 @@ impl Server {
             self.connection = None;
         }
         if self.connection.is_none() {
-            let (client, connection) =
-                tokio_postgres::connect(&self.url, NoTls).await.map_err(|e| self.unavailable(e))?;
-            let server = redact::url(&self.url);
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(server = %server, error = %e, "PostgreSQL connection ended");
-                }
-            });
+            let client = self.endpoint.connect(redact::url(&self.url)).await.map_err(|e| self.unavailable(e))?;
             let mut ddl = vec![format!(
                 "CREATE TABLE IF NOT EXISTS {FENCES} (target text NOT NULL, topic text NOT NULL, partition integer \
                  NOT NULL, last_offset bigint NOT NULL, PRIMARY KEY (target, topic, partition))"

@@ -9,7 +9,9 @@
 use crate::config::LookupConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A row of a lookup table as (field, value) pairs.
@@ -44,21 +46,74 @@ struct Table {
     key_prefix: String,
     ttl: Duration,
     max_rows: usize,
-    rows: HashMap<String, (Instant, Option<Row>)>,
+    rows: HashMap<String, Entry>,
 }
 
-/// The declared tables, each row (absent rows too) kept for its table's
-/// `ttl_ms` and at most `cache_rows` rows per table (the table's cache is
-/// emptied when full). Rows are read from `F` on a miss; a table that is not
-/// declared has no rows.
+/// A cached row (or the fact that there is none).
+struct Entry {
+    row: Option<Row>,
+    /// From here on, a read also asks the refresher for a fresh copy.
+    refresh_at: Instant,
+    /// From here on, the row is not served: a read fetches it.
+    expires: Instant,
+    /// A refresh is queued or running.
+    refreshing: bool,
+}
+
+impl Entry {
+    /// A row fetched at `now`, kept for `ttl` less up to a fifth (the jitter:
+    /// rows loaded together do not all expire together) and refreshed
+    /// ahead once three quarters of that have passed.
+    fn new(row: Option<Row>, now: Instant, ttl: Duration, jitter: u64) -> Self {
+        let kept = ttl.mul_f64(1.0 - JITTER * (jitter % 1_000_000) as f64 / 1_000_000.0);
+        Self { row, refresh_at: now + kept.mul_f64(REFRESH_AT), expires: now + kept, refreshing: false }
+    }
+}
+
+/// The largest share of a row's `ttl_ms` its life is shortened by, at
+/// random: 0.2, so the rows loaded in one burst expire over the last fifth
+/// of the time-to-live instead of at one instant.
+const JITTER: f64 = 0.2;
+/// The share of its (jittered) life after which a row that is read is
+/// refreshed in the background: 0.75, so a row in use is fetched again
+/// well before it expires and a read never waits for it.
+const REFRESH_AT: f64 = 0.75;
+/// Refreshes waiting for the refresher at most; beyond that a row is left
+/// to expire and be fetched when next read.
+const REFRESH_QUEUE: usize = 4096;
+
+/// The clock of the cache (a test moves its own).
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+/// The declared tables, each row (absent rows too) kept for about its
+/// table's `ttl_ms` and at most `cache_rows` rows per table (the table's
+/// cache is emptied when full). Rows are read from `F` on a miss. A row read
+/// in the last quarter of its life is served from the cache and refreshed
+/// by a background thread, so rows in use never expire into a burst of
+/// reads that block the chain; a refresh that fails leaves the row to
+/// expire. A table that is not declared has no rows.
 pub struct Cached<F> {
+    shared: Arc<Shared<F>>,
+    /// The refresher's queue, once it is started.
+    refresher: Mutex<Option<SyncSender<(String, String)>>>,
+}
+
+struct Shared<F> {
     fetch: F,
     tables: Mutex<HashMap<String, Table>>,
+    clock: Clock,
+    /// Rows the refresher has fetched again.
+    refreshed: AtomicU64,
 }
 
-impl<F: Fetch> Cached<F> {
+impl<F: Fetch + 'static> Cached<F> {
     /// The declared `tables`, read through `fetch`.
     pub fn with(fetch: F, tables: &BTreeMap<String, LookupConfig>) -> Self {
+        Self::with_clock(fetch, tables, Arc::new(Instant::now))
+    }
+
+    /// [`Cached::with`] on another clock.
+    pub fn with_clock(fetch: F, tables: &BTreeMap<String, LookupConfig>, clock: Clock) -> Self {
         let tables = tables
             .iter()
             .map(|(name, t)| {
@@ -71,33 +126,112 @@ impl<F: Fetch> Cached<F> {
                 (name.clone(), table)
             })
             .collect();
-        Self { fetch, tables: Mutex::new(tables) }
+        let shared = Arc::new(Shared { fetch, tables: Mutex::new(tables), clock, refreshed: AtomicU64::new(0) });
+        Self { shared, refresher: Mutex::new(None) }
+    }
+
+    /// How many rows were refreshed ahead of their expiry so far.
+    pub fn refreshed(&self) -> u64 {
+        self.shared.refreshed.load(Ordering::Relaxed)
+    }
+
+    /// Queues `key` of `table` for the refresher, starting it if needed;
+    /// false when the queue is full.
+    fn refresh(&self, table: &str, key: &str) -> bool {
+        let mut refresher = self.refresher.lock().expect("refresher lock");
+        let queue = refresher.get_or_insert_with(|| {
+            let (queue, requests) = std::sync::mpsc::sync_channel(REFRESH_QUEUE);
+            let shared = self.shared.clone();
+            std::thread::Builder::new()
+                .name("sluice-lookup-refresh".into())
+                .spawn(move || shared.refresh_all(requests))
+                .expect("start the lookup refresher");
+            queue
+        });
+        queue.try_send((table.to_string(), key.to_string())).is_ok()
     }
 }
 
-impl<F: Fetch> LookupSource for Cached<F> {
+impl<F: Fetch> Shared<F> {
+    /// The refresher: fetches each row it is given again and keeps it for
+    /// a new time-to-live; ends when the cache is dropped.
+    fn refresh_all(&self, requests: Receiver<(String, String)>) {
+        for (table, key) in requests {
+            let Some(full_key) = self.tables.lock().expect("lookup cache lock").get(&table).map(|t| t.full_key(&key))
+            else {
+                continue;
+            };
+            let fetched = self.fetch.fetch(&full_key);
+            let mut tables = self.tables.lock().expect("lookup cache lock");
+            let Some(t) = tables.get_mut(&table) else { continue };
+            match fetched {
+                Ok(row) => {
+                    t.insert(key, row, (self.clock)());
+                    self.refreshed.fetch_add(1, Ordering::Relaxed);
+                }
+                // Served until it expires; a later read tries again.
+                Err(_) => {
+                    if let Some(entry) = t.rows.get_mut(&key) {
+                        entry.refreshing = false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Table {
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.key_prefix)
+    }
+
+    fn insert(&mut self, key: String, row: Option<Row>, now: Instant) {
+        if self.rows.len() >= self.max_rows && !self.rows.contains_key(&key) {
+            self.rows.clear();
+        }
+        let jitter = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), &key);
+        self.rows.insert(key, Entry::new(row, now, self.ttl, jitter));
+    }
+}
+
+impl<F: Fetch + 'static> LookupSource for Cached<F> {
     fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
+        let now = (self.shared.clock)();
         let full_key = {
-            let tables = self.tables.lock().expect("lookup cache lock");
-            let Some(t) = tables.get(table) else {
+            let mut tables = self.shared.tables.lock().expect("lookup cache lock");
+            let Some(t) = tables.get_mut(table) else {
                 return Ok(None);
             };
-            if let Some((at, row)) = t.rows.get(key)
-                && at.elapsed() < t.ttl
+            if let Some(entry) = t.rows.get_mut(key)
+                && now < entry.expires
             {
-                return Ok(row.clone());
+                let row = entry.row.clone();
+                if now >= entry.refresh_at && !entry.refreshing {
+                    entry.refreshing = true;
+                    drop(tables);
+                    if !self.refresh(table, key) {
+                        let mut tables = self.shared.tables.lock().expect("lookup cache lock");
+                        if let Some(entry) = tables.get_mut(table).and_then(|t| t.rows.get_mut(key)) {
+                            entry.refreshing = false;
+                        }
+                    }
+                }
+                return Ok(row);
             }
-            format!("{}{key}", t.key_prefix)
+            t.full_key(key)
         };
-        let row = self.fetch.fetch(&full_key)?;
-        let mut tables = self.tables.lock().expect("lookup cache lock");
+        let row = self.shared.fetch.fetch(&full_key)?;
+        let mut tables = self.shared.tables.lock().expect("lookup cache lock");
         if let Some(t) = tables.get_mut(table) {
-            if t.rows.len() >= t.max_rows {
-                t.rows.clear();
-            }
-            t.rows.insert(key.to_string(), (Instant::now(), row.clone()));
+            t.insert(key.to_string(), row.clone(), now);
         }
         Ok(row)
+    }
+}
+
+impl<T: Fetch + ?Sized> Fetch for Arc<T> {
+    fn fetch(&self, key: &str) -> Result<Option<Row>, Unavailable> {
+        (**self).fetch(key)
     }
 }
 
@@ -130,23 +264,23 @@ impl LookupSource for Offline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-    /// Rows `{key}` -> `[("key", key)]`, absent for keys ending in `-`,
-    /// unavailable while `down`; counts its reads.
+    /// Rows `{key}` -> `[("key", key), ("read", n)]` (n: the how-many-th
+    /// read), absent for keys ending in `-`, unavailable while `down`.
     #[derive(Default)]
     struct Counting {
         reads: AtomicUsize,
-        down: std::sync::atomic::AtomicBool,
+        down: AtomicBool,
     }
 
-    impl Fetch for &Counting {
+    impl Fetch for Counting {
         fn fetch(&self, key: &str) -> Result<Option<Row>, Unavailable> {
-            self.reads.fetch_add(1, Ordering::Relaxed);
+            let n = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
             if self.down.load(Ordering::Relaxed) {
                 return Err(Unavailable(format!("down: {key}")));
             }
-            Ok((!key.ends_with('-')).then(|| vec![("key".into(), key.into())]))
+            Ok((!key.ends_with('-')).then(|| vec![("key".into(), key.into()), ("read".into(), n.to_string())]))
         }
     }
 
@@ -155,11 +289,22 @@ mod tests {
         BTreeMap::from([("user".to_string(), toml::from_str(&text).expect("a lookup table"))])
     }
 
+    /// A clock that moves only when told to.
+    fn manual_clock() -> (Clock, Arc<AtomicU64>) {
+        let (start, elapsed_ms) = (Instant::now(), Arc::new(AtomicU64::new(0)));
+        let at = elapsed_ms.clone();
+        (Arc::new(move || start + Duration::from_millis(at.load(Ordering::Relaxed))), elapsed_ms)
+    }
+
+    fn field(row: Option<Row>, name: &str) -> String {
+        row.unwrap().into_iter().find(|(k, _)| k == name).unwrap().1
+    }
+
     #[test]
     fn rows_and_absent_rows_are_served_from_the_cache_within_their_ttl() {
-        let backend = Counting::default();
-        let cached = Cached::with(&backend, &tables(60_000, 100));
-        assert_eq!(cached.lookup("user", "1").unwrap(), Some(vec![("key".into(), "user:1".into())]));
+        let backend = Arc::new(Counting::default());
+        let cached = Cached::with(backend.clone(), &tables(60_000, 100));
+        assert_eq!(field(cached.lookup("user", "1").unwrap(), "key"), "user:1");
         assert_eq!(cached.lookup("user", "2-").unwrap(), None);
         backend.down.store(true, Ordering::Relaxed);
         assert!(cached.lookup("user", "1").unwrap().is_some(), "a cached row outlives an outage");
@@ -171,17 +316,76 @@ mod tests {
 
     #[test]
     fn an_expired_row_is_read_again_and_a_full_cache_starts_over() {
-        let backend = Counting::default();
-        let expiring = Cached::with(&backend, &tables(0, 100));
+        let backend = Arc::new(Counting::default());
+        let expiring = Cached::with(backend.clone(), &tables(0, 100));
         expiring.lookup("user", "1").unwrap();
         expiring.lookup("user", "1").unwrap();
         assert_eq!(backend.reads.load(Ordering::Relaxed), 2, "a ttl of 0 keeps nothing");
 
-        let backend = Counting::default();
-        let small = Cached::with(&backend, &tables(60_000, 2));
+        let backend = Arc::new(Counting::default());
+        let small = Cached::with(backend.clone(), &tables(60_000, 2));
         for key in ["1", "2", "3", "1"] {
             small.lookup("user", key).unwrap();
         }
         assert_eq!(backend.reads.load(Ordering::Relaxed), 4, "the third row emptied the full cache");
+    }
+
+    #[test]
+    fn rows_loaded_together_expire_over_the_last_fifth_of_their_ttl() {
+        let backend = Arc::new(Counting::default());
+        let (clock, elapsed_ms) = manual_clock();
+        let cached = Cached::with_clock(backend.clone(), &tables(10_000, 10_000), clock);
+        for key in 0..1000 {
+            cached.lookup("user", &key.to_string()).unwrap();
+        }
+        // Before 8 s (less the refresh-ahead window) nothing has expired;
+        // by 10 s everything has; in between, rows expire a few at a time.
+        let still_cached = |ms: u64| {
+            elapsed_ms.store(ms, Ordering::Relaxed);
+            let tables = cached.shared.tables.lock().unwrap();
+            let now = (cached.shared.clock)();
+            tables["user"].rows.values().filter(|e| now < e.expires).count()
+        };
+        assert_eq!(still_cached(7_999), 1000);
+        let (at_8_5, at_9, at_9_5) = (still_cached(8_500), still_cached(9_000), still_cached(9_500));
+        assert!(1000 > at_8_5 && at_8_5 > at_9 && at_9 > at_9_5 && at_9_5 > 0, "{at_8_5} {at_9} {at_9_5}");
+        assert_eq!(still_cached(10_000), 0);
+        assert_eq!(backend.reads.load(Ordering::Relaxed), 1000, "counting fetched nothing");
+    }
+
+    #[test]
+    fn a_row_read_late_in_its_life_is_served_at_once_and_refreshed_in_the_background() {
+        let backend = Arc::new(Counting::default());
+        let (clock, elapsed_ms) = manual_clock();
+        let cached = Cached::with_clock(backend.clone(), &tables(10_000, 100), clock);
+        assert_eq!(field(cached.lookup("user", "1").unwrap(), "read"), "1");
+        // Three quarters of the shortest possible life (8 s) have passed:
+        // the cached row is served and a refresh is queued.
+        elapsed_ms.store(7_900, Ordering::Relaxed);
+        assert_eq!(field(cached.lookup("user", "1").unwrap(), "read"), "1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cached.refreshed() == 0 {
+            assert!(Instant::now() < deadline, "no refresh");
+            std::thread::yield_now();
+        }
+        assert_eq!(backend.reads.load(Ordering::Relaxed), 2);
+        // Past the first copy's longest life, the refreshed row is served
+        // with no read.
+        elapsed_ms.store(10_500, Ordering::Relaxed);
+        assert_eq!(field(cached.lookup("user", "1").unwrap(), "read"), "2");
+        assert_eq!(backend.reads.load(Ordering::Relaxed), 2);
+
+        // A refresh that fails leaves the row served until it expires.
+        backend.down.store(true, Ordering::Relaxed);
+        elapsed_ms.store(7_900 + 7_900, Ordering::Relaxed);
+        assert_eq!(field(cached.lookup("user", "1").unwrap(), "read"), "2");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while backend.reads.load(Ordering::Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "no refresh attempt");
+            std::thread::yield_now();
+        }
+        assert_eq!(field(cached.lookup("user", "1").unwrap(), "read"), "2");
+        elapsed_ms.store(7_900 + 10_001, Ordering::Relaxed);
+        assert_eq!(cached.lookup("user", "1").unwrap_err().to_string(), "down: user:1", "expired, then fetched");
     }
 }

@@ -4,7 +4,8 @@
 //! The source reads ahead on its own task into a bounded buffer (two
 //! batches); the loop takes what is waiting as soon as it is free, so a
 //! batch never waits to fill and batches grow with the load. Each batch
-//! goes through the chain. Its rows for PostgreSQL tables are written
+//! goes through the chain, on a blocking thread, while the batch before it
+//! is written to the peers. Its rows for PostgreSQL tables are written
 //! first, with a per-partition offset fence in the same PostgreSQL
 //! transaction; a record with a row PostgreSQL refuses is dead-lettered
 //! (`row_refused`) and produces nothing more. Its Redis effects are applied

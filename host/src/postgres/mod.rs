@@ -26,7 +26,7 @@ use crate::config::{PipelineConfig, redact};
 use crate::record::{Batch, Row};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, Statement};
 
 /// The table of offset fences, created on each server written to.
 pub const FENCES: &str = "sluice_fences";
@@ -291,8 +291,28 @@ async fn write_rows(
     one_by_one: bool,
 ) -> Result<Written, tokio_postgres::Error> {
     let Connection { client, statements } = connection;
-    let tx = client.transaction().await?;
-    let fences = lock_fences(&tx, statements, tables, batch).await?;
+    let written = write_in_transaction(client, statements, tables, batch, rows, one_by_one).await;
+    if written.is_err() {
+        // Ends the transaction if it is still open (after a COMMIT that
+        // ended it, PostgreSQL only warns), so the connection can be used
+        // again.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    written
+}
+
+/// [`write_rows`] in three round trips: BEGIN with the fences created,
+/// locked and read; the rows of every table with the fences moved; COMMIT.
+/// Statements sent together are pipelined, in order, on the connection.
+async fn write_in_transaction(
+    client: &Client,
+    statements: &Statements,
+    tables: &[TableSql],
+    batch: &Batch,
+    rows: &[&(usize, usize, Row)],
+    one_by_one: bool,
+) -> Result<Written, tokio_postgres::Error> {
+    let fences = begin_and_lock_fences(client, statements, tables, batch).await?;
     // fence[table][span]: the last offset written of that partition.
     let fence: Vec<Vec<i64>> = tables
         .iter()
@@ -343,14 +363,14 @@ async fn write_rows(
         records.dedup();
         for record in records {
             let of_record: Vec<&Pending> = pending.iter().filter(|p| p.record == record).collect();
-            tx.batch_execute("SAVEPOINT sluice_record").await?;
-            match upsert(&tx, statements, tables, &of_record, true).await {
+            client.batch_execute("SAVEPOINT sluice_record").await?;
+            match upsert(client, statements, tables, &of_record, true).await {
                 Ok(n) => {
                     written.rows += n;
-                    tx.batch_execute("RELEASE SAVEPOINT sluice_record").await?;
+                    client.batch_execute("RELEASE SAVEPOINT sluice_record").await?;
                 }
                 Err((table, e)) if is_data_error(&e) => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT sluice_record").await?;
+                    client.batch_execute("ROLLBACK TO SAVEPOINT sluice_record").await?;
                     let db = e.as_db_error().expect("a data error comes from the server");
                     let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
                     let message = format!("table `{table}`: {}{detail}", db.message());
@@ -359,33 +379,32 @@ async fn write_rows(
                 Err((_, e)) => return Err(e),
             }
         }
+        move_fences(client, statements, tables, batch).await?;
     } else {
         let all: Vec<&Pending> = pending.iter().collect();
         // The fences move in the same round trip as the rows are sent.
         let (sent, ()) = futures::try_join!(
-            async { upsert(&tx, statements, tables, &all, false).await.map_err(|(_, e)| e) },
-            move_fences(&tx, statements, tables, batch)
+            async { upsert(client, statements, tables, &all, false).await.map_err(|(_, e)| e) },
+            move_fences(client, statements, tables, batch)
         )?;
         written.rows += sent;
-        tx.commit().await?;
-        return Ok(written);
     }
-    move_fences(&tx, statements, tables, batch).await?;
-    tx.commit().await?;
+    client.batch_execute("COMMIT").await?;
     Ok(written)
 }
 
-/// Upserts `rows`, one statement per table (merging rows of the same key,
-/// with `merge` or when a key may repeat); the number of rows sent, or the
-/// table that failed and why.
+/// Upserts `rows`, one statement per table, all sent at once (merging rows
+/// of the same key, with `merge` or when a key may repeat); the number of
+/// rows sent, or the first table that failed and why.
 async fn upsert<'t>(
-    tx: &Transaction<'_>,
+    client: &Client,
     statements: &Statements,
     tables: &'t [TableSql],
     rows: &[&Pending],
     merge: bool,
 ) -> Result<usize, (&'t str, tokio_postgres::Error)> {
     let mut sent = 0;
+    let mut arrays = Vec::with_capacity(tables.len());
     for (i, table) in tables.iter().enumerate() {
         let of_table: Vec<&&Pending> = rows.iter().filter(|p| p.table == i).collect();
         if of_table.is_empty() {
@@ -404,9 +423,19 @@ async fn upsert<'t>(
         }
         array.push(']');
         let (plain, merging) = &statements.upserts[i];
-        let statement = if repeats { merging } else { plain };
-        tx.execute(statement, &[&array]).await.map_err(|e| (table.name.as_str(), e))?;
+        arrays.push((table.name.as_str(), if repeats { merging } else { plain }, array));
         sent += of_table.len();
+    }
+    // Each statement is sent when its future is first polled, in order;
+    // the answers come back in the same order.
+    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
+        arrays.iter().map(|(.., array)| [array as &(dyn tokio_postgres::types::ToSql + Sync)]).collect();
+    let answers = futures::future::join_all(
+        arrays.iter().zip(&params).map(|((_, statement, _), params)| client.execute(*statement, params)),
+    )
+    .await;
+    for ((table, ..), answer) in arrays.iter().zip(answers) {
+        answer.map_err(|e| (*table, e))?;
     }
     Ok(sent)
 }
@@ -425,33 +454,36 @@ fn fence_keys(tables: &[TableSql], batch: &Batch) -> (Vec<String>, Vec<String>, 
     keys
 }
 
-/// Locks (creating them if new) and reads the fences of the batch's
-/// partitions: (table, topic, partition) -> last offset written.
-async fn lock_fences(
-    tx: &Transaction<'_>,
+/// Begins a transaction, then locks (creating them if new) and reads the
+/// fences of the batch's partitions: (table, topic, partition) -> last
+/// offset written.
+async fn begin_and_lock_fences(
+    client: &Client,
     statements: &Statements,
     tables: &[TableSql],
     batch: &Batch,
 ) -> Result<BTreeMap<(String, String, i32), i64>, tokio_postgres::Error> {
     let (targets, topics, partitions, _) = fence_keys(tables, batch);
-    // One round trip: a new fence is created (or waited for, if another
-    // transaction is creating it) before all are locked and read.
+    // One round trip, in this order: the transaction begins, a new fence is
+    // created (or waited for, if another transaction is creating it), and
+    // all are locked and read.
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&targets, &topics, &partitions];
-    let (_, rows) = futures::try_join!(
-        tx.execute(&statements.create_fences, &params),
-        tx.query(&statements.select_fences, &params)
+    let (_, _, rows) = futures::try_join!(
+        client.batch_execute("BEGIN"),
+        client.execute(&statements.create_fences, &params),
+        client.query(&statements.select_fences, &params)
     )?;
     Ok(rows.iter().map(|r| ((r.get(0), r.get(1), r.get(2)), r.get(3))).collect())
 }
 
 /// Moves the fences of the batch's partitions to its last offsets.
 async fn move_fences(
-    tx: &Transaction<'_>,
+    client: &Client,
     statements: &Statements,
     tables: &[TableSql],
     batch: &Batch,
 ) -> Result<(), tokio_postgres::Error> {
     let (targets, topics, partitions, lasts) = fence_keys(tables, batch);
-    tx.execute(&statements.move_fences, &[&targets, &topics, &partitions, &lasts]).await?;
+    client.execute(&statements.move_fences, &[&targets, &topics, &partitions, &lasts]).await?;
     Ok(())
 }

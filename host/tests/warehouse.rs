@@ -196,7 +196,7 @@ async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
         .await
         .batch_execute(&format!(
             "CREATE TABLE {table} (order_id text PRIMARY KEY, total_cents bigint CONSTRAINT under_limit CHECK \
-             (total_cents < {limit}))"
+             (total_cents < {limit}), doc jsonb, raw text)"
         ))
         .await
         .unwrap();
@@ -206,7 +206,10 @@ async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
     want.orders = kept;
     want.dead.insert("row_refused", refused.len());
 
-    let (dir, pipeline) = table_pipeline("refuse", &table);
+    // The order also as a document, parsed (`jsonb`) and as it is (`text`).
+    let documents = "columns.doc = { field = \"$value\", type = \"jsonb\" }\n\
+                     columns.raw = { field = \"$value\", type = \"text\" }\n";
+    let (dir, pipeline) = table_pipeline_at("refuse", &table, PG_URL, documents);
     let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "refuse").set("SLUICE_DELIVERY", "at-least-once");
     let mut host = Host::start_with(&env, &pipeline);
     host.wait_ready(Duration::from_secs(90));
@@ -220,6 +223,37 @@ async fn a_row_postgres_refuses_dead_letters_its_record_and_only_it() {
         pg.query(&format!("SELECT order_id FROM {table}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let want_ids: BTreeSet<String> = want.orders.iter().map(|o| o.order_id.clone()).collect();
     assert!(ids == want_ids, "{table} holds every order under the limit and no other");
+    // Each row's documents are its output's bytes: as they are in `text`,
+    // and parsed in `jsonb`. The refused rows were written record by
+    // record, the others in batches: both ways.
+    let outputs = support::kafka::consume(
+        &tansu.brokers(),
+        "orders.enriched",
+        want.orders.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    )
+    .await;
+    let outputs: BTreeMap<String, String> = outputs
+        .iter()
+        .map(|r| {
+            let order: serde_json::Value = serde_json::from_slice(&r.value).unwrap();
+            (order["order_id"].as_str().unwrap().to_string(), String::from_utf8(r.value.clone()).unwrap())
+        })
+        .collect();
+    let rows: BTreeMap<String, String> = pg
+        .query(&format!("SELECT order_id, raw FROM {table} WHERE doc = raw::jsonb"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        rows == outputs,
+        "the documents of {table} are the outputs' bytes ({} rows, {} outputs)",
+        rows.len(),
+        outputs.len()
+    );
     let dlq = support::kafka::consume(
         &tansu.brokers(),
         "orders.dlq",
@@ -257,7 +291,7 @@ async fn rows_travel_over_verified_tls_and_a_server_whose_certificate_cannot_be_
     // built-in roots do not vouch for it. Nothing is written; the host
     // waits, counting the failures, and says why.
     let unverified = "postgres://postgres@localhost:5432/test?sslmode=require";
-    let (dir, pipeline) = table_pipeline_at("pgtls-bad", &table, unverified);
+    let (dir, pipeline) = table_pipeline_at("pgtls-bad", &table, unverified, "");
     let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "pgtls-bad");
     let mut host = Host::start_with(&env, &pipeline);
     host.wait_ready(Duration::from_secs(90));
@@ -277,7 +311,7 @@ async fn rows_travel_over_verified_tls_and_a_server_whose_certificate_cannot_be_
     let verified = format!(
         "postgres://postgres@localhost:5432/test?sslmode=verify-full&sslrootcert={cert}&application_name={app}"
     );
-    let (dir, pipeline) = table_pipeline_at("pgtls", &table, &verified);
+    let (dir, pipeline) = table_pipeline_at("pgtls", &table, &verified, "");
     let env = HostEnv::new(&tansu.brokers(), &lookups.0, &counters.0, "pgtls-good");
     let mut host = Host::start_with(&env, &pipeline);
     host.wait_ready(Duration::from_secs(90));
@@ -304,11 +338,12 @@ async fn rows_travel_over_verified_tls_and_a_server_whose_certificate_cannot_be_
 /// test: `order_id` and `total_cents`), in a folder of its own; the folder
 /// and the pipeline file.
 fn table_pipeline(name: &str, table: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    table_pipeline_at(name, table, PG_URL)
+    table_pipeline_at(name, table, PG_URL, "")
 }
 
-/// [`table_pipeline`] with the table on the server at `url`.
-fn table_pipeline_at(name: &str, table: &str, url: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+/// [`table_pipeline`] with the table on the server at `url`, and the
+/// `columns.*` lines of `more` columns.
+fn table_pipeline_at(name: &str, table: &str, url: &str, more: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let text = std::fs::read_to_string(support::repo_root().join("pipeline.toml")).unwrap();
     let plugins = support::repo_root().join("plugins/dist");
     let text = text.replace("${SLUICE_PLUGIN_DIR:-plugins/dist}", plugins.to_str().unwrap()).replacen(
@@ -317,7 +352,7 @@ fn table_pipeline_at(name: &str, table: &str, url: &str) -> (std::path::PathBuf,
             "[output]\ntopic = \"orders.enriched\"\ntables = [\"small\"]\n\n[tables.small]\nurl = \"{url}\"\n\
              table = \"{table}\"\nkey = [\"order_id\"]\ncreate = false\n\
              columns.order_id = {{ field = \"order_id\", type = \"text\" }}\n\
-             columns.total_cents = {{ field = \"total_cents\", type = \"bigint\" }}\n"
+             columns.total_cents = {{ field = \"total_cents\", type = \"bigint\" }}\n{more}"
         ),
         1,
     );

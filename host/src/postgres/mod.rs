@@ -277,6 +277,8 @@ struct Pending {
     table: usize,
     object: String,
     key: String,
+    /// The row's document, when its table has `documents`.
+    document: Option<String>,
 }
 
 /// One transaction: locks the fences of `tables` for the batch's
@@ -350,7 +352,10 @@ async fn write_in_transaction(
         for (table, sql) in past {
             let (mut object, mut key) = (String::new(), String::new());
             match sql.row(row.key.as_deref(), &value, &row.value, n, &mut object, &mut key) {
-                Ok(()) => pending.push(Pending { record, stage, table, object, key }),
+                Ok(()) => {
+                    let document = sql.document(&value, &row.value).filter(|_| sql.documents).map(str::to_string);
+                    pending.push(Pending { record, stage, table, object, key, document });
+                }
                 Err(message) => written.refused.push(Refused { record, stage, message }),
             }
         }
@@ -412,6 +417,8 @@ async fn upsert<'t>(
         }
         let mut array = String::with_capacity(of_table.iter().map(|p| p.object.len() + 1).sum::<usize>() + 2);
         array.push('[');
+        let documents: Option<Vec<Option<&str>>> =
+            table.documents.then(|| of_table.iter().map(|p| p.document.as_deref()).collect());
         let mut keys = std::collections::HashSet::with_capacity(of_table.len());
         let mut repeats = merge || !table.text_keys;
         for (n, p) in of_table.iter().enumerate() {
@@ -423,15 +430,22 @@ async fn upsert<'t>(
         }
         array.push(']');
         let (plain, merging) = &statements.upserts[i];
-        arrays.push((table.name.as_str(), if repeats { merging } else { plain }, array));
+        arrays.push((table.name.as_str(), if repeats { merging } else { plain }, array, documents));
         sent += of_table.len();
     }
     // Each statement is sent when its future is first polled, in order;
     // the answers come back in the same order.
-    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 1]> =
-        arrays.iter().map(|(.., array)| [array as &(dyn tokio_postgres::types::ToSql + Sync)]).collect();
+    type Param<'p> = &'p (dyn tokio_postgres::types::ToSql + Sync);
+    let params: Vec<Vec<Param<'_>>> = arrays
+        .iter()
+        .map(|(_, _, array, documents)| {
+            let mut params: Vec<Param<'_>> = vec![array];
+            params.extend(documents.as_ref().map(|d| d as Param<'_>));
+            params
+        })
+        .collect();
     let answers = futures::future::join_all(
-        arrays.iter().zip(&params).map(|((_, statement, _), params)| client.execute(*statement, params)),
+        arrays.iter().zip(&params).map(|((_, statement, ..), params)| client.execute(*statement, params)),
     )
     .await;
     for ((table, ..), answer) in arrays.iter().zip(answers) {

@@ -353,7 +353,7 @@ async fn write_in_transaction(
             let (mut object, mut key) = (String::new(), String::new());
             match sql.row(row.key.as_deref(), &value, &row.value, n, &mut object, &mut key) {
                 Ok(()) => {
-                    let document = sql.document(&value, &row.value).filter(|_| sql.documents).map(str::to_string);
+                    let document = sql.document(&value, &row.value).map(str::to_string);
                     pending.push(Pending { record, stage, table, object, key, document });
                 }
                 Err(message) => written.refused.push(Refused { record, stage, message }),

@@ -194,6 +194,10 @@ impl TableSql {
                 Source::Value => None,
             };
             let is_key = self.key.contains(column);
+            if *document && !is_key {
+                // It travels beside the row (`document`).
+                continue;
+            }
             if found.is_none() && is_key && *source != Source::Value {
                 out.truncate(start);
                 return Err(format!(
@@ -228,11 +232,12 @@ impl TableSql {
         Ok(())
     }
 
-    /// A row's document, for the second parameter when the table has
-    /// `documents`: the value's bytes as they are, or none (SQL `NULL`, as
-    /// the array gives for JSON `null`).
+    /// A row's document, for the second parameter: the value's bytes as
+    /// they are; none (SQL `NULL`, as the array gives) for JSON `null` or
+    /// when the table has no `documents`.
     pub fn document<'v>(&self, value: &Value, raw: &'v [u8]) -> Option<&'v str> {
         match value {
+            _ if !self.documents => None,
             Value::Null => None,
             _ => std::str::from_utf8(raw).ok(),
         }
@@ -353,6 +358,7 @@ mod tests {
         .unwrap();
         let sql = TableSql::new("texts", &config);
         assert!(!sql.documents);
+        assert_eq!(sql.document(&value, raw), None);
         let (object, _) = row(&sql, None, raw).unwrap();
         assert_eq!(object, format!(r#"{{"id":"a\"b","whole":{},"_sluice_n":7}}"#, std::str::from_utf8(raw).unwrap()));
     }

@@ -107,6 +107,9 @@ pub struct Metrics {
     pub rebalances: AtomicU64,
     /// Kafka transactions committed (exactly-once).
     pub transactions: AtomicU64,
+    /// Transactional producers replaced after a fatal or fencing error
+    /// (exactly-once).
+    pub producer_replacements: AtomicU64,
     /// Offset commits requested (at-least-once).
     pub offset_commits: AtomicU64,
     /// Effects not applied because their record was at or below its
@@ -367,6 +370,7 @@ impl Metrics {
             effects_skipped: load(&self.effects_skipped),
             rows_skipped: load(&self.rows_skipped),
             transactions: load(&self.transactions),
+            producer_replacements: load(&self.producer_replacements),
             offset_commits: load(&self.offset_commits),
             dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
             stages: self.stages.lock().expect("metrics lock").clone(),
@@ -434,6 +438,7 @@ struct Scrape {
     effects_skipped: u64,
     rows_skipped: u64,
     transactions: u64,
+    producer_replacements: u64,
     offset_commits: u64,
     dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
     stages: BTreeMap<String, StageTotals>,
@@ -484,6 +489,11 @@ impl Collector for Scrape {
             ("sluice_retries", "Transient failures retried.", self.retries),
             ("sluice_rebalances", "Partition assignment changes.", self.rebalances),
             ("sluice_transactions", "Kafka transactions committed (exactly-once).", self.transactions),
+            (
+                "sluice_producer_replacements",
+                "Transactional producers replaced after a fatal or fencing error (exactly-once).",
+                self.producer_replacements,
+            ),
             (
                 "sluice_offset_commits",
                 "Offset commits of acknowledged batches (at-least-once), one per commit_interval_ms at most.",

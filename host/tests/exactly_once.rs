@@ -1,5 +1,5 @@
-//! Exactly-once under failure: crashes, a stalled broker, a stalled Redis
-//! and a rebalance. Each run must leave every valid order on
+//! Exactly-once under failure: crashes, a stalled broker, a stalled Redis,
+//! a rebalance and a fenced producer. Each run must leave every valid order on
 //! `orders.enriched` once (read_committed), every invalid record on
 //! `orders.dlq` once, and Redis counters equal to the model's sums.
 //!
@@ -132,4 +132,46 @@ async fn a_second_host_joining_and_leaving_keeps_everything_exact() {
 
     assert_exact(&tansu.brokers(), &want, SHARED_REDIS, &counters.0, outputs(&tansu).await).await;
     assert!(first.terminate().success());
+}
+
+/// Takes over `transactional_id`, as a second instance started with the
+/// same `SLUICE_INSTANCE_ID` would: the broker fences the producer that
+/// held it.
+fn fence(brokers: &str, transactional_id: &str) {
+    use rdkafka::producer::{BaseProducer, Producer};
+    let intruder: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("transactional.id", transactional_id)
+        .create()
+        .unwrap();
+    intruder.init_transactions(Duration::from_secs(30)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_producer_fenced_three_times_is_replaced_each_time_and_everything_stays_exact() {
+    let tansu = Tansu::start();
+    let (lookups, counters) = (RedisPrefix::new("fenced-lookups"), RedisPrefix::new("fenced-counters"));
+    load_lookups(SHARED_REDIS, &lookups.0).await;
+    let values = generated(60_000, 14, 0.02);
+    let want = Expected::of(&values);
+    let chunks: Vec<&[String]> = values.chunks(15_000).collect();
+    produce(&tansu.brokers(), "orders", &keyed(chunks[0])).await;
+
+    // Each fence lands at a random moment while a chunk is being processed;
+    // the next chunk is produced only after the host has replaced its
+    // producer, so every fence is met by a transaction.
+    let mut host = Host::start(&env(&tansu, &lookups.0, &counters.0, "fenced"));
+    host.wait_ready(Duration::from_secs(90));
+    for (i, moment) in moments(3, 50, 600).into_iter().enumerate() {
+        std::thread::sleep(moment);
+        fence(&tansu.brokers(), "fenced-one");
+        produce(&tansu.brokers(), "orders", &keyed(chunks[i + 1])).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while host.metric("sluice_producer_replacements_total").unwrap_or(0.0) < (i + 1) as f64 {
+            assert!(Instant::now() < deadline, "fence {i} not noticed within 60 s:\n{}", host.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    assert_exact(&tansu.brokers(), &want, SHARED_REDIS, &counters.0, outputs(&tansu).await).await;
+    assert!(host.terminate().success(), "{}", host.log_text());
 }

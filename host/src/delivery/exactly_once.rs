@@ -47,6 +47,8 @@ impl ExactlyOnce {
         if self.replace_producer {
             steps.sink.recreate().context("cannot recreate the transactional producer")?;
             self.replace_producer = false;
+            steps.metrics.producer_replacements.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("the transactional producer was replaced");
         }
         if let Err(e) = steps.sink.begin() {
             self.replace_producer = Failure::of(&e) == Failure::Fatal;

@@ -19,20 +19,30 @@ pub enum Failure {
 
 impl Failure {
     /// What `error` means.
+    ///
+    /// Fencing is fatal whatever flags librdkafka gives it: a broker may
+    /// answer a produce request with `PRODUCER_FENCED` flagged only
+    /// "abortable", and a fenced producer that aborts and tries again only
+    /// fails again.
     pub fn of(error: &KafkaError) -> Self {
         let code = match error {
-            KafkaError::Transaction(e) if e.is_fatal() => return Self::Fatal,
-            KafkaError::Transaction(e) if e.txn_requires_abort() => return Self::Abortable,
-            KafkaError::Transaction(e) => Some(e.code()),
-            _ => error.rdkafka_error_code(),
+            KafkaError::Transaction(e) => e.code(),
+            _ => match error.rdkafka_error_code() {
+                Some(code) => code,
+                None => return Self::Retriable,
+            },
         };
-        match code {
-            Some(
+        match (code, error) {
+            (
                 Code::Fatal
+                | Code::Fenced
                 | Code::ProducerFenced
                 | Code::InvalidProducerEpoch
                 | Code::TransactionalIdAuthorizationFailed,
+                _,
             ) => Self::Fatal,
+            (_, KafkaError::Transaction(e)) if e.is_fatal() => Self::Fatal,
+            (_, KafkaError::Transaction(e)) if e.txn_requires_abort() => Self::Abortable,
             _ => Self::Retriable,
         }
     }
@@ -52,6 +62,7 @@ mod tests {
     fn kafka_errors_are_classified_by_code_not_by_text() {
         assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::ProducerFenced)), Failure::Fatal);
         assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::Fatal)), Failure::Fatal);
+        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::Fenced)), Failure::Fatal);
         assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::MessageTimedOut)), Failure::Retriable);
         assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::QueueFull)), Failure::Retriable);
         assert_eq!(Failure::of(&KafkaError::Canceled), Failure::Retriable);

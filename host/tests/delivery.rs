@@ -1,6 +1,8 @@
 //! The delivery engine under bad data and changed surroundings: effects
-//! Redis refuses, records too large to take, a renamed consumer group and a
-//! recreated topic. Real Redis and a real broker throughout.
+//! Redis refuses, records too large to take, outputs the broker refuses, a
+//! renamed consumer group and a recreated topic. Real Redis throughout, and
+//! a real broker, tansu, except where tansu cannot refuse what a test needs
+//! refused: there librdkafka's own mock broker does.
 
 mod support;
 
@@ -105,9 +107,9 @@ async fn increments_that_overflow_only_together_apply_the_first_and_refuse_the_s
 }
 
 /// `sluice run` of `pipeline` against its own broker, with `delivery`.
-fn start(name: &str, pipeline: &str, tansu: &Tansu, counters: &RedisPrefix, delivery: &str) -> (Host, Workdir) {
+fn start(name: &str, pipeline: &str, brokers: &str, counters: &RedisPrefix, delivery: &str) -> (Host, Workdir) {
     let work = Workdir::new(name, pipeline);
-    let env = HostEnv::new(&tansu.brokers(), "", &counters.0, name)
+    let env = HostEnv::new(brokers, "", &counters.0, name)
         .set("SLUICE_PLUGIN_DIR", &work.plugin_dir())
         .set("SLUICE_DELIVERY", delivery);
     let mut host = Host::start_with(&env, &work.pipeline());
@@ -129,7 +131,8 @@ async fn refused_effects_are_dead_lettered(delivery: &str) {
     let counters = RedisPrefix::new(&format!("refused-{delivery}"));
     let wrong = format!("{}wrong", counters.0);
     let _: () = redis::cmd("SET").arg(&wrong).arg("a string").query(&mut redis()).unwrap();
-    let (mut host, _work) = start(&format!("refused-{delivery}"), &guest_pipeline(), &tansu, &counters, delivery);
+    let (mut host, _work) =
+        start(&format!("refused-{delivery}"), &guest_pipeline(), &tansu.brokers(), &counters, delivery);
     let good = format!("effects 2 {}good", counters.0);
     let bad = format!("effects 1 {wrong}");
     let records: Vec<_> = [&good, &bad, &good].iter().map(|c| (None, c.as_bytes().to_vec())).collect();
@@ -167,7 +170,7 @@ async fn a_record_over_max_record_bytes_is_dead_lettered_before_any_stage() {
     let tansu = Tansu::start();
     let counters = RedisPrefix::new("too-large");
     let text = guest_pipeline().replace("[source]\n", "[source]\nmax_record_bytes = 1000\n");
-    let (mut host, _work) = start("too-large", &text, &tansu, &counters, "at-least-once");
+    let (mut host, _work) = start("too-large", &text, &tansu.brokers(), &counters, "at-least-once");
     let large = format!("ok {}", "x".repeat(2000));
     produce(&tansu.brokers(), "orders", &[(None, large.as_bytes().to_vec()), (None, b"ok".to_vec())]).await;
     host.wait_records_in(2, Duration::from_secs(60));
@@ -197,13 +200,13 @@ async fn a_renamed_group_that_reads_the_topic_again_counts_nothing_twice() {
     let counters = RedisPrefix::new("renamed");
     let records: Vec<_> = (0..20).map(|_| (None, format!("effects 1 {}n", counters.0).into_bytes())).collect();
     produce(&tansu.brokers(), "orders", &records).await;
-    let (mut blue, _work) = start("renamed-blue", &guest_pipeline(), &tansu, &counters, "at-least-once");
+    let (mut blue, _work) = start("renamed-blue", &guest_pipeline(), &tansu.brokers(), &counters, "at-least-once");
     blue.wait_records_in(20, Duration::from_secs(60));
     assert!(blue.terminate().success());
     assert_eq!(counter(&format!("{}n", counters.0))["f0"], 20);
 
     // Green: a new group, so every record is read again from the start.
-    let (mut green, _work) = start("renamed-green", &guest_pipeline(), &tansu, &counters, "at-least-once");
+    let (mut green, _work) = start("renamed-green", &guest_pipeline(), &tansu.brokers(), &counters, "at-least-once");
     green.wait_records_in(20, Duration::from_secs(60));
     assert_eq!(counter(&format!("{}n", counters.0))["f0"], 20, "{}", green.log_text());
     assert_eq!(green.metric("sluice_effects_skipped_total"), Some(20.0));
@@ -221,7 +224,7 @@ async fn a_fence_past_the_end_of_its_partition_stops_the_host_and_says_how_to_re
     for partition in ["orders:0", "orders:1", "orders:2"] {
         let _: () = redis::cmd("HSET").arg(&old).arg(partition).arg(500).query(&mut redis()).unwrap();
     }
-    let (mut host, _work) = start(name, &guest_pipeline(), &tansu, &counters, "at-least-once");
+    let (mut host, _work) = start(name, &guest_pipeline(), &tansu.brokers(), &counters, "at-least-once");
     // The end offsets are known a few seconds after the assignment: keep
     // records coming until the host gives up.
     let record = (Some("k".to_string()), format!("effects 1 {}n", counters.0).into_bytes());
@@ -256,7 +259,7 @@ async fn exactly_once_commits_one_transaction_per_interval_not_per_batch() {
     let tansu = Tansu::start();
     let counters = RedisPrefix::new("interval");
     let text = small_batches_committed_each_second();
-    let (mut host, _work) = start("interval", &text, &tansu, &counters, "exactly-once");
+    let (mut host, _work) = start("interval", &text, &tansu.brokers(), &counters, "exactly-once");
     produce(&tansu.brokers(), "orders", &counted(&counters, 2000)).await;
     host.wait_records_in(2000, Duration::from_secs(120));
     let (batches, transactions) =
@@ -274,7 +277,7 @@ async fn at_least_once_commits_offsets_per_interval_not_per_batch() {
     let tansu = Tansu::start();
     let counters = RedisPrefix::new("alo-interval");
     let text = small_batches_committed_each_second();
-    let (mut host, _work) = start("alo-interval", &text, &tansu, &counters, "at-least-once");
+    let (mut host, _work) = start("alo-interval", &text, &tansu.brokers(), &counters, "at-least-once");
     produce(&tansu.brokers(), "orders", &counted(&counters, 2000)).await;
     host.wait_records_in(2000, Duration::from_secs(120));
     let (batches, commits) =
@@ -384,4 +387,57 @@ async fn a_rewind_drops_what_was_read_ahead_and_reads_the_partitions_again_from_
         let expected: Vec<i64> = (start..start + offsets.len() as i64).collect();
         assert_eq!(offsets, &expected, "partition {partition} (rewound: {rewound:?}): no gap, no duplicate");
     }
+}
+
+/// Outputs refused for good by the broker, as Apache Kafka refuses a record
+/// over the topic's `max.message.bytes` (tansu takes any record, so
+/// librdkafka's mock broker plays the broker): the next two produce requests
+/// fail with `MSG_SIZE_TOO_LARGE`. The first carries the first outputs; sent
+/// again alone, the first of them is refused again and its input is
+/// dead-lettered, while the others, fine alone, are delivered once.
+async fn refused_outputs_are_dead_lettered(delivery: &str) {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).unwrap();
+    for topic in ["orders", "orders.enriched", "orders.dlq"] {
+        mock.create_topic(topic, 1, 1).unwrap();
+    }
+    let brokers = mock.bootstrap_servers();
+    let values = ["ok first", "ok second", "ok third", "ok fourth"];
+    let records: Vec<_> = values.iter().map(|v| (None, v.as_bytes().to_vec())).collect();
+    produce(&brokers, "orders", &records).await;
+    let too_large = RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE;
+    mock.request_errors(RDKafkaApiKey::Produce, &[too_large, too_large]);
+
+    let counters = RedisPrefix::new(&format!("refused-output-{delivery}"));
+    let name = format!("refused-output-{delivery}");
+    let (mut host, _work) = start(&name, &guest_pipeline(), &brokers, &counters, delivery);
+    host.wait_records_in(4, Duration::from_secs(60));
+
+    let dead = consume(&brokers, "orders.dlq", 1, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(dead.len(), 1, "{}", host.log_text());
+    let header = |name: &str| dead[0].headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(header("sluice.error.reason"), "output_too_large");
+    assert_eq!(header("sluice.error.stage"), "guest");
+    assert!(header("sluice.error.message").contains("orders.enriched"), "{}", header("sluice.error.message"));
+    assert_eq!(String::from_utf8_lossy(&dead[0].value), values[0]);
+    let out = consume(&brokers, "orders.enriched", 3, Duration::from_secs(30), Duration::from_secs(1)).await;
+    let mut got: Vec<String> = out.iter().map(|o| String::from_utf8_lossy(&o.value).into_owned()).collect();
+    got.sort();
+    let mut want: Vec<String> = values[1..].iter().map(|v| v.to_string()).collect();
+    want.sort();
+    assert_eq!(got, want, "every other output once");
+    let metric = "sluice_dead_letters_total{stage=\"guest\",reason=\"output_too_large\"}";
+    assert_eq!(host.metric(metric), Some(1.0));
+    assert!(host.terminate().success(), "{}", host.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_the_broker_refuses_for_good_dead_letters_its_input_at_least_once() {
+    refused_outputs_are_dead_lettered("at-least-once").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_the_broker_refuses_for_good_dead_letters_its_input_exactly_once() {
+    refused_outputs_are_dead_lettered("exactly-once").await;
 }

@@ -4,7 +4,7 @@
 //! acknowledged. A crash replays the uncommitted batches, whose outputs may
 //! then appear twice; their effects, behind the fence, do not count twice.
 
-use super::{Backoff, Delivering, Mode, Step, Steps, produced};
+use super::{Delivering, Mode, Steps, produced};
 use crate::kafka::{Commit, Source};
 use crate::pipeline::BatchResult;
 use crate::record::Batch;
@@ -39,13 +39,9 @@ impl AtLeastOnce {
     /// failed), then stores its offsets for the next commit, commits if
     /// one is due, and counts the batch.
     async fn finish(&mut self, steps: &mut Steps<'_>, source: &Source, done: Delivering) -> anyhow::Result<()> {
-        let Delivering { batch, result, sent } = done;
-        let pending = produced(&result);
-        if let Err((e, failed)) = sent.acknowledged(&pending).await {
-            let mut backoff = Backoff::new();
-            let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
-            steps.wait(Step::Delivery, &why, &mut backoff).await?;
-            steps.deliver(failed, backoff).await?;
+        let Delivering { batch, mut result, sent } = done;
+        if let Err(failed) = sent.acknowledged().await {
+            steps.redeliver(&batch, &mut result, failed).await?;
         }
         source.store(&batch);
         if self.committed.elapsed() >= self.commit_every {

@@ -3,13 +3,22 @@
 //! transaction is aborted (or its producer replaced, when the failure is
 //! fatal) and its batches are read and processed again; their effects,
 //! behind the fence, are not applied again.
+//!
+//! An output the broker refuses for good aborts its transaction like any
+//! failure, and its input record becomes a suspect: processed again, its
+//! outputs travel alone, so that a refusal of a whole request is told from
+//! a refusal of the record. Refused alone as well, the record is
+//! dead-lettered (`output_too_large` or `output_refused`) when it is
+//! processed the next time. Each such record costs one or two aborted
+//! transactions, never a pipeline that stops.
 
-use super::{Backoff, Delivering, Mode, Step, Steps, produced};
+use super::{Backoff, Delivering, Mode, Step, Steps, produced, refusal};
 use crate::kafka::Failure;
-use crate::kafka::{Sent, Source};
-use crate::pipeline::BatchResult;
-use crate::record::Batch;
+use crate::kafka::{Sent, Source, Unacknowledged};
+use crate::pipeline::{BatchResult, HostRefusal};
+use crate::record::{Batch, Record};
 use anyhow::Context;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -26,6 +35,75 @@ pub struct ExactlyOnce {
     /// The producer failed fatally (or could not be replaced yet): replace
     /// it before the next transaction.
     replace_producer: bool,
+    /// Records refused for good by the broker, and what they are
+    /// dead-lettered as when processed again.
+    refused: Refused,
+}
+
+/// Where a record comes from: topic, partition, offset.
+type Coordinates = (String, i32, i64);
+
+fn coordinates(record: &Record) -> Coordinates {
+    (record.topic.clone(), record.partition, record.offset)
+}
+
+/// The records whose outputs the broker refused, remembered across the
+/// aborted transactions that found them out.
+#[derive(Default)]
+struct Refused {
+    /// An output refused along with others: sent alone next time.
+    suspects: HashSet<Coordinates>,
+    /// An output refused alone: the record is dead-lettered next time.
+    alone: HashMap<Coordinates, (HostRefusal, String)>,
+}
+
+impl Refused {
+    /// Notes the refusals among a transaction's unacknowledged records.
+    fn note(&mut self, batch: &Batch, result: &BatchResult, failed: &Unacknowledged) {
+        for (i, error) in &failed.failed {
+            let Some(&origin) = result.output_origins.get(*i) else { continue };
+            if Failure::of(error) != Failure::Record {
+                continue;
+            }
+            let at = coordinates(&batch.records()[origin]);
+            if self.suspects.remove(&at) {
+                self.alone.insert(at, refusal(&result.outputs[*i], error));
+            } else {
+                self.suspects.insert(at);
+            }
+        }
+    }
+
+    /// Dead-letters the records of `batch` refused alone before.
+    fn reject(&self, batch: &Batch, result: &mut BatchResult) {
+        if self.alone.is_empty() {
+            return;
+        }
+        for (origin, record) in batch.records().iter().enumerate() {
+            if let Some((refusal, message)) = self.alone.get(&coordinates(record))
+                && result.output_origins.contains(&origin)
+            {
+                result.refuse_output(batch.records(), origin, *refusal, message.clone());
+            }
+        }
+    }
+
+    /// Whether output `i` of `result` must travel alone.
+    fn suspect(&self, batch: &Batch, result: &BatchResult, i: usize) -> bool {
+        result.output_origins.get(i).is_some_and(|&o| self.suspects.contains(&coordinates(&batch.records()[o])))
+    }
+
+    /// Forgets the records of committed batches.
+    fn committed(&mut self, batches: &[(Arc<Batch>, BatchResult)]) {
+        if self.suspects.is_empty() && self.alone.is_empty() {
+            return;
+        }
+        for record in batches.iter().flat_map(|(b, _)| b.records()) {
+            let at = coordinates(record);
+            self.suspects.remove(&at);
+            self.alone.remove(&at);
+        }
+    }
 }
 
 /// An open Kafka transaction and the batches written in it, their effects
@@ -38,7 +116,7 @@ struct Transaction {
 impl ExactlyOnce {
     /// One transaction per `commit_every`.
     pub fn new(commit_every: Duration) -> Self {
-        Self { open: None, commit_every, rewinds: Backoff::new(), replace_producer: false }
+        Self { open: None, commit_every, rewinds: Backoff::new(), replace_producer: false, refused: Refused::default() }
     }
 
     /// Begins a transaction, replacing the producer first if it failed
@@ -69,8 +147,9 @@ impl ExactlyOnce {
             batches.push((batch, result));
             sent.push(s);
         }
-        match commit(steps, source, &batches, sent).await {
+        match commit(steps, source, &batches, sent, &mut self.refused).await {
             Ok(()) => {
+                self.refused.committed(&batches);
                 self.rewinds = Backoff::new();
                 steps.metrics.transactions.fetch_add(1, Ordering::Relaxed);
                 for (batch, result) in &batches {
@@ -95,22 +174,24 @@ impl ExactlyOnce {
 }
 
 /// Waits for the acknowledgements of a transaction's records, adds the
-/// consumer offsets after its batches, and commits it.
+/// consumer offsets after its batches, and commits it. Records the broker
+/// refused for good are noted in `refused`.
 async fn commit(
     steps: &mut Steps<'_>,
     source: &Source,
     batches: &[(Arc<Batch>, BatchResult)],
     sent: Vec<Sent>,
+    refused: &mut Refused,
 ) -> anyhow::Result<()> {
-    for ((_, result), sent) in batches.iter().zip(sent) {
-        let pending = produced(result);
-        if let Err((e, failed)) = sent.acknowledged(&pending).await {
-            return Err(anyhow::Error::new(e).context(format!(
-                "{} of {} records not acknowledged",
-                failed.len(),
-                pending.len()
-            )));
+    let mut first_failure = None;
+    for ((batch, result), sent) in batches.iter().zip(sent) {
+        if let Err(failed) = sent.acknowledged().await {
+            refused.note(batch, result, &failed);
+            first_failure.get_or_insert(failed);
         }
+    }
+    if let Some(failed) = first_failure {
+        return Err(failed.into());
     }
     let group = source.group_metadata().context("the consumer has no group metadata")?;
     let offsets = Source::offsets_after(batches.iter().map(|(b, _)| &**b))?;
@@ -142,8 +223,15 @@ impl Mode for ExactlyOnce {
             }
             self.open = Some(Transaction { batches: Vec::new(), begun: Instant::now() });
         }
+        let mut result = result;
+        self.refused.reject(&batch, &mut result);
         let open = self.open.as_mut().expect("begun above");
-        let sent = steps.sink.enqueue(&produced(&result)).await;
+        let records = produced(&result);
+        let sent = if self.refused.suspects.is_empty() {
+            steps.sink.enqueue(&records).await
+        } else {
+            steps.sink.enqueue_isolating(&records, |i| self.refused.suspect(&batch, &result, i)).await
+        };
         open.batches.push(Delivering { batch, result, sent });
         if open.begun.elapsed() >= self.commit_every {
             let open = self.open.take().expect("open");

@@ -13,13 +13,15 @@ pub use at_least_once::{AtLeastOnce, IN_FLIGHT};
 pub use exactly_once::ExactlyOnce;
 
 use crate::config::PipelineConfig;
-use crate::kafka::{Sent, Sink, Source};
+use crate::kafka::{Failure, Sent, Sink, Source, Unacknowledged};
 use crate::lookup::Unavailable;
 use crate::metrics::Metrics;
-use crate::pipeline::{BatchResult, Chain};
+use crate::pipeline::{BatchResult, Chain, HostRefusal};
 use crate::postgres::{Tables, Written};
 use crate::record::{Batch, Produce, Row};
 use crate::redis::{Applied, Fence, RecordEffect, RedisEffects};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -112,6 +114,35 @@ pub(crate) struct Delivering {
     pub(crate) batch: Arc<Batch>,
     pub(crate) result: BatchResult,
     pub(crate) sent: Sent,
+}
+
+/// A record sent again: an output, with the index of its input record in
+/// its batch, or a dead letter.
+struct Resend {
+    origin: Option<usize>,
+    record: Produce,
+}
+
+/// What a record refused for good by the broker dead-letters its input as,
+/// and the message.
+fn refusal(record: &Produce, error: &KafkaError) -> (HostRefusal, String) {
+    let size = matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+        )
+    );
+    let refusal = if size { HostRefusal::OutputTooLarge } else { HostRefusal::OutputRefused };
+    let bytes = record.key.as_ref().map_or(0, Vec::len) + record.value.len();
+    (
+        refusal,
+        format!(
+            "the broker refused an output to `{}` ({bytes} bytes of key and value), also sent alone: {error}",
+            record.topic
+        ),
+    )
 }
 
 /// Every record a batch writes: its outputs, then its dead letters.
@@ -263,18 +294,73 @@ impl Steps<'_> {
         }
     }
 
-    /// Sends `pending` until every record is acknowledged, waiting out
-    /// failures with `backoff`.
-    pub async fn deliver(&mut self, mut pending: Vec<&Produce>, mut backoff: Backoff) -> anyhow::Result<()> {
+    /// Sends again what the broker did not acknowledge of a batch's outputs
+    /// and dead letters (`failed` indexes [`produced`]`(result)`), until
+    /// every record is acknowledged.
+    ///
+    /// An output the broker refuses for good ([`Failure::Record`]) is sent
+    /// once more alone, since a refusal may name a whole request of records
+    /// that are fine alone. Refused alone as well, it dead-letters its input
+    /// record in `result` (`output_too_large`, or `output_refused`, with the
+    /// broker's answer), and that dead letter is sent instead. Any other
+    /// failure is waited out with backoff.
+    pub async fn redeliver(
+        &mut self,
+        batch: &Batch,
+        result: &mut BatchResult,
+        failed: Unacknowledged,
+    ) -> anyhow::Result<()> {
+        let outputs = result.outputs.len();
+        let mut pending: Vec<(Resend, KafkaError)> = (failed.failed.into_iter())
+            .map(|(i, e)| match i.checked_sub(outputs) {
+                None => (Resend { origin: Some(result.output_origins[i]), record: result.outputs[i].clone() }, e),
+                Some(d) => (Resend { origin: None, record: result.dead_letters[d].record.clone() }, e),
+            })
+            .collect();
+        let mut refused = HashSet::new();
+        let mut backoff = Backoff::new();
         while !pending.is_empty() {
-            match self.sink.send_all(&pending).await {
-                Ok(()) => break,
-                Err((e, failed)) => {
-                    let why = format!("{} of {} records not acknowledged: {e}", failed.len(), pending.len());
-                    pending = failed;
-                    self.wait(Step::Delivery, &why, &mut backoff).await?;
+            let mut again = Vec::with_capacity(pending.len());
+            let mut why = None;
+            for (resend, error) in pending {
+                let alone = match resend.origin {
+                    Some(origin) if refused.contains(&origin) => continue,
+                    Some(origin) if Failure::of(&error) == Failure::Record => {
+                        self.sink.send_all(&[&resend.record]).await.map_err(|e| (origin, e))
+                    }
+                    _ => {
+                        why.get_or_insert_with(|| error.to_string());
+                        again.push(resend);
+                        continue;
+                    }
+                };
+                match alone {
+                    Ok(()) => {}
+                    Err((origin, e)) if Failure::of(e.first()) == Failure::Record => {
+                        let (refusal, message) = refusal(&resend.record, e.first());
+                        tracing::warn!(topic = %resend.record.topic, error = %message, "an output was refused for good: its input is dead-lettered");
+                        refused.insert(origin);
+                        again.retain(|r: &Resend| r.origin != Some(origin));
+                        let letter = result.refuse_output(batch.records(), origin, refusal, message).clone();
+                        again.push(Resend { origin: None, record: letter });
+                    }
+                    Err((_, e)) => {
+                        why.get_or_insert_with(|| e.to_string());
+                        again.push(resend);
+                    }
                 }
             }
+            if let Some(why) = why {
+                self.wait(Step::Delivery, &why, &mut backoff).await?;
+            }
+            let records: Vec<&Produce> = again.iter().map(|r| &r.record).collect();
+            pending = match self.sink.send_all(&records).await {
+                Ok(()) => Vec::new(),
+                Err(e) => {
+                    let mut again: Vec<Option<Resend>> = again.into_iter().map(Some).collect();
+                    e.failed.into_iter().map(|(i, e)| (again[i].take().expect("one error per record"), e)).collect()
+                }
+            };
         }
         Ok(())
     }

@@ -12,6 +12,12 @@ pub enum Failure {
     /// The open transaction cannot commit: abort it and process its
     /// batches again. The producer is fine.
     Abortable,
+    /// The broker refuses this record for good, and sending it again
+    /// fails again: larger than the topic's `max.message.bytes`, or invalid
+    /// for the topic (no key on a compacted topic, a timestamp out of the
+    /// topic's range). Other records are not concerned, though a refusal
+    /// that names a batch may include records that are fine alone.
+    Record,
     /// The producer cannot be used any more (fenced by a newer instance, a
     /// fatal idempotence or transaction error): replace it.
     Fatal,
@@ -41,6 +47,14 @@ impl Failure {
                 | Code::TransactionalIdAuthorizationFailed,
                 _,
             ) => Self::Fatal,
+            (
+                Code::MessageSizeTooLarge
+                | Code::MessageBatchTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidRecord
+                | Code::InvalidTimestamp,
+                KafkaError::MessageProduction(_),
+            ) => Self::Record,
             (_, KafkaError::Transaction(e)) if e.is_fatal() => Self::Fatal,
             (_, KafkaError::Transaction(e)) if e.txn_requires_abort() => Self::Abortable,
             _ => Self::Retriable,
@@ -66,6 +80,9 @@ mod tests {
         assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::MessageTimedOut)), Failure::Retriable);
         assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::QueueFull)), Failure::Retriable);
         assert_eq!(Failure::of(&KafkaError::Canceled), Failure::Retriable);
+        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::MessageSizeTooLarge)), Failure::Record);
+        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::InvalidRecord)), Failure::Record);
+        assert_eq!(Failure::of(&KafkaError::MessageProduction(Code::UnknownTopicOrPartition)), Failure::Retriable);
         let wrapped = anyhow::Error::new(KafkaError::MessageProduction(Code::InvalidProducerEpoch)).context("commit");
         assert_eq!(Failure::in_chain(&wrapped), Failure::Fatal);
         assert_eq!(Failure::in_chain(&anyhow::anyhow!("no Kafka error here")), Failure::Retriable);

@@ -15,7 +15,7 @@ mod writer;
 pub use failure::Failure;
 pub use reader::Reader;
 pub use scan::{Start, scan, scan_from};
-pub use sink::{Sent, Sink};
+pub use sink::{Sent, Sink, Unacknowledged};
 pub use source::{Commit, Source};
 pub use writer::Writer;
 

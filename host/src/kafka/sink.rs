@@ -106,12 +106,10 @@ impl Sink {
         blocking(|| self.producer.abort_transaction(TXN_TIMEOUT))
     }
 
-    /// Sends every record and waits for all acknowledgements. On failure
-    /// returns the first error and the records not acknowledged, so that the
-    /// caller can send them again.
-    pub async fn send_all<'a>(&self, records: &[&'a Produce]) -> Result<(), (KafkaError, Vec<&'a Produce>)> {
+    /// Sends every record and waits for all acknowledgements.
+    pub async fn send_all(&self, records: &[&Produce]) -> Result<(), Unacknowledged> {
         let sent = self.enqueue(records).await;
-        sent.acknowledged(records).await
+        sent.acknowledged().await
     }
 
     /// Hands every record to the producer, in order, and returns without
@@ -121,23 +119,54 @@ impl Sink {
     pub async fn enqueue(&self, records: &[&Produce]) -> Sent {
         let mut deliveries = Vec::with_capacity(records.len());
         for r in records {
-            let mut record = future_record(r);
-            let waited = std::time::Instant::now();
-            let delivery = loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => break Ok(delivery),
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                        if waited.elapsed() < QUEUE_TIMEOUT =>
-                    {
-                        record = back;
-                        tokio::time::sleep(QUEUE_FULL_WAIT).await;
-                    }
-                    Err((e, _)) => break Err(e),
-                }
-            };
-            deliveries.push(delivery);
+            deliveries.push(self.enqueue_one(r).await);
         }
         Sent { deliveries }
+    }
+
+    /// As [`Sink::enqueue`], except that each record for which `alone`
+    /// holds travels in a produce request of its own: the producer is
+    /// flushed before and after it. For records the broker refused as part
+    /// of a request, to learn which of them it refuses for themselves.
+    pub async fn enqueue_isolating(&self, records: &[&Produce], alone: impl Fn(usize) -> bool) -> Sent {
+        let mut deliveries = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let alone = alone(i);
+            if alone {
+                self.drain();
+            }
+            deliveries.push(self.enqueue_one(r).await);
+            if alone {
+                self.drain();
+            }
+        }
+        Sent { deliveries }
+    }
+
+    /// Waits until everything handed to the producer has its answer; the
+    /// answers themselves come with each delivery.
+    fn drain(&self) {
+        if let Err(e) = blocking(|| self.producer.flush(Timeout::After(QUEUE_TIMEOUT))) {
+            tracing::debug!(error = %e, "flush before a record sent alone");
+        }
+    }
+
+    /// Hands one record to the producer, waiting while its queue is full.
+    async fn enqueue_one(&self, produce: &Produce) -> Result<DeliveryFuture, KafkaError> {
+        let mut record = future_record(produce);
+        let waited = std::time::Instant::now();
+        loop {
+            match self.producer.send_result(record) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if waited.elapsed() < QUEUE_TIMEOUT =>
+                {
+                    record = back;
+                    tokio::time::sleep(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 
     /// Waits for everything queued to be delivered, up to `timeout`.
@@ -157,10 +186,9 @@ pub struct Sent {
 }
 
 impl Sent {
-    /// Waits for every acknowledgement. On failure returns the first error
-    /// and the records not acknowledged (`records` must be those given to
-    /// [`Sink::enqueue`]), so that the caller can send them again.
-    pub async fn acknowledged<'a>(self, records: &[&'a Produce]) -> Result<(), (KafkaError, Vec<&'a Produce>)> {
+    /// Waits for every acknowledgement.
+    pub async fn acknowledged(self) -> Result<(), Unacknowledged> {
+        let sent = self.deliveries.len();
         let results = join_all(self.deliveries.into_iter().map(|d| async move {
             match d {
                 Ok(delivery) => match delivery.await {
@@ -172,18 +200,37 @@ impl Sent {
             }
         }))
         .await;
-        let mut first_error = None;
-        let mut failed = Vec::new();
-        for (record, result) in records.iter().zip(results) {
-            if let Err(e) = result {
-                first_error.get_or_insert(e);
-                failed.push(*record);
-            }
-        }
-        match first_error {
-            None => Ok(()),
-            Some(e) => Err((e, failed)),
-        }
+        let failed: Vec<(usize, KafkaError)> =
+            results.into_iter().enumerate().filter_map(|(i, r)| r.err().map(|e| (i, e))).collect();
+        if failed.is_empty() { Ok(()) } else { Err(Unacknowledged { failed, sent }) }
+    }
+}
+
+/// The records of a send that the broker did not acknowledge: their
+/// indexes in what was sent, in order, each with its error.
+#[derive(Debug)]
+pub struct Unacknowledged {
+    /// (index, error), at least one.
+    pub failed: Vec<(usize, KafkaError)>,
+    sent: usize,
+}
+
+impl Unacknowledged {
+    /// The first record's error.
+    pub fn first(&self) -> &KafkaError {
+        &self.failed[0].1
+    }
+}
+
+impl std::fmt::Display for Unacknowledged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} records not acknowledged: {}", self.failed.len(), self.sent, self.first())
+    }
+}
+
+impl std::error::Error for Unacknowledged {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.first())
     }
 }
 

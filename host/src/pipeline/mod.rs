@@ -117,6 +117,22 @@ impl BatchResult {
         let at = self.dead_letters.partition_point(|d| d.origin < origin);
         self.dead_letters.insert(at, dead);
     }
+
+    /// Rejects, after the fact, the record at `origin` of `records`, one of
+    /// whose outputs the broker refused for good: as [`BatchResult::reject`],
+    /// in the name of the chain's last stage. Returns its dead letter.
+    pub fn refuse_output(
+        &mut self,
+        records: &[Record],
+        origin: usize,
+        refusal: HostRefusal,
+        message: String,
+    ) -> &Produce {
+        let last = self.letters.as_ref().map_or(0, |l| l.stages.len().saturating_sub(1));
+        self.reject(records, origin, last, &ErrorInfo { reason: refusal.as_str().into(), message });
+        let at = self.dead_letters.partition_point(|d| d.origin < origin);
+        &self.dead_letters[at].record
+    }
 }
 
 /// Why a chain could not be built: the plugin's or the stage's error as it

@@ -44,6 +44,9 @@ pub enum HostRefusal {
     EffectFailed,
     /// PostgreSQL refused one of the record's rows.
     RowRefused,
+    /// The broker refused one of the record's outputs for good, other than
+    /// for its size (for example no key on a compacted topic).
+    OutputRefused,
 }
 
 /// Why a record was dead-lettered.
@@ -75,7 +78,7 @@ impl PluginFailure {
 
 impl HostRefusal {
     /// Every refusal, for tests and documentation.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::CircuitOpen,
         Self::RecordTooLarge,
         Self::OutputTooLarge,
@@ -83,6 +86,7 @@ impl HostRefusal {
         Self::EffectDenied,
         Self::EffectFailed,
         Self::RowRefused,
+        Self::OutputRefused,
     ];
 
     /// The header value.
@@ -95,6 +99,7 @@ impl HostRefusal {
             Self::EffectDenied => "effect_denied",
             Self::EffectFailed => "effect_failed",
             Self::RowRefused => "row_refused",
+            Self::OutputRefused => "output_refused",
         }
     }
 }

@@ -230,7 +230,8 @@ impl Source {
     }
 
     /// Moves every partition of `batches` back to the group's committed
-    /// offset (or to the batches' first record when nothing is committed),
+    /// offset (or to the batches' first record when that is earlier or
+    /// nothing is committed),
     /// dropping what was read ahead of it, so that uncommitted batches are
     /// read again. Fails, to be retried, when the committed offsets cannot
     /// be read or a partition still assigned cannot be moved.
@@ -383,8 +384,12 @@ async fn read(
 }
 
 /// Drops the buffered records of the partitions in `first` and moves each
-/// back to its committed offset (or to `first`'s offset when nothing is
-/// committed).
+/// back to its committed offset, or to `first`'s offset when that is
+/// earlier or nothing is committed. The committed offset is the one to
+/// return to when a batch taken ahead is dropped behind an aborted one; the
+/// batch's own first offset wins when the broker kept offsets of the
+/// aborted transaction itself (tansu 0.6 keeps some of those a fenced
+/// producer sent), which would otherwise skip the batch's records.
 fn rewind(
     consumer: &StreamConsumer<LogContext>,
     shared: &Shared,
@@ -395,6 +400,16 @@ fn rewind(
     let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl(&first)?, Duration::from_secs(10)))?;
     for ((topic, partition), first_offset) in first {
         let offset = match committed.find_partition(&topic, partition).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) if o > first_offset => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    committed = o,
+                    first = first_offset,
+                    "the broker kept offsets of an aborted transaction: rewinding to the batch's first record"
+                );
+                first_offset
+            }
             Some(Offset::Offset(o)) => o,
             _ => first_offset,
         };

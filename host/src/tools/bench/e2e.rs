@@ -53,7 +53,7 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
     // task; up to `IN_FLIGHT` batches' copies travel to the broker while the
     // next batch is taken; the oldest is acknowledged before another goes
     // out, and acknowledged batches are committed on an interval.
-    let mut in_flight: VecDeque<(Batch, Vec<Produce>, Sent)> = VecDeque::new();
+    let mut in_flight: VecDeque<(Batch, Sent)> = VecDeque::new();
     let (commit_every, mut committed) = (Duration::from_millis(config.commit_interval_ms.get()), Instant::now());
     let mut taken = 0u64;
     while done < args.count {
@@ -75,11 +75,11 @@ pub async fn passthrough(args: PassthroughArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 let sent = sink.enqueue(&copies.iter().collect::<Vec<_>>()).await;
-                in_flight.push_back((batch, copies, sent));
+                in_flight.push_back((batch, sent));
             }
         }
         while in_flight.len() > IN_FLIGHT || (idle && !in_flight.is_empty()) {
-            let (sent_batch, _copies, sent) = in_flight.pop_front().expect("not empty");
+            let (sent_batch, sent) = in_flight.pop_front().expect("not empty");
             sent.acknowledged().await?;
             source.store(&sent_batch);
             if committed.elapsed() >= commit_every {

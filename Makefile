@@ -1,5 +1,5 @@
 # Sluice: `make demo` runs the default pipeline locally, `make test` runs every test.
-PLUGINS := normalize enrich categorize totals testguest
+PLUGINS := normalize enrich categorize totals testguest dedup
 # Test fixtures: a WASI command (a component of another world) and a second
 # version of categorize (fallback category `Uncategorized`).
 FIXTURES := wasi-command

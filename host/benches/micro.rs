@@ -63,7 +63,8 @@ fn component_calls(c: &mut Criterion) {
     for (name, plugin, ok) in
         [("boundary (testguest ok)", "testguest.wasm", true), ("normalize", "normalize.wasm", false)]
     {
-        let mut chain = Chain::build(&engine, &one_stage(plugin), lookups.clone()).unwrap();
+        let mut chain =
+            Chain::build(&engine, &one_stage(plugin), lookups.clone(), sluice::state::StateStore::in_memory()).unwrap();
         let mut group = c.benchmark_group(format!("component call: {name}"));
         for batch in [1usize, 64, 512] {
             let input = messages(batch, ok);

@@ -1,8 +1,13 @@
-//! The host side of the plugin contract: the only `bindgen!` in Sluice.
+//! The host side of the plugin contract: the only `bindgen!`s in Sluice.
 //!
-//! `lookup` is trappable: when Redis cannot answer, the call is aborted
-//! rather than told "no such row", so a transient outage never turns into a
-//! wrong dead letter.
+//! `sluice:plugin@0.1.0` is the records, the outcomes and the host calls;
+//! `0.2.0` adds keyed state (`state`) and reuses 0.1.0's types and host
+//! calls, so a component of either version is instantiated through the
+//! same `Transform` bindings, with `state` in the linker beside `host`.
+//!
+//! `lookup` and `state.get` are trappable: when Redis cannot answer, the
+//! call is aborted rather than told "no such row", so a transient outage
+//! never turns into a wrong dead letter.
 
 wasmtime::component::bindgen!({
     world: "transform",
@@ -14,3 +19,22 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::sluice::plugin::types::{Effect, ErrorInfo, Header, LogLevel, Output};
+
+/// `sluice:plugin@0.2.0`: the `state` interface.
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        world: "transform",
+        path: "../wit/plugin@0.2.0",
+        with: {
+            "sluice:plugin/types@0.1.0": super::sluice::plugin::types,
+            "sluice:plugin/host@0.1.0": super::sluice::plugin::host,
+        },
+        imports: {
+            "sluice:plugin/state.get": trappable,
+        },
+    });
+
+    pub use self::sluice::plugin0_2_0::state::{
+        Host as StateHost, Key as StateKey, add_to_linker as add_state_to_linker,
+    };
+}

@@ -108,7 +108,8 @@ fn validate(path: &Path) -> anyhow::Result<()> {
     let pipeline = load(path)?;
     let started = std::time::Instant::now();
     let engine = Engine::new()?;
-    let chain = Chain::build(&engine, &pipeline, Arc::new(Offline)).with_context(|| format!("{}", path.display()))?;
+    let chain = Chain::build(&engine, &pipeline, Arc::new(Offline), crate::state::StateStore::in_memory())
+        .with_context(|| format!("{}", path.display()))?;
     for (i, stage) in chain.stages().iter().enumerate() {
         for s in std::iter::once(stage).chain(chain.canary(i)) {
             let c = &s.spec().component;

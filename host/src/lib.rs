@@ -52,4 +52,5 @@ pub mod record;
 pub mod redis;
 pub mod reload;
 pub mod run;
+pub mod state;
 pub mod tools;

@@ -29,8 +29,9 @@ use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain, HostRefusal};
 use crate::postgres::{FENCES, Tables, Written};
 use crate::record::{Batch, Effect, Record};
-use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups};
+use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisLookups, RedisState};
 use crate::reload::{self, PROBE_RECORDS, Reloader, Request, Trigger};
+use crate::state::StateStore;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -78,9 +79,13 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     let lookups: Arc<dyn LookupSource> =
         Arc::new(RedisLookups::new(&config.redis.url, &config.lookups).context("redis.url")?);
     let started = std::time::Instant::now();
-    let (build_engine, build_pipeline, build_lookups) = (engine.clone(), pipeline.clone(), lookups.clone());
+    let redis_state = RedisState::new(&config.redis.url, &config.redis.state_prefix).context("redis.url")?;
+    let state = StateStore::new(&config.redis.state_prefix, Box::new(redis_state.handle()));
+    let (build_engine, build_pipeline, build_lookups, build_state) =
+        (engine.clone(), pipeline.clone(), lookups.clone(), state.clone());
     let chain =
-        tokio::task::spawn_blocking(move || Chain::build(&build_engine, &build_pipeline, build_lookups)).await??;
+        tokio::task::spawn_blocking(move || Chain::build(&build_engine, &build_pipeline, build_lookups, build_state))
+            .await??;
     for stage in chain.stages() {
         let c = &stage.spec().component;
         tracing::info!(
@@ -102,6 +107,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         file: pipeline.clone(),
         live: pipeline.clone(),
         lookups,
+        state: state.clone(),
         generation: 1,
         promoted: Default::default(),
         probe: probe.clone(),
@@ -135,6 +141,8 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         tracing::warn!(error = %e, "cannot prepare the PostgreSQL tables yet");
     }
     let source = Source::new(&config, metrics.clone()).context("cannot create the Kafka consumer")?;
+    let on_revoke = state.clone();
+    source.also_on_revoke(Box::new(move |revoked| on_revoke.revoked(revoked)));
     let exactly_once = config.delivery == Delivery::ExactlyOnce;
     let transactional_id = exactly_once.then(|| format!("{}-{}", config.kafka.group, instance_id(&config)));
     let sink = Sink::new(&config, transactional_id.as_deref()).context("cannot create the Kafka producer")?;
@@ -151,6 +159,8 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
         chain: &chain,
         probe: &probe,
         effects,
+        redis_state,
+        state,
         tables,
         live_config,
         configs: configs_rx,
@@ -186,6 +196,9 @@ struct Consuming<'a> {
     chain: &'a Arc<Mutex<Chain>>,
     probe: &'a Mutex<Vec<Record>>,
     effects: RedisEffects,
+    /// Where stages' keyed state is made durable.
+    redis_state: RedisState,
+    state: Arc<StateStore>,
     /// The PostgreSQL table outputs.
     tables: Tables,
     /// The settings of the source now live.
@@ -325,6 +338,10 @@ impl Consuming<'_> {
             let info =
                 ErrorInfo { reason: HostRefusal::EffectFailed.as_str().into(), message: refused.message.clone() };
             result.reject(batch.records(), refused.record, stage.unwrap_or(0), &info);
+        }
+        let state_writes = std::mem::take(&mut result.state_writes);
+        if !state_writes.is_empty() {
+            steps.apply_state(&mut self.redis_state, &self.state, self.source, &state_writes).await?;
         }
         mode.deliver(steps, self.source, batch, result).await
     }

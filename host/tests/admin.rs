@@ -142,7 +142,11 @@ async fn broken_plugins_and_bad_edits_are_rejected_while_the_old_version_serves(
     let broken: [(&str, Vec<u8>, &str); 3] = [
         ("half-written", half.to_vec(), "is not a valid component"),
         ("not a component", b"categories, but as text\n".to_vec(), "is not a WebAssembly file"),
-        ("another world", dist("wasi-command.wasm"), "does not implement the sluice:plugin@0.1.0 `transform` world"),
+        (
+            "another world",
+            dist("wasi-command.wasm"),
+            "does not implement the `transform` world of sluice:plugin@0.1.0 or 0.2.0",
+        ),
     ];
     for (seed, (what, bytes, why)) in (10..).zip(broken) {
         replace(&categorize_path, &bytes);

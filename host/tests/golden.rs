@@ -57,7 +57,13 @@ async fn shared_examples_through_the_default_chain() {
     let pipeline = support::default_pipeline(&env);
     let lookups = Arc::new(RedisLookups::new(support::REDIS_URL, &pipeline.config.lookups).unwrap());
     let mut chain = tokio::task::spawn_blocking(move || {
-        Chain::build(&sluice::engine::Engine::new().unwrap(), &pipeline, lookups).unwrap()
+        Chain::build(
+            &sluice::engine::Engine::new().unwrap(),
+            &pipeline,
+            lookups,
+            sluice::state::StateStore::in_memory(),
+        )
+        .unwrap()
     })
     .await
     .unwrap();

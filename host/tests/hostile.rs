@@ -49,7 +49,7 @@ fn guest(stage: &str) -> Chain {
 }
 
 fn chain_with(stage: &str, lookups: Arc<dyn LookupSource>) -> Chain {
-    Chain::build(&Engine::new().unwrap(), &pipeline(stage), lookups).unwrap()
+    Chain::build(&Engine::new().unwrap(), &pipeline(stage), lookups, sluice::state::StateStore::in_memory()).unwrap()
 }
 
 /// (offset, reason, message) of each dead letter.
@@ -97,7 +97,14 @@ fn a_plugin_that_sleeps_is_stopped_at_its_deadline() {
 fn an_init_that_sleeps_is_stopped_at_its_deadline() {
     let started = Instant::now();
     let stage = "config = { init_sleep_ms = 30000 }\nlimits = { timeout_ms = 1000 }";
-    let error = Chain::build(&Engine::new().unwrap(), &pipeline(stage), Arc::new(Offline)).err().unwrap();
+    let error = Chain::build(
+        &Engine::new().unwrap(),
+        &pipeline(stage),
+        Arc::new(Offline),
+        sluice::state::StateStore::in_memory(),
+    )
+    .err()
+    .unwrap();
     let elapsed = started.elapsed();
     assert!(elapsed < Duration::from_secs(5), "init held the load for {elapsed:?}");
     let error = error.to_string();
@@ -206,7 +213,9 @@ fn an_output_over_message_max_bytes_dead_letters_its_record_and_a_large_dead_let
     let mut config = pipeline("").config;
     config.kafka.producer.insert(toml::Spanned::new(0..0, "message.max.bytes".into()), "100000".into());
     let pipeline = Pipeline { config, base_dir: repo_root() };
-    let mut chain = Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline)).unwrap();
+    let mut chain =
+        Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline), sluice::state::StateStore::in_memory())
+            .unwrap();
     let big_reject = format!("reject {}", "x".repeat(99_900));
     let result = chain.process(&command_records(&["outputs 1 200000", "outputs 1 1000", &big_reject])).unwrap();
     assert_eq!(reasons(&result), [pair("0", "output_too_large"), pair("2", "asked_to_reject")]);

@@ -88,7 +88,13 @@ fn input(rng: &mut Rng, n: u64) -> Vec<u8> {
 fn arbitrary_records_never_trap_and_are_each_accounted_once() {
     let pipeline = support::default_pipeline(&support::env_of(&[]));
     let lookups = Arc::new(InMemory(sluice::tools::generator::tables()));
-    let mut chain = Chain::build(&sluice::engine::Engine::new().unwrap(), &pipeline, lookups).unwrap();
+    let mut chain = Chain::build(
+        &sluice::engine::Engine::new().unwrap(),
+        &pipeline,
+        lookups,
+        sluice::state::StateStore::in_memory(),
+    )
+    .unwrap();
     let mut rng = Rng::new(20261122);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for batch in 0..40 {

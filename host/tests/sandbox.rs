@@ -35,7 +35,7 @@ fn guest_chain_with(on_failure: &str, limits: &str) -> Chain {
     );
     let config = config::load_str(&text, |_| None).unwrap();
     let pipeline = Pipeline { config, base_dir: support::repo_root() };
-    Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline)).unwrap()
+    Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline), sluice::state::StateStore::in_memory()).unwrap()
 }
 
 fn reasons(result: &BatchResult) -> Vec<(String, String)> {

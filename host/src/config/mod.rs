@@ -194,10 +194,19 @@ pub struct RedisConfig {
     /// `sluice:fence:`.
     #[serde(default = "default_fence_prefix")]
     pub fence_prefix: String,
+    /// Prefix of the keys holding stages' keyed state (one hash per stage
+    /// and input partition, the state fences and the undo logs). Default
+    /// `sluice:state:`. No effect may write under it.
+    #[serde(default = "default_state_prefix")]
+    pub state_prefix: String,
 }
 
 fn default_fence_prefix() -> String {
     "sluice:fence:".into()
+}
+
+fn default_state_prefix() -> String {
+    "sluice:state:".into()
 }
 
 /// Input topics and batching.
@@ -383,7 +392,7 @@ impl PipelineConfig {
     /// skip or replay counts) and every lookup table (other stages read them).
     pub fn protected_prefixes(&self) -> Vec<String> {
         let tables = self.lookups.values().map(|t| t.key_prefix.clone());
-        std::iter::once(self.redis.fence_prefix.clone()).chain(tables).collect()
+        [self.redis.fence_prefix.clone(), self.redis.state_prefix.clone()].into_iter().chain(tables).collect()
     }
 
     /// Why a stage may not declare `prefix` in `writes`, if it may not.
@@ -393,6 +402,9 @@ impl PipelineConfig {
         }
         if prefix.starts_with(&self.redis.fence_prefix) {
             return Some(format!("is inside the offset fence (redis.fence_prefix `{}`)", self.redis.fence_prefix));
+        }
+        if prefix.starts_with(&self.redis.state_prefix) {
+            return Some(format!("is inside the stages' state (redis.state_prefix `{}`)", self.redis.state_prefix));
         }
         let (name, table) = self.lookups.iter().find(|(_, t)| prefix.starts_with(&t.key_prefix))?;
         Some(format!("is inside the lookup table `{name}` (key_prefix `{}`)", table.key_prefix))
@@ -415,6 +427,7 @@ impl PipelineConfig {
         check("kafka.producer", self.kafka.producer == next.kafka.producer);
         check("redis.url", self.redis.url == next.redis.url);
         check("redis.fence_prefix", self.redis.fence_prefix == next.redis.fence_prefix);
+        check("redis.state_prefix", self.redis.state_prefix == next.redis.state_prefix);
         check("delivery", self.delivery == next.delivery);
         check("admin", self.admin == next.admin);
         check("report", self.report == next.report);

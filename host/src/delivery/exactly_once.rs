@@ -203,7 +203,9 @@ async fn commit(
             _ => break,
         }
     }
-    commit.context("commit transaction")
+    commit.context("commit transaction")?;
+    source.note_committed(batches.iter().map(|(b, _)| &**b));
+    Ok(())
 }
 
 impl Mode for ExactlyOnce {

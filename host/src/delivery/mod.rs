@@ -19,7 +19,8 @@ use crate::metrics::Metrics;
 use crate::pipeline::{BatchResult, Chain, HostRefusal};
 use crate::postgres::{Tables, Written};
 use crate::record::{Batch, Produce, Row};
-use crate::redis::{Applied, Fence, RecordEffect, RedisEffects};
+use crate::redis::{Applied, Fence, RecordEffect, RedisEffects, RedisState, StateApplied};
+use crate::state::{Partition, StateStore, StateWrite};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -194,6 +195,8 @@ pub enum Step {
     Lookups,
     /// Its effects, applied behind the fence (Redis).
     Effects,
+    /// Its writes to stages' keyed state (Redis).
+    State,
     /// Its rows, written behind the fence (PostgreSQL).
     Rows,
     /// The acknowledgement of its outputs (Kafka).
@@ -210,7 +213,7 @@ impl Step {
     /// The peer the step needs.
     pub fn peer(self) -> Peer {
         match self {
-            Self::Lookups | Self::Effects => Peer::Redis,
+            Self::Lookups | Self::Effects | Self::State => Peer::Redis,
             Self::Rows => Peer::Postgres,
             Self::Delivery | Self::Rewind | Self::Begin | Self::Commit => Peer::Kafka,
         }
@@ -223,6 +226,7 @@ impl Step {
         match self {
             Self::Lookups => "waiting for lookups",
             Self::Effects => "applying Redis effects",
+            Self::State => "making stages' state durable",
             Self::Rows => "writing rows to PostgreSQL",
             Self::Delivery => "delivering to Kafka",
             Self::Rewind => "rewinding after an aborted transaction",
@@ -275,6 +279,50 @@ impl Steps<'_> {
                 }
             }
         }
+    }
+
+    /// Makes a batch's writes to stages' keyed state durable, partition by
+    /// partition, waiting while Redis cannot take them. The writes of a
+    /// partition claimed again since they were made (it is read again from
+    /// an earlier offset, here or by another instance) are dropped.
+    pub async fn apply_state(
+        &mut self,
+        redis: &mut RedisState,
+        store: &StateStore,
+        source: &Source,
+        writes: &[StateWrite],
+    ) -> anyhow::Result<()> {
+        let mut groups: Vec<(&Partition, &str, Vec<&StateWrite>)> = Vec::new();
+        for write in writes {
+            match groups.iter_mut().find(|(p, t, _)| **p == write.partition && *t == &*write.token) {
+                Some((.., group)) => group.push(write),
+                None => groups.push((&write.partition, &write.token, vec![write])),
+            }
+        }
+        for (partition, token, group) in groups {
+            let committed = source.committed(&partition.0, partition.1);
+            let mut backoff = Backoff::new();
+            let applied = loop {
+                match redis.apply(partition, token, committed, &group).await {
+                    Ok(applied) => break applied,
+                    Err(e) => {
+                        let why = format!("{e} ({})", crate::config::redact::url(&self.config.redis.url));
+                        self.wait(Step::State, &why, &mut backoff).await?;
+                    }
+                }
+            };
+            match applied {
+                StateApplied::Applied(_) => {
+                    let last = group.iter().map(|w| w.offset).max().unwrap_or(-1);
+                    store.durable(partition, token, last);
+                }
+                StateApplied::Claimed => tracing::info!(
+                    topic = %partition.0, partition = partition.1, writes = group.len(),
+                    "state writes dropped: the partition is read again from an earlier offset"
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Writes a batch's rows to their tables behind their fences, waiting

@@ -38,7 +38,7 @@ pub struct LogContext {
 }
 
 /// What the consumer does with the partitions revoked from it.
-type RevokeHook = Box<dyn Fn(&[(String, i32)]) + Send + Sync>;
+pub(crate) type RevokeHook = Box<dyn Fn(&[(String, i32)]) + Send + Sync>;
 
 impl LogContext {
     fn new(role: &'static str, metrics: Option<Arc<Metrics>>) -> Self {

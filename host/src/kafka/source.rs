@@ -64,6 +64,11 @@ struct Shared {
     room: Notify,
     batch_size: AtomicUsize,
     batch_max_bytes: AtomicUsize,
+    /// Told of the partitions revoked, during the rebalance (the stages'
+    /// keyed state).
+    also_on_revoke: Mutex<Vec<super::RevokeHook>>,
+    /// Per partition, the offset last committed by this consumer.
+    committed: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 /// Records read and not yet taken, in the order read (so in offset order
@@ -121,6 +126,8 @@ impl Source {
             room: Notify::new(),
             batch_size: AtomicUsize::new(config.source.batch_size.get()),
             batch_max_bytes: AtomicUsize::new(config.source.batch_max_bytes.get()),
+            also_on_revoke: Mutex::new(Vec::new()),
+            committed: Mutex::new(BTreeMap::new()),
         });
         // Records of revoked partitions leave the buffer during the
         // rebalance itself: their next owner reads them from the committed
@@ -128,6 +135,9 @@ impl Source {
         let on_revoke = shared.clone();
         let context = LogContext::new("consumer", Some(metrics.clone())).on_revoke(Box::new(move |revoked| {
             let dropped = on_revoke.drop_partitions(revoked);
+            for hook in on_revoke.also_on_revoke.lock().expect("revoke hooks lock").iter() {
+                hook(revoked);
+            }
             if dropped > 0 {
                 tracing::info!(dropped, "records read ahead of the revoked partitions are left to their next owner");
             }
@@ -139,6 +149,22 @@ impl Source {
         let (control, requests) = mpsc::channel(1);
         let reader = tokio::spawn(read(consumer.clone(), shared.clone(), requests, metrics.clone()));
         Ok(Self { consumer, shared, control, reader, stored: Mutex::new(BTreeMap::new()), metrics })
+    }
+
+    /// Calls `hook` with the partitions revoked, during each rebalance.
+    pub fn also_on_revoke(&self, hook: super::RevokeHook) {
+        self.shared.also_on_revoke.lock().expect("revoke hooks lock").push(hook);
+    }
+
+    /// The offset this consumer last committed for a partition, if any.
+    pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
+        let committed = self.shared.committed.lock().expect("committed lock");
+        committed.get(&(topic.to_string(), partition)).copied()
+    }
+
+    /// Notes offsets committed (in a transaction) for [`Source::committed`].
+    pub fn note_committed<'a>(&self, batches: impl IntoIterator<Item = &'a Batch>) {
+        self.shared.note_committed(next_offsets(batches));
     }
 
     /// Applies new batching settings from the next batch on.
@@ -210,6 +236,7 @@ impl Source {
             Commit::Async => CommitMode::Async,
         };
         self.consumer.commit(&tpl(&offsets)?, mode)?;
+        self.shared.note_committed(offsets);
         Ok(true)
     }
 
@@ -321,6 +348,14 @@ impl Shared {
             self.room.notify_one();
         }
         batch
+    }
+
+    fn note_committed(&self, offsets: BTreeMap<(String, i32), i64>) {
+        let mut committed = self.committed.lock().expect("committed lock");
+        for (key, next) in offsets {
+            let slot = committed.entry(key).or_insert(next);
+            *slot = (*slot).max(next);
+        }
     }
 
     /// Drops the buffered records of `partitions`; returns how many.

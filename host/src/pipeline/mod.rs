@@ -25,13 +25,14 @@ pub use dead_letter::{DeadLetter, GENERATION_HEADER, LINEAGE_HEADER, Letters, SO
 pub use reason::{HostRefusal, PluginFailure, Reason};
 pub use route::{Destination, Routes, Target};
 pub use sandbox::{LimitExceeded, MAX_TABLE_ELEMENTS, StageState, linker};
-pub use stage::{Stage, StageError, StageSpec, Writes};
+pub use stage::{Stage, StageError, StageSpec, StateScope, Writes};
 
 use crate::bindings::{self, ErrorInfo, Message, Outcome};
 use crate::config::{self, FailurePolicy};
 use crate::engine::{Engine, LoadError};
 use crate::lookup::{LookupSource, Unavailable};
 use crate::record::{Effect, Header, Produce, Record, Row};
+use crate::state::{StateStore, StateWrite};
 use canary::Canary;
 use dead_letter::record_size;
 use stage::CallError;
@@ -78,6 +79,9 @@ pub struct BatchResult {
     pub effects: Vec<(usize, Effect)>,
     /// `effect_stages[i]`: the index of the stage that emitted `effects[i]`.
     pub effect_stages: Vec<usize>,
+    /// The writes to stages' keyed state, in order, made durable with the
+    /// batch.
+    pub state_writes: Vec<StateWrite>,
     /// The dead letters of the chain that processed the batch (for
     /// [`BatchResult::reject`]).
     pub letters: Option<Arc<Letters>>,
@@ -177,6 +181,8 @@ pub struct Chain {
     letters: Arc<Letters>,
     /// The largest input record the chain takes (`source.max_record_bytes`).
     max_input_bytes: usize,
+    /// The stages' keyed state.
+    state: Arc<StateStore>,
 }
 
 impl Chain {
@@ -186,6 +192,7 @@ impl Chain {
         engine: &Engine,
         pipeline: &config::Pipeline,
         lookups: Arc<dyn LookupSource>,
+        state: Arc<StateStore>,
     ) -> Result<Self, BuildError> {
         let config = &pipeline.config;
         let mut engines: HashMap<usize, (Engine, Linker<StageState>)> = HashMap::new();
@@ -216,13 +223,15 @@ impl Chain {
                 })
             };
             let live = spec(stage.name.get_ref(), &stage.plugin)?;
-            stages.push(Stage::new(engine, linker, Arc::new(live), lookups.clone()).map_err(BuildError::Stage)?);
+            let scope = StateScope { store: state.clone(), stage: live.name.clone(), keep: true };
+            let shadow = StateScope { keep: false, ..scope.clone() };
+            stages.push(Stage::new(engine, linker, Arc::new(live), lookups.clone(), scope).map_err(BuildError::Stage)?);
             canaries.push(match &stage.canary {
                 None => None,
                 Some(c) => {
                     let candidate = spec(&format!("{}.canary", stage.name.get_ref()), &c.plugin)?;
-                    let candidate =
-                        Stage::new(engine, linker, Arc::new(candidate), lookups.clone()).map_err(BuildError::Stage)?;
+                    let candidate = Stage::new(engine, linker, Arc::new(candidate), lookups.clone(), shadow)
+                        .map_err(BuildError::Stage)?;
                     Some(Canary::new(candidate, c.sample))
                 }
             });
@@ -254,6 +263,7 @@ impl Chain {
                 max_record_bytes: config.kafka.message_max_bytes(),
             }),
             max_input_bytes: config.source.max_record_bytes.get(),
+            state,
         })
     }
 
@@ -319,8 +329,12 @@ impl Chain {
     /// lookup cannot be served. Canaries are not run; every instance is
     /// recreated afterwards, so the probe leaves no state behind.
     pub fn probe(&mut self, records: &[Record]) -> Result<(), String> {
+        for stage in &mut self.stages {
+            stage.set_probing(true);
+        }
         let result = self.run(records, false).map_err(|e| format!("the probe run could not finish: {e}"));
         for stage in &mut self.stages {
+            stage.set_probing(false);
             stage.reset().map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
         }
         if let Some(dead) = result?.dead_letters.iter().find(|d| d.reason.is_plugin_failure()) {
@@ -339,7 +353,10 @@ impl Chain {
         self.run(records, true)
     }
 
-    fn run(&mut self, records: &[Record], with_canaries: bool) -> Result<BatchResult, Unavailable> {
+    fn run(&mut self, records: &[Record], live: bool) -> Result<BatchResult, Unavailable> {
+        if live {
+            self.state.begin(records)?;
+        }
         // `rejected[i]`: the stage that rejected record `i` (`None`: the
         // host, before any stage) and why.
         let mut rejected: Vec<Option<(Option<usize>, ErrorInfo)>> = vec![None; records.len()];
@@ -365,7 +382,7 @@ impl Chain {
         for (index, stage) in self.stages.iter_mut().enumerate() {
             let started = Instant::now();
             let outcomes = run_stage(stage, &batch)?;
-            if with_canaries && let Some(canary) = &mut self.canaries[index] {
+            if live && let Some(canary) = &mut self.canaries[index] {
                 canary.shadow(&batch, &outcomes);
             }
             let mut st =
@@ -440,6 +457,9 @@ impl Chain {
         }
 
         let mut result = BatchResult { stages: stats, letters: Some(self.letters.clone()), ..BatchResult::default() };
+        if live {
+            result.state_writes = self.state.take_pending();
+        }
         let mut has_output = vec![false; records.len()];
         let generation = self.letters.generation.to_string().into_bytes();
         let provenance = |headers: &mut Vec<Header>, index: usize| {

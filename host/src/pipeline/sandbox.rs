@@ -3,9 +3,11 @@
 //! call's deadline, the limits on its memories and tables, and the linker
 //! of the host interface.
 
+use crate::bindings::v0_2::{self, StateKey};
 use crate::bindings::{self, LogLevel, Transform};
 use crate::engine::Engine;
 use crate::lookup::{LookupSource, Row};
+use crate::state::{StateCallError, StateCalls};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +31,8 @@ pub struct StageState {
     pub(super) lookups: Arc<dyn LookupSource>,
     /// The lookup tables the stage declared.
     pub(super) tables: Arc<[String]>,
+    /// The stage's keyed state (`sluice:plugin/state@0.2.0`).
+    pub(super) state: StateCalls,
 }
 
 /// The time of the call in progress that is the plugin's own: wall time
@@ -134,6 +138,41 @@ impl bindings::sluice::plugin::host::Host for StageState {
     }
 }
 
+impl v0_2::StateHost for StateState<'_> {
+    fn get(&mut self, keys: Vec<StateKey>) -> wasmtime::Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<(u32, String)> = keys.into_iter().map(|k| (k.at, k.key)).collect();
+        let started = Instant::now();
+        let values = self.calls.get(&keys);
+        self.clock.host += started.elapsed();
+        match values {
+            Ok(values) => Ok(values),
+            Err(StateCallError::Unavailable(e)) => Err(wasmtime::Error::new(e)),
+            // A broken promise of the plugin: the call fails as a trap.
+            Err(StateCallError::Contract(message)) => Err(wasmtime::Error::msg(message)),
+        }
+    }
+
+    fn set(&mut self, at: u32, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
+        self.calls.put(at, key, Some(value), ttl_ms)
+    }
+
+    fn delete(&mut self, at: u32, key: String) -> Result<(), String> {
+        self.calls.put(at, key, None, None)
+    }
+}
+
+/// What the `state` interface sees of an instance's store.
+pub(super) struct StateState<'a> {
+    calls: &'a mut StateCalls,
+    clock: &'a mut CallClock,
+}
+
+struct StateData;
+
+impl HasData for StateData {
+    type Data<'a> = StateState<'a>;
+}
+
 /// Most table elements (function references) an instance may hold, over
 /// all its tables. Default one million: a Python or JavaScript runtime
 /// needs tens of thousands; the cap stops a plugin from growing tables
@@ -215,6 +254,10 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<StageState>> {
     monotonic_clock::add_to_linker::<_, DeadlineClocks>(&mut linker, StageState::deadline_clock)?;
     linker.allow_shadowing(false);
     Transform::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
+    v0_2::add_state_to_linker::<_, StateData>(&mut linker, |state: &mut StageState| StateState {
+        calls: &mut state.state,
+        clock: &mut state.clock,
+    })?;
     Ok(linker)
 }
 

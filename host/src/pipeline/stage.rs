@@ -6,6 +6,7 @@ use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre};
 use crate::config::{FailurePolicy, Limits};
 use crate::engine::{Engine, LoadedComponent};
 use crate::lookup::{LookupSource, Unavailable};
+use crate::state::{StateCalls, StateStore};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -137,7 +138,7 @@ impl fmt::Display for StageError {
                 let plugin = plugin.display();
                 write!(
                     f,
-                    "stage `{stage}`: plugin {plugin} does not implement the sluice:plugin@0.1.0 `transform` world"
+                    "stage `{stage}`: plugin {plugin} does not implement the `transform` world of sluice:plugin@0.1.0 or 0.2.0"
                 )?;
                 if format!("{source:#}").contains("wasi:http/") {
                     // componentize-js imports wasi:http unless told otherwise.
@@ -197,12 +198,30 @@ pub struct Stage {
     spec: Arc<StageSpec>,
     pre: TransformPre<StageState>,
     lookups: Arc<dyn LookupSource>,
+    state: StateScope,
     engine: Engine,
     store: Store<StageState>,
     instance: Transform,
     /// `process`, typed with results that are lifted within the budget.
     process: Func,
     breaker: Breaker,
+}
+
+/// Whose keyed state a stage's calls read and write.
+#[derive(Clone)]
+pub struct StateScope {
+    /// The state of every stage.
+    pub store: Arc<StateStore>,
+    /// The stage whose state it is (a canary's is its stage's).
+    pub stage: Arc<str>,
+    /// Whether the writes are kept (not a canary's).
+    pub keep: bool,
+}
+
+impl StateScope {
+    fn calls(&self) -> StateCalls {
+        StateCalls::new(self.store.clone(), self.stage.clone(), self.keep)
+    }
 }
 
 impl Stage {
@@ -213,13 +232,19 @@ impl Stage {
         linker: &Linker<StageState>,
         spec: Arc<StageSpec>,
         lookups: Arc<dyn LookupSource>,
+        state: StateScope,
     ) -> Result<Self, StageError> {
         let pre = linker.instantiate_pre(&spec.component.component).and_then(TransformPre::new).map_err(|source| {
             StageError::World { stage: spec.name.to_string(), plugin: spec.component.path.clone(), source }
         })?;
-        let (store, instance, process) = instantiate(engine, &pre, &spec, &lookups)?;
+        let (store, instance, process) = instantiate(engine, &pre, &spec, &lookups, &state)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
-        Ok(Self { spec, pre, lookups, engine: engine.clone(), store, instance, process, breaker })
+        Ok(Self { spec, pre, lookups, state, engine: engine.clone(), store, instance, process, breaker })
+    }
+
+    /// Whether the calls are a probe, whose state writes are dropped.
+    pub fn set_probing(&mut self, probing: bool) {
+        self.store.data_mut().state.set_probing(probing);
     }
 
     /// When the circuit breaker is open, until when.
@@ -265,6 +290,7 @@ impl Stage {
         let timeout = Duration::from_millis(self.spec.limits.timeout_ms.get());
         arm(&mut self.store, timeout);
         forget_output(self.store.data());
+        self.store.data_mut().state.start(batch);
         // SAFETY: `instantiate` checked this signature against the component.
         let process = unsafe { TypedFunc::<(&[Message],), lift::Results>::new_unchecked(self.process) };
         let budget = (self.spec.limits.results_mib.get() as usize) << 20;
@@ -274,6 +300,7 @@ impl Stage {
             Ok(_) if cut => timed_out(timeout),
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 self.note_call(false);
+                self.store.data_mut().state.finish();
                 return Ok(outcomes.into_iter().map(|o| checked_reason(o.into())).collect());
             }
             Ok(outcomes) => CallError::Plugin {
@@ -282,6 +309,7 @@ impl Stage {
             },
             Err(e) => classify(&e, timeout),
         };
+        self.store.data_mut().state.abandon();
         if let CallError::Plugin { message, .. } = &mut error {
             with_output(message, self.store.data());
         }
@@ -303,8 +331,10 @@ impl Stage {
     }
 
     fn recreate(&mut self) -> Result<(), StageError> {
-        let (store, instance, process) = instantiate(&self.engine, &self.pre, &self.spec, &self.lookups)?;
+        let probing = self.store.data().state.probing();
+        let (store, instance, process) = instantiate(&self.engine, &self.pre, &self.spec, &self.lookups, &self.state)?;
         self.store = store;
+        self.store.data_mut().state.set_probing(probing);
         self.instance = instance;
         self.process = process;
         Ok(())
@@ -322,6 +352,7 @@ fn instantiate(
     pre: &TransformPre<StageState>,
     spec: &StageSpec,
     lookups: &Arc<dyn LookupSource>,
+    state: &StateScope,
 ) -> Result<(Store<StageState>, Transform, Func), StageError> {
     let memory_bytes = spec.limits.memory_mib.get() as usize * 1024 * 1024;
     let stream = |name| PluginOutput::new(spec.name.clone(), name);
@@ -341,6 +372,7 @@ fn instantiate(
         clock: CallClock::new(timeout),
         lookups: lookups.clone(),
         tables: spec.tables.clone(),
+        state: state.calls(),
     };
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|state| &mut state.limits);

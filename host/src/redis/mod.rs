@@ -6,11 +6,13 @@ mod effects;
 mod hashes;
 mod lookups;
 mod polled;
+mod state;
 
 pub use effects::{Applied, Fence, Overflow, RecordEffect, RedisEffects, Refused, coalesce};
 pub use hashes::Hashes;
 pub use lookups::{LOOKUP_TIMEOUT, RedisLookups, RedisRows};
 pub use polled::Polled;
+pub use state::{RedisState, STATE_TIMEOUT, StateApplied};
 
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;

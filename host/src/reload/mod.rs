@@ -126,6 +126,8 @@ pub struct Reloader {
     pub live: Pipeline,
     /// The lookups of the live pipeline.
     pub lookups: Arc<dyn LookupSource>,
+    /// The stages' keyed state.
+    pub state: Arc<crate::state::StateStore>,
     /// The live generation.
     pub generation: u64,
     /// Promoted canaries: stage name -> the canary plugin made live.
@@ -252,9 +254,10 @@ impl Reloader {
             )
         };
         let (engine, build_from, build_lookups) = (self.engine.clone(), live.clone(), lookups.clone());
+        let build_state = self.state.clone();
         let probe: Vec<Record> = self.probe.lock().expect("probe lock").clone();
         let built = tokio::task::spawn_blocking(move || {
-            let mut chain = Chain::build(&engine, &build_from, build_lookups)
+            let mut chain = Chain::build(&engine, &build_from, build_lookups, build_state)
                 .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
             if !probe.is_empty() {
                 chain.probe(&probe)?;

@@ -35,14 +35,18 @@ pub enum Lang {
     Js,
 }
 
-/// The WIT world every plugin is built against.
+/// The WIT world the Python and JavaScript plugins are built against.
 const WIT: &str = include_str!("../../../wit/plugin@0.1.0/plugin.wit");
+/// The world of the Rust SDK (0.1.0 and keyed state), which uses 0.1.0's
+/// types from `wit/deps/`.
+const WIT_STATE: &str = include_str!("../../../wit/plugin@0.2.0/plugin.wit");
 
 /// The SDK's source, copied into a Rust project unless `--sdk` is given.
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
+const SDK_STATE: &str = include_str!("../../../plugins/sdk/src/state.rs");
 const SDK_MANIFEST: &str = include_str!("../../templates/rust/sluice-sdk/Cargo.toml");
 /// Where the SDK finds the WIT world: in the source tree, and in the copy.
-const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.1.0""#;
+const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.2.0""#;
 const SDK_WIT_IN_COPY: &str = r#"path: "wit""#;
 
 fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
@@ -120,7 +124,9 @@ fn sdk_path(given: &Path) -> anyhow::Result<PathBuf> {
 fn write_sdk(dir: &Path) -> anyhow::Result<()> {
     write(&dir.join("Cargo.toml"), &SDK_MANIFEST.replace("{{version}}", env!("CARGO_PKG_VERSION")))?;
     write(&dir.join("src/lib.rs"), &sdk_source())?;
-    write(&dir.join("wit/plugin.wit"), WIT)
+    write(&dir.join("src/state.rs"), SDK_STATE)?;
+    write(&dir.join("wit/plugin.wit"), WIT_STATE)?;
+    write(&dir.join("wit/deps/plugin@0.1.0/plugin.wit"), WIT)
 }
 
 /// The SDK's source with the WIT path of the copy.

@@ -97,7 +97,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<bool> {
     };
     let records = read_input(&args.input, args.records)?;
     let engine = Engine::new()?;
-    let mut chain = Chain::build(&engine, &pipeline, Arc::new(InMemory(lookups)))?;
+    let mut chain =
+        Chain::build(&engine, &pipeline, Arc::new(InMemory(lookups)), crate::state::StateStore::in_memory())?;
     if single {
         chain.open_routes();
     }

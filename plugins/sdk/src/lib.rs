@@ -3,7 +3,7 @@
 //! A stage is a type that implements [`Stage`]: built once per instance from
 //! its config in pipeline.toml, then called once per record. Register it with
 //! [`stage!`], build the crate for `wasm32-wasip2`, and the result is a
-//! component of the `sluice:plugin@0.1.0` `transform` world that the host
+//! component of the `sluice:plugin@0.2.0` `transform` world that the host
 //! loads.
 //!
 //! ```
@@ -83,17 +83,22 @@ use std::fmt;
 mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../../wit/plugin@0.1.0",
+        path: "../../wit/plugin@0.2.0",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk",
+        generate_all,
     });
 }
 
-pub use bindings::sluice::plugin::types::{Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output as RawOutput};
+pub use bindings::sluice::plugin0_1_0::types::{
+    Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output as RawOutput,
+};
 pub use bindings::{Guest, export};
 
 #[doc(hidden)]
 pub use bindings::*;
+
+pub mod state;
 
 /// A row of a lookup table: (field, value) pairs.
 pub type Row = Vec<(String, String)>;
@@ -102,7 +107,7 @@ pub type Row = Vec<(String, String)>;
 /// pipeline.toml), or `None` if there is none. Natively, always `None`.
 pub fn lookup(table: &str, key: &str) -> Option<Row> {
     #[cfg(target_arch = "wasm32")]
-    return bindings::sluice::plugin::host::lookup(table, key);
+    return bindings::sluice::plugin0_1_0::host::lookup(table, key);
     #[cfg(not(target_arch = "wasm32"))]
     {
         let _ = (table, key);
@@ -122,7 +127,7 @@ pub mod log {
 
     fn write(level: LogLevel, message: &str) {
         #[cfg(target_arch = "wasm32")]
-        super::bindings::sluice::plugin::host::log(level, message);
+        super::bindings::sluice::plugin0_1_0::host::log(level, message);
         #[cfg(not(target_arch = "wasm32"))]
         eprintln!("{level:?}: {message}");
     }
@@ -183,20 +188,34 @@ impl Config {
 
 /// One input record.
 #[derive(Debug, Clone)]
-pub struct Record(Message);
+pub struct Record(Message, u32);
 
 impl Record {
+    /// Record `at` of a batch (for [`Stage::process_batch`]): its index is
+    /// what [`state`] calls name it by.
+    pub fn new(message: Message, at: u32) -> Self {
+        Self(message, at)
+    }
+
+    /// Its index in the batch being processed.
+    pub fn at(&self) -> u32 {
+        self.1
+    }
+
     /// A record with this value and nothing else (for tests).
     pub fn from_value(value: Vec<u8>) -> Self {
-        Self(Message {
-            key: None,
-            value,
-            headers: Vec::new(),
-            topic: String::new(),
-            partition: 0,
-            offset: 0,
-            timestamp_ms: None,
-        })
+        Self(
+            Message {
+                key: None,
+                value,
+                headers: Vec::new(),
+                topic: String::new(),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+            },
+            0,
+        )
     }
 
     /// The same record with a key (for tests).
@@ -471,8 +490,9 @@ pub trait Stage: Sized + 'static {
     fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
         batch
             .into_iter()
-            .map(|message| {
-                let record = Record(message);
+            .zip(0..)
+            .map(|(message, at)| {
+                let record = Record(message, at);
                 match self.process(&record) {
                     Ok(emit) => emit.into_outcome(record.0),
                     Err(e) => e.into_outcome(),

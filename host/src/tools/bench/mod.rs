@@ -99,7 +99,7 @@ pub fn run_with(args: BenchArgs, natives: Option<NativeStages>) -> anyhow::Resul
     let lookups: Arc<dyn LookupSource> = Arc::new(InMemory(generator::tables()));
     for &batch in &args.batches {
         anyhow::ensure!(batch > 0, "--batch must be at least 1");
-        let mut chain = Chain::build(&engine, &pipeline, lookups.clone())?;
+        let mut chain = Chain::build(&engine, &pipeline, lookups.clone(), crate::state::StateStore::in_memory())?;
         let names: Vec<String> = chain.stages().iter().map(|s| s.name().to_string()).collect();
         chain.process(&records[..batch.min(records.len())])?; // warm-up: caches, first-call paths
         let mut per_stage = vec![Duration::ZERO; names.len()];

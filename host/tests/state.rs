@@ -155,15 +155,16 @@ fn env(tansu: &Tansu, work: &Workdir, prefix: &RedisPrefix, group: &str, deliver
         .set("SLUICE_BATCH_SIZE", "100")
 }
 
-/// The input in four chunks; before each of the first three the host
-/// started for the previous one is SIGKILLed at a random moment.
+/// The input in four chunks; the host started for each of the first three
+/// is SIGKILLed once it has read about half of its chunk, while it writes
+/// state that its offsets do not cover yet.
 async fn dedup_after_sigkills(delivery: &str) {
     let tansu = Tansu::start();
     let name = format!("state-kill-{delivery}");
     let prefix = RedisPrefix::new(&name);
     let work = Workdir::new(&name, &dedup_pipeline());
     let mut rng = Rng::from_clock();
-    let sent = orders(6_000, &mut rng);
+    let sent = orders(16_000, &mut rng);
     let want = passing(&sent);
     let values: Vec<(Option<String>, Vec<u8>)> = sent.iter().map(|s| (Some(s.id.clone()), s.value())).collect();
     let env = env(&tansu, &work, &prefix, &name, delivery);
@@ -173,7 +174,7 @@ async fn dedup_after_sigkills(delivery: &str) {
         let mut host = Host::start_with(&env, &work.pipeline());
         host.wait_ready(Duration::from_secs(90));
         producer.send("orders", chunk).await;
-        std::thread::sleep(Duration::from_millis(200 + rng.below(1_500)));
+        host.wait_records_in(chunk.len() as u64 / 3 + rng.below(chunk.len() as u64 / 3), Duration::from_secs(120));
         assert!(host.is_running(), "the host ended early:\n{}", host.log_text());
         host.kill();
     }

@@ -6,6 +6,8 @@ FIXTURES := wasi-command
 WASM_TARGET := wasm32-wasip2
 DIST := plugins/dist
 WIT := wit/plugin@0.1.0
+# The contract with keyed state (0.1.0's types and host calls, plus `state`).
+WIT_STATE := wit/plugin@0.2.0
 # The Python and JavaScript example plugins' toolchains (scripts/setup.sh
 # installs both).
 COMPONENTIZE_PY := target/tools/venv/bin/componentize-py
@@ -44,9 +46,9 @@ $(DIST)/vip.wasm: plugins/vip-py/app.py $(WIT)/plugin.wit
 	mkdir -p $(DIST)
 	cd plugins/vip-py && ../../$(COMPONENTIZE_PY) -d ../../$(WIT) -w transform componentize app -o ../../$@
 
-$(DIST)/suspicious.wasm: plugins/suspicious-js/stage.js $(WIT)/plugin.wit
+$(DIST)/suspicious.wasm: plugins/suspicious-js/stage.js $(WIT_STATE)/plugin.wit $(WIT)/plugin.wit
 	mkdir -p $(DIST)
-	$(COMPONENTIZE_JS) plugins/suspicious-js/stage.js --wit $(WIT) --world-name transform --disable http fetch-event --out $@
+	$(COMPONENTIZE_JS) plugins/suspicious-js/stage.js --wit $(WIT_STATE) --world-name transform --disable http fetch-event --out $@
 
 demo: setup build
 	bash scripts/demo.sh

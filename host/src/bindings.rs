@@ -5,7 +5,7 @@
 //! calls, so a component of either version is instantiated through the
 //! same `Transform` bindings, with `state` in the linker beside `host`.
 //!
-//! `lookup` and `state.get` are trappable: when Redis cannot answer, the
+//! `lookup` and the `state` calls are trappable: when Redis cannot answer, the
 //! call is aborted rather than told "no such row", so a transient outage
 //! never turns into a wrong dead letter.
 
@@ -31,6 +31,8 @@ pub mod v0_2 {
         },
         imports: {
             "sluice:plugin/state.get": trappable,
+            "sluice:plugin/state.set": trappable,
+            "sluice:plugin/state.delete": trappable,
         },
     });
 

@@ -112,7 +112,16 @@ pub struct LoadedComponent {
     pub load_time: Duration,
 }
 
+/// The import of keyed state (`sluice:plugin@0.2.0`).
+pub const STATE_IMPORT: &str = "sluice:plugin/state@0.2.0";
+
 impl LoadedComponent {
+    /// Whether the component imports keyed state: a stage that does not
+    /// costs the host no state work at all.
+    pub fn uses_state(&self, engine: &Engine) -> bool {
+        self.component.component_type().imports(engine.wasmtime()).any(|(name, _)| name == STATE_IMPORT)
+    }
+
     /// The short version shown in logs: the first 12 hex digits of the hash.
     pub fn version(&self) -> &str {
         &self.sha256[..12]

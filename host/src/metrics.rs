@@ -11,6 +11,7 @@
 
 use crate::pipeline::{BatchResult, Reason};
 use crate::record::Record;
+use crate::state::{StateStore, StateTotals};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, text};
 use prometheus_client::metrics::TypedMetric;
@@ -20,8 +21,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The content type of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -138,6 +139,8 @@ pub struct Metrics {
     /// Per assigned partition: its end offset as last reported by the
     /// consumer's statistics since it was assigned.
     ends: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The stages' keyed state, once `sluice run` has one.
+    state: OnceLock<Arc<StateStore>>,
 }
 
 impl Metrics {
@@ -339,6 +342,17 @@ impl Metrics {
         reasons.filter(|(reason, _)| Reason::of(reason).is_plugin_failure()).map(|(_, n)| n).sum()
     }
 
+    /// Exposes the counts and sizes of the stages' keyed state.
+    pub fn watch_state(&self, store: Arc<StateStore>) {
+        let _ = self.state.set(store);
+    }
+
+    /// What a stage's state calls did and how large its state is, if the
+    /// stage used state.
+    pub fn state_of(&self, stage: &str) -> Option<StateTotals> {
+        self.state.get()?.totals_of(stage)
+    }
+
     /// Dead letters so far.
     pub fn dead_letter_total(&self) -> u64 {
         self.dead_letters.lock().expect("metrics lock").values().flat_map(|reasons| reasons.values()).sum()
@@ -385,6 +399,8 @@ impl Metrics {
                 .map(|result| (result, reloads.get(result).copied().unwrap_or(0))),
             generation: load(&self.generation),
             ready: self.is_ready(),
+            state: self.state.get().map(|s| s.totals()).unwrap_or_default(),
+            state_undone: self.state.get().map_or(0, |s| s.undone.load(Ordering::Relaxed)),
         }
     }
 }
@@ -452,6 +468,8 @@ struct Scrape {
     reloads: [(&'static str, u64); 4],
     generation: u64,
     ready: bool,
+    state: BTreeMap<Arc<str>, StateTotals>,
+    state_undone: u64,
 }
 
 impl Scrape {
@@ -570,6 +588,31 @@ impl Collector for Scrape {
         family(e, "sluice_errors", "Failed calls to a peer (retried), by peer.", errors)?;
         let reloads = self.reloads.iter().map(|(result, n)| ([("result", *result)], ConstCounter::new(*n)));
         family(e, "sluice_reloads", "Reload attempts, by result.", reloads)?;
+        for (name, help, value) in [
+            ("sluice_state_reads", "Keys of its state a stage read.", (|t| t.reads) as fn(&StateTotals) -> u64),
+            ("sluice_state_fetched", "Keys of its state a stage read from Redis (not in memory).", |t| t.fetched),
+            ("sluice_state_writes", "Sets and deletes of a stage's state.", |t| t.writes),
+            ("sluice_state_expired", "Values of a stage's state read after their time-to-live (then deleted).", |t| {
+                t.expired
+            }),
+            ("sluice_state_refused", "Sets of a stage's state refused by its limits.", |t| t.refused),
+        ] {
+            let samples = self.state.iter().map(|(stage, t)| ([("stage", &**stage)], ConstCounter::new(value(t))));
+            family(e, name, help, samples)?;
+        }
+        for (name, help, value) in [
+            (
+                "sluice_state_keys",
+                "Keys of a stage's state in Redis, as last measured.",
+                (|t| t.keys) as fn(&StateTotals) -> u64,
+            ),
+            ("sluice_state_bytes", "Bytes of a stage's state in Redis (MEMORY USAGE), as last measured.", |t| t.bytes),
+        ] {
+            let samples = self.state.iter().map(|(stage, t)| ([("stage", &**stage)], ConstGauge::new(value(t) as i64)));
+            family(e, name, help, samples)?;
+        }
+        let undone = ConstCounter::new(self.state_undone);
+        single(e, "sluice_state_rolled_back", "State writes undone because their records are read again.", undone)?;
         let generation = ConstGauge::new(self.generation);
         single(e, "sluice_pipeline_generation", "Generation of the live pipeline.", generation)?;
         let ready = ConstGauge::new(i64::from(self.ready));

@@ -81,6 +81,8 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     let started = std::time::Instant::now();
     let redis_state = RedisState::new(&config.redis.url, &config.redis.state_prefix).context("redis.url")?;
     let state = StateStore::new(&config.redis.state_prefix, Box::new(redis_state.handle()));
+    metrics.watch_state(state.clone());
+    let measuring = tokio::spawn(measure_state(redis_state.handle(), state.clone()));
     let (build_engine, build_pipeline, build_lookups, build_state) =
         (engine.clone(), pipeline.clone(), lookups.clone(), state.clone());
     let chain =
@@ -174,6 +176,7 @@ pub async fn run(path: &Path, pipeline: config::Pipeline, status_line_on_tty: bo
     metrics.ready.store(false, Ordering::Relaxed);
     watcher.abort();
     reloads.abort();
+    measuring.abort();
     for source in sources {
         source.abort();
     }
@@ -344,6 +347,23 @@ impl Consuming<'_> {
             steps.apply_state(&mut self.redis_state, &self.state, self.source, &state_writes).await?;
         }
         mode.deliver(steps, self.source, batch, result).await
+    }
+}
+
+/// How often the size of the stages' state is measured.
+const STATE_MEASURE_EVERY: Duration = Duration::from_secs(5);
+
+/// Measures, every [`STATE_MEASURE_EVERY`], the keys and bytes of the state
+/// of each stage that has used state, for `/api/pipeline` and the metrics.
+async fn measure_state(mut redis: RedisState, store: Arc<StateStore>) {
+    loop {
+        for stage in store.totals().into_keys() {
+            match redis.sizes(&store.hashes_of(&stage)).await {
+                Ok((keys, bytes)) => store.set_sizes(&stage, keys, bytes),
+                Err(e) => tracing::debug!(%stage, error = %e, "cannot measure the stage's state"),
+            }
+        }
+        tokio::time::sleep(STATE_MEASURE_EVERY).await;
     }
 }
 

@@ -23,10 +23,15 @@
 //! that succeeds are kept whatever happens to its records afterwards (a
 //! rejection by this or a later stage): a record processed again makes the
 //! same writes.
+//!
+//! A value past its time-to-live reads as absent, and the read that finds
+//! it deletes it (as a write of the reading record); a claim also deletes
+//! the expired values of the partition.
 
 use crate::bindings::Message;
 use crate::lookup::Unavailable;
 use crate::record::Record;
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,9 +39,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The longest key of a stage's state, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
-/// The largest value of a stage's state, in bytes. Default 64 KiB: state
-/// holds what a stage remembers per key, not records.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Values kept in the in-memory view of one partition before the ones
 /// already durable in Redis are dropped from it (they are read again from
 /// Redis when needed).
@@ -54,6 +56,10 @@ pub trait Durable: Send + Sync {
     /// The stored values of `fields` of the hash `hash`, as stored (see
     /// [`encode`]).
     fn read(&self, hash: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Unavailable>;
+
+    /// The number of keys in `hash`, after deleting those expired by
+    /// `now_ms`.
+    fn count(&self, hash: &str, now_ms: u64) -> Result<u64, Unavailable>;
 }
 
 /// State kept in memory only (`sluice test`, `sluice bench`): nothing to
@@ -67,6 +73,25 @@ impl Durable for InMemory {
 
     fn read(&self, _: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
         Ok(vec![None; fields.len()])
+    }
+
+    fn count(&self, _: &str, _: u64) -> Result<u64, Unavailable> {
+        Ok(0)
+    }
+}
+
+/// A stage's limits on its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Most keys per input partition (`limits.state_keys`).
+    pub max_keys: u64,
+    /// Largest value in bytes (`limits.state_value_kib`).
+    pub max_value_bytes: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        Self { max_keys: 1_000_000, max_value_bytes: 64 * 1024 }
     }
 }
 
@@ -90,6 +115,7 @@ pub struct StateWrite {
 /// A value in a partition's view.
 #[derive(Debug, Clone)]
 struct Held {
+    /// `None`: the key is absent.
     value: Option<Vec<u8>>,
     /// Wall-clock ms after which the value is gone (0: never).
     expires_ms: u64,
@@ -98,11 +124,16 @@ struct Held {
 }
 
 impl Held {
+    fn absent() -> Self {
+        Self { value: None, expires_ms: 0, written_at: None }
+    }
+
+    fn expired(&self, now_ms: u64) -> bool {
+        self.value.is_some() && self.expires_ms != 0 && self.expires_ms <= now_ms
+    }
+
     fn current(&self, now_ms: u64) -> Option<&Vec<u8>> {
-        if self.expires_ms != 0 && self.expires_ms <= now_ms {
-            return None;
-        }
-        self.value.as_ref()
+        if self.expired(now_ms) { None } else { self.value.as_ref() }
     }
 }
 
@@ -117,21 +148,27 @@ struct Owned {
     durable: i64,
     /// Per (stage hash, key).
     view: HashMap<(Arc<str>, String), Held>,
+    /// Per stage hash, its keys (expired ones included until deleted).
+    keys: HashMap<Arc<str>, u64>,
 }
 
-/// Counts, for metrics.
-#[derive(Debug, Default)]
-pub struct StateCounts {
-    /// Values read by stages.
-    pub reads: AtomicU64,
-    /// Values read from Redis (not in the view).
-    pub fetched: AtomicU64,
-    /// Writes and deletes by stages.
-    pub writes: AtomicU64,
-    /// Reads that found a value expired.
-    pub expired: AtomicU64,
-    /// Writes undone by claims.
-    pub undone: AtomicU64,
+/// What one stage's state calls did, and how large its state is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StateTotals {
+    /// Keys read.
+    pub reads: u64,
+    /// Keys read from Redis (not in the view).
+    pub fetched: u64,
+    /// Sets and deletes.
+    pub writes: u64,
+    /// Values found expired (and deleted).
+    pub expired: u64,
+    /// Sets refused by the stage's limits.
+    pub refused: u64,
+    /// Keys in Redis over every partition, as last measured.
+    pub keys: u64,
+    /// Bytes in Redis over every partition, as last measured.
+    pub bytes: u64,
 }
 
 /// The keyed state of every stage, shared by the chain (which reads and
@@ -140,8 +177,9 @@ pub struct StateStore {
     prefix: String,
     durable: Box<dyn Durable>,
     inner: Mutex<Inner>,
-    /// Counts, for metrics.
-    pub counts: StateCounts,
+    totals: Mutex<BTreeMap<Arc<str>, StateTotals>>,
+    /// Writes undone by claims.
+    pub undone: AtomicU64,
 }
 
 #[derive(Default)]
@@ -155,7 +193,13 @@ struct Inner {
 impl StateStore {
     /// State made durable by `durable`, in Redis hashes under `prefix`.
     pub fn new(prefix: &str, durable: Box<dyn Durable>) -> Arc<Self> {
-        Arc::new(Self { prefix: prefix.to_string(), durable, inner: Mutex::default(), counts: StateCounts::default() })
+        Arc::new(Self {
+            prefix: prefix.to_string(),
+            durable,
+            inner: Mutex::default(),
+            totals: Mutex::default(),
+            undone: AtomicU64::new(0),
+        })
     }
 
     /// State in memory only.
@@ -165,22 +209,53 @@ impl StateStore {
 
     /// The Redis hash of `stage`'s state in `partition`.
     pub fn hash(&self, stage: &str, partition: &Partition) -> String {
-        format!("{}{stage}:{}:{}", self.prefix, partition.0, partition.1)
+        format!("{}stage:{stage}:{}:{}", self.prefix, partition.0, partition.1)
+    }
+
+    /// The pattern of every Redis hash of `stage`'s state.
+    pub fn hashes_of(&self, stage: &str) -> String {
+        format!("{}stage:{stage}:*", self.prefix)
+    }
+
+    /// What each stage's state calls did so far, and the sizes last set
+    /// by [`StateStore::set_sizes`].
+    pub fn totals(&self) -> BTreeMap<Arc<str>, StateTotals> {
+        self.totals.lock().expect("state totals lock").clone()
+    }
+
+    /// The totals of one stage, if it used its state.
+    pub fn totals_of(&self, stage: &str) -> Option<StateTotals> {
+        self.totals.lock().expect("state totals lock").get(stage).cloned()
+    }
+
+    /// Sets the measured keys and bytes of a stage's state.
+    pub fn set_sizes(&self, stage: &str, keys: u64, bytes: u64) {
+        let mut totals = self.totals.lock().expect("state totals lock");
+        let t = totals.entry(Arc::from(stage)).or_default();
+        (t.keys, t.bytes) = (keys, bytes);
+    }
+
+    fn count(&self, stage: &str, f: impl FnOnce(&mut StateTotals)) {
+        let mut totals = self.totals.lock().expect("state totals lock");
+        match totals.get_mut(stage) {
+            Some(t) => f(t),
+            None => f(totals.entry(Arc::from(stage)).or_default()),
+        }
     }
 
     /// Before the chain processes `records`: claims the partitions seen
     /// for the first time, revoked since, or read again from an offset
     /// already processed.
     pub fn begin(&self, records: &[Record]) -> Result<(), Unavailable> {
-        let mut first: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
+        let mut spans: BTreeMap<(&str, i32), (i64, i64)> = BTreeMap::new();
         for r in records {
-            let span = first.entry((r.topic.as_str(), r.partition)).or_insert((r.offset, r.offset));
+            let span = spans.entry((r.topic.as_str(), r.partition)).or_insert((r.offset, r.offset));
             span.0 = span.0.min(r.offset);
             span.1 = span.1.max(r.offset);
         }
         let mut inner = self.inner.lock().expect("state lock");
         inner.pending.clear();
-        for ((topic, partition), (first, last)) in first {
+        for ((topic, partition), (first, last)) in spans {
             let key: Partition = (Arc::from(topic), partition);
             let stale = inner.owned.get(&key).is_none_or(|o| o.revoked || first < o.next);
             if stale {
@@ -190,14 +265,29 @@ impl StateStore {
                 if undone > 0 {
                     tracing::info!(topic, partition, from = first, undone, "state rolled back to a batch read again");
                 }
-                self.counts.undone.fetch_add(undone as u64, Ordering::Relaxed);
-                let owned = Owned { token, next: first, revoked: false, durable: first - 1, view: HashMap::new() };
+                self.undone.fetch_add(undone as u64, Ordering::Relaxed);
+                let owned = Owned {
+                    token,
+                    next: first,
+                    revoked: false,
+                    durable: first - 1,
+                    view: HashMap::new(),
+                    keys: HashMap::new(),
+                };
                 inner.owned.insert(key.clone(), owned);
             }
             let owned = inner.owned.get_mut(&key).expect("claimed above");
             owned.next = owned.next.max(last + 1);
         }
         Ok(())
+    }
+
+    /// Forgets every partition: the next batch of each claims it anew.
+    pub fn forget(&self) {
+        let mut inner = self.inner.lock().expect("state lock");
+        if !inner.owned.is_empty() {
+            inner.owned.clear();
+        }
     }
 
     /// The partitions revoked from this instance: their next batch claims
@@ -226,51 +316,57 @@ impl StateStore {
         }
     }
 
-    /// Reads `keys` of `stage`'s state, each `(coordinates, key)`, as the
-    /// view holds them or else from Redis.
-    fn read(&self, stage: &str, keys: &[(&Coordinates, &str)]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
-        let now = now_ms();
+    /// The values of `keys` of `stage`'s state, as the view holds them or
+    /// else from Redis (`None`: absent). Expired values are returned as
+    /// they are: the caller decides.
+    fn read(&self, stage: &str, keys: &[(&Coordinates, &str)]) -> Result<Vec<Held>, Unavailable> {
         let mut inner = self.inner.lock().expect("state lock");
-        let mut out: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-        // Misses, per hash: (index in `keys`, key).
+        let mut out: Vec<Held> = vec![Held::absent(); keys.len()];
+        // Misses, per hash: indices in `keys`.
         let mut misses: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (i, (at, key)) in keys.iter().enumerate() {
             let hash = self.hash(stage, &at.partition);
-            let held =
-                inner.owned.get(&at.partition).and_then(|o| o.view.get(&(Arc::from(hash.as_str()), key.to_string())));
-            match held {
-                Some(held) => {
-                    if held.value.is_some() && held.current(now).is_none() {
-                        self.counts.expired.fetch_add(1, Ordering::Relaxed);
-                    }
-                    out[i] = held.current(now).cloned();
-                }
+            let owned = inner.owned.get(&at.partition);
+            match owned.and_then(|o| o.view.get(&(Arc::from(hash.as_str()), key.to_string()))) {
+                Some(held) => out[i] = held.clone(),
                 None => misses.entry(hash).or_default().push(i),
             }
         }
-        self.counts.reads.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let fetched = misses.values().map(Vec::len).sum::<usize>() as u64;
         for (hash, indices) in misses {
             let fields: Vec<&str> = indices.iter().map(|&i| keys[i].1).collect();
             let stored = self.durable.read(&hash, &fields)?;
-            self.counts.fetched.fetch_add(indices.len() as u64, Ordering::Relaxed);
             let hash: Arc<str> = Arc::from(hash);
             for (&i, stored) in indices.iter().zip(stored) {
-                let held = match stored.as_deref().map(decode) {
-                    Some(Some((expires_ms, value))) => {
-                        Held { value: Some(value.to_vec()), expires_ms, written_at: None }
-                    }
-                    _ => Held { value: None, expires_ms: 0, written_at: None },
+                let held = match stored.as_deref().and_then(decode) {
+                    Some((expires_ms, value)) => Held { value: Some(value.to_vec()), expires_ms, written_at: None },
+                    None => Held::absent(),
                 };
-                if held.value.is_some() && held.current(now).is_none() {
-                    self.counts.expired.fetch_add(1, Ordering::Relaxed);
-                }
-                out[i] = held.current(now).cloned();
+                out[i] = held.clone();
                 if let Some(owned) = inner.owned.get_mut(&keys[i].0.partition) {
                     owned.view.insert((hash.clone(), keys[i].1.to_string()), held);
                 }
             }
         }
+        self.count(stage, |t| {
+            t.reads += keys.len() as u64;
+            t.fetched += fetched;
+        });
         Ok(out)
+    }
+
+    /// The keys of `stage` in `partition` (the view's count, read from
+    /// Redis once per claim).
+    fn keys(&self, stage: &str, partition: &Partition) -> Result<u64, Unavailable> {
+        let hash = self.hash(stage, partition);
+        let mut inner = self.inner.lock().expect("state lock");
+        let Some(owned) = inner.owned.get_mut(partition) else { return Ok(0) };
+        if let Some(n) = owned.keys.get(hash.as_str()) {
+            return Ok(*n);
+        }
+        let n = self.durable.count(&hash, now_ms())?;
+        owned.keys.insert(Arc::from(hash), n);
+        Ok(n)
     }
 
     /// Takes a successful call's writes: into the view and the batch's
@@ -279,9 +375,9 @@ impl StateStore {
         if journal.is_empty() {
             return;
         }
+        self.count(stage, |t| t.writes += journal.iter().filter(|w| !w.expiry).count() as u64);
         let mut inner = self.inner.lock().expect("state lock");
         let inner = &mut *inner;
-        self.counts.writes.fetch_add(journal.len() as u64, Ordering::Relaxed);
         for write in journal {
             let Some(owned) = inner.owned.get_mut(&write.at.partition) else { continue };
             let hash: Arc<str> = Arc::from(self.hash(stage, &write.at.partition));
@@ -293,8 +389,13 @@ impl StateStore {
                 key: write.key.clone(),
                 value: write.value.as_deref().map(|v| encode(write.expires_ms, v)),
             });
+            let present = write.value.is_some();
             let held = Held { value: write.value, expires_ms: write.expires_ms, written_at: Some(write.at.offset) };
-            owned.view.insert((hash, write.key), held);
+            let before = owned.view.insert((hash.clone(), write.key), held);
+            let was = before.is_some_and(|b| b.value.is_some());
+            if let Some(n) = owned.keys.get_mut(&hash) {
+                *n = (*n + u64::from(present)).saturating_sub(u64::from(was));
+            }
             if owned.view.len() > VIEW_CAPACITY {
                 let durable = owned.durable;
                 owned.view.retain(|_, h| h.written_at.is_some_and(|at| at > durable));
@@ -318,7 +419,8 @@ pub fn decode(stored: &[u8]) -> Option<(u64, &[u8])> {
     Some((expires, &stored[colon + 1..]))
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -340,6 +442,19 @@ struct Journaled {
     key: String,
     value: Option<Vec<u8>>,
     expires_ms: u64,
+    /// The delete of an expired value by the read that found it.
+    expiry: bool,
+}
+
+/// Why a state call failed.
+#[derive(Debug)]
+pub enum StateCallError {
+    /// The plugin named a record not in the batch: the call traps.
+    Contract(String),
+    /// Redis could not be read: the batch is retried.
+    Unavailable(Unavailable),
+    /// A limit refused the write: the plugin is told why.
+    Refused(String),
 }
 
 /// The state calls of one stage instance: the batch of the call in
@@ -348,31 +463,21 @@ pub struct StateCalls {
     store: Arc<StateStore>,
     /// The stage whose state this is (a canary uses its stage's).
     stage: Arc<str>,
-    /// Whether writes are kept (a canary's and a probe's are not).
+    /// Whether writes are kept (a canary's are not).
     keep: bool,
+    limits: StateLimits,
     probing: bool,
     batch: Vec<Coordinates>,
     journal: Vec<Journaled>,
+    /// Keys the journal adds (or, negative, removes) per partition.
+    added: HashMap<Partition, i64>,
 }
 
 impl StateCalls {
     /// State calls of `stage` into `store`; writes are dropped unless `keep`.
-    pub fn new(store: Arc<StateStore>, stage: Arc<str>, keep: bool) -> Self {
-        Self { store, stage, keep, probing: false, batch: Vec::new(), journal: Vec::new() }
-    }
-
-    /// A call with `batch` starts.
-    pub fn start(&mut self, batch: &[Message]) {
-        self.journal.clear();
-        self.batch.clear();
-        let mut topic: Option<Arc<str>> = None;
-        for m in batch {
-            let name = match &topic {
-                Some(t) if **t == *m.topic => t.clone(),
-                _ => topic.insert(Arc::from(m.topic.as_str())).clone(),
-            };
-            self.batch.push(Coordinates { partition: (name, m.partition), offset: m.offset });
-        }
+    pub fn new(store: Arc<StateStore>, stage: Arc<str>, keep: bool, limits: StateLimits) -> Self {
+        let (batch, journal, added) = (Vec::new(), Vec::new(), HashMap::new());
+        Self { store, stage, keep, limits, probing: false, batch, journal, added }
     }
 
     /// Whether the calls are a probe of the chain (a reload's check on
@@ -384,6 +489,21 @@ impl StateCalls {
     /// Whether the calls are a probe.
     pub fn probing(&self) -> bool {
         self.probing
+    }
+
+    /// A call with `batch` starts.
+    pub fn start(&mut self, batch: &[Message]) {
+        self.journal.clear();
+        self.added.clear();
+        self.batch.clear();
+        let mut topic: Option<Arc<str>> = None;
+        for m in batch {
+            let name = match &topic {
+                Some(t) if **t == *m.topic => t.clone(),
+                _ => topic.insert(Arc::from(m.topic.as_str())).clone(),
+            };
+            self.batch.push(Coordinates { partition: (name, m.partition), offset: m.offset });
+        }
     }
 
     /// The call succeeded: its writes are taken, unless dropped (a canary,
@@ -400,23 +520,24 @@ impl StateCalls {
         self.journal.clear();
     }
 
-    fn at(&self, at: u32) -> Result<&Coordinates, String> {
-        self.batch
-            .get(at as usize)
-            .ok_or_else(|| format!("state: record {at} is not in the batch, which holds {} records", self.batch.len()))
+    fn at(&self, at: u32) -> Result<Coordinates, StateCallError> {
+        self.batch.get(at as usize).cloned().ok_or_else(|| {
+            StateCallError::Contract(format!(
+                "state: record {at} is not in the batch, which holds {} records",
+                self.batch.len()
+            ))
+        })
     }
 
-    /// `state.get`: the values of `keys`, the call's own writes first.
-    pub fn get(&mut self, keys: &[(u32, String)]) -> Result<Vec<Option<Vec<u8>>>, StateCallError> {
-        let now = now_ms();
-        let mut out = vec![None; keys.len()];
+    /// The values of `keys`, each `(record, key)`, the call's own writes
+    /// first, as `Held` (expired ones included).
+    fn lookup(&mut self, keys: &[(Coordinates, &str)]) -> Result<Vec<Held>, StateCallError> {
+        let mut out = vec![Held::absent(); keys.len()];
         let mut rest: Vec<(usize, &Coordinates, &str)> = Vec::new();
         for (i, (at, key)) in keys.iter().enumerate() {
-            let at = self.at(*at).map_err(StateCallError::Contract)?;
             let own = self.journal.iter().rev().find(|w| w.at.partition == at.partition && w.key == *key);
             match own {
-                Some(w) if w.expires_ms == 0 || w.expires_ms > now => out[i] = w.value.clone(),
-                Some(_) => out[i] = None,
+                Some(w) => out[i] = Held { value: w.value.clone(), expires_ms: w.expires_ms, written_at: None },
                 None => rest.push((i, at, key)),
             }
         }
@@ -430,38 +551,72 @@ impl StateCalls {
         Ok(out)
     }
 
+    /// `state.get`: the values of `keys`, `(record, key)`. A value found
+    /// expired reads as absent, and is deleted.
+    pub fn get(&mut self, keys: &[(u32, String)]) -> Result<Vec<Option<Vec<u8>>>, StateCallError> {
+        let asked: Vec<(Coordinates, &str)> =
+            keys.iter().map(|(at, key)| Ok((self.at(*at)?, key.as_str()))).collect::<Result<_, StateCallError>>()?;
+        let held = self.lookup(&asked)?;
+        let now = now_ms();
+        let mut out = Vec::with_capacity(held.len());
+        for ((at, key), held) in asked.into_iter().zip(held) {
+            if held.expired(now) {
+                self.store.count(&self.stage, |t| t.expired += 1);
+                *self.added.entry(at.partition.clone()).or_default() -= 1;
+                self.journal.push(Journaled { at, key: key.to_string(), value: None, expires_ms: 0, expiry: true });
+            }
+            out.push(held.current(now).cloned());
+        }
+        Ok(out)
+    }
+
     /// `state.set` (`value` `Some`) and `state.delete` (`None`).
-    pub fn put(&mut self, at: u32, key: String, value: Option<Vec<u8>>, ttl_ms: Option<u64>) -> Result<(), String> {
-        let coordinates = self.at(at)?.clone();
+    pub fn put(
+        &mut self,
+        at: u32,
+        key: String,
+        value: Option<Vec<u8>>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), StateCallError> {
+        let at = self.at(at)?;
+        let stage = self.stage.clone();
+        let refuse = |why: String| Err(StateCallError::Refused(format!("state of stage `{stage}`: {why}")));
         if key.len() > MAX_KEY_BYTES {
-            return Err(format!("state: a key of {} bytes is longer than {MAX_KEY_BYTES}", key.len()));
+            return refuse(format!("a key of {} bytes is longer than {MAX_KEY_BYTES}", key.len()));
         }
         if let Some(v) = &value
-            && v.len() > MAX_VALUE_BYTES
+            && v.len() > self.limits.max_value_bytes
         {
-            return Err(format!(
-                "state: the value of key `{}` is {} bytes, more than {MAX_VALUE_BYTES}",
-                key.chars().take(100).collect::<String>(),
-                v.len()
+            self.store.count(&self.stage, |t| t.refused += 1);
+            let key: String = key.chars().take(100).collect();
+            let (size, max) = (v.len(), self.limits.max_value_bytes);
+            return refuse(format!(
+                "the value of key `{key}` is {size} bytes, more than limits.state_value_kib ({max})"
             ));
         }
         let expires_ms = match ttl_ms {
-            Some(0) => return Err("state: a time-to-live of 0 ms would expire the value at once".into()),
+            Some(0) => return refuse("a time-to-live of 0 ms would expire the value at once".into()),
             Some(ttl) => now_ms().saturating_add(ttl),
             None => 0,
         };
-        self.journal.push(Journaled { at: coordinates, key, value, expires_ms });
+        let was = self.lookup(&[(at.clone(), &key)])?[0].value.is_some();
+        let delta = i64::from(value.is_some()) - i64::from(was);
+        if delta > 0 {
+            let keys = self.store.keys(&self.stage, &at.partition).map_err(StateCallError::Unavailable)?;
+            let added = self.added.get(&at.partition).copied().unwrap_or(0);
+            if keys as i64 + added >= self.limits.max_keys as i64 {
+                self.store.count(&self.stage, |t| t.refused += 1);
+                let (topic, partition) = (&at.partition.0, at.partition.1);
+                return refuse(format!(
+                    "it holds {} keys in partition {partition} of `{topic}`, limits.state_keys",
+                    self.limits.max_keys
+                ));
+            }
+        }
+        *self.added.entry(at.partition.clone()).or_default() += delta;
+        self.journal.push(Journaled { at, key, value, expires_ms, expiry: false });
         Ok(())
     }
-}
-
-/// Why a state read failed.
-#[derive(Debug)]
-pub enum StateCallError {
-    /// The plugin named a record not in the batch.
-    Contract(String),
-    /// Redis could not be read: the batch is retried.
-    Unavailable(Unavailable),
 }
 
 #[cfg(test)]
@@ -492,6 +647,17 @@ mod tests {
         }
     }
 
+    fn calls(store: &Arc<StateStore>, limits: StateLimits) -> StateCalls {
+        StateCalls::new(store.clone(), Arc::from("dedup"), true, limits)
+    }
+
+    fn refusal(result: Result<(), StateCallError>) -> String {
+        match result {
+            Err(StateCallError::Refused(why)) => why,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
     #[test]
     fn stored_values_carry_their_expiry() {
         assert_eq!(decode(&encode(0, b"a:b")), Some((0, &b"a:b"[..])));
@@ -503,7 +669,7 @@ mod tests {
     fn writes_are_seen_by_later_calls_per_partition_and_dropped_with_a_failed_call() {
         let store = StateStore::in_memory();
         store.begin(&[record(0, 10), record(1, 20)]).unwrap();
-        let mut calls = StateCalls::new(store.clone(), Arc::from("dedup"), true);
+        let mut calls = calls(&store, StateLimits::default());
         calls.start(&[message(0, 10), message(1, 20)]);
         calls.put(0, "k".into(), Some(b"v0".to_vec()), None).unwrap();
         let got = calls.get(&[(0, "k".into()), (1, "k".into())]).unwrap();
@@ -523,12 +689,13 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!((pending[0].offset, pending[0].key.as_str()), (10, "k"));
         assert!(matches!(calls.get(&[(5, "k".into())]), Err(StateCallError::Contract(_))));
+        assert_eq!(store.totals_of("dedup").map(|t| t.writes), Some(1), "the failed call's write is not counted");
     }
 
     #[test]
     fn a_partition_read_again_is_claimed_again_and_forgets_its_view() {
         let store = StateStore::in_memory();
-        let mut calls = StateCalls::new(store.clone(), Arc::from("dedup"), true);
+        let mut calls = calls(&store, StateLimits::default());
         store.begin(&[record(0, 10)]).unwrap();
         calls.start(&[message(0, 10)]);
         calls.put(0, "k".into(), Some(b"v".to_vec()), None).unwrap();
@@ -548,11 +715,41 @@ mod tests {
 
     #[test]
     fn limits_are_refused_with_a_reason() {
-        let mut calls = StateCalls::new(StateStore::in_memory(), Arc::from("s"), true);
+        let store = StateStore::in_memory();
+        store.begin(&[record(0, 1)]).unwrap();
+        let mut calls = calls(&store, StateLimits { max_keys: 2, max_value_bytes: 8 });
         calls.start(&[message(0, 1)]);
-        let big = calls.put(0, "k".into(), Some(vec![0; MAX_VALUE_BYTES + 1]), None).unwrap_err();
-        assert!(big.contains("more than 65536"), "{big}");
-        assert!(calls.put(0, "k".repeat(MAX_KEY_BYTES + 1), None, None).unwrap_err().contains("longer than 1024"));
-        assert!(calls.put(0, "k".into(), Some(vec![]), Some(0)).unwrap_err().contains("expire the value at once"));
+        let big = refusal(calls.put(0, "k".into(), Some(vec![0; 9]), None));
+        assert!(big.contains("stage `dedup`") && big.contains("9 bytes, more than limits.state_value_kib"), "{big}");
+        assert!(refusal(calls.put(0, "k".repeat(MAX_KEY_BYTES + 1), None, None)).contains("longer than 1024"));
+        assert!(refusal(calls.put(0, "k".into(), Some(vec![]), Some(0))).contains("expire the value at once"));
+        calls.put(0, "a".into(), Some(vec![1]), None).unwrap();
+        calls.put(0, "b".into(), Some(vec![1]), None).unwrap();
+        calls.put(0, "a".into(), Some(vec![2]), None).unwrap();
+        let third = refusal(calls.put(0, "c".into(), Some(vec![1]), None));
+        assert!(third.contains("holds 2 keys in partition 0 of `orders`, limits.state_keys"), "{third}");
+        calls.put(0, "b".into(), None, None).unwrap();
+        calls.put(0, "c".into(), Some(vec![1]), None).unwrap();
+        calls.finish();
+        calls.start(&[message(0, 2)]);
+        assert!(refusal(calls.put(0, "d".into(), Some(vec![1]), None)).contains("holds 2 keys"), "a later call");
+        assert_eq!(store.totals_of("dedup").map(|t| t.refused), Some(3));
+    }
+
+    #[test]
+    fn an_expired_value_reads_as_absent_and_is_deleted() {
+        let store = StateStore::in_memory();
+        store.begin(&[record(0, 1)]).unwrap();
+        let mut calls = calls(&store, StateLimits::default());
+        calls.start(&[message(0, 1)]);
+        calls.put(0, "k".into(), Some(b"v".to_vec()), Some(1)).unwrap();
+        calls.finish();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        calls.start(&[message(0, 2)]);
+        assert_eq!(calls.get(&[(0, "k".into())]).unwrap(), vec![None]);
+        calls.finish();
+        let pending = store.take_pending();
+        assert_eq!(pending.iter().map(|w| (w.offset, w.value.is_some())).collect::<Vec<_>>(), [(1, true), (2, false)]);
+        assert_eq!(store.totals_of("dedup").map(|t| (t.writes, t.expired)), Some((1, 1)));
     }
 }

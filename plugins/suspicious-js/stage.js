@@ -4,22 +4,25 @@
 // `4 orders by user u-17 within 60 s`. Every order goes on unchanged
 // otherwise; orders without a user are never flagged.
 //
-// Input: canonical orders (after `normalize`). Config: `max_per_minute`
-// (default 3), `window_ms` (default 60000).
+// Input: canonical orders (after `normalize`), keyed by user so that a
+// user's orders share a partition. Config: `max_per_minute` (default 3),
+// `window_ms` (default 60000).
 //
-// The recent timestamps per user live in the instance's memory: they start
-// empty when the stage is (re)loaded, and users with nothing recent are
-// forgotten, so memory stays bounded by the users active in one window.
+// A user's recent order times are the stage's keyed state
+// (sluice:plugin/state@0.2.0): kept by the host per input partition, made
+// durable with the offsets, so a restart, a rebalance or a replayed batch
+// neither forgets them nor counts an order twice. Each user's list is pruned
+// to the window of that user's latest order, and expires a day (wall-clock)
+// after the user's last order.
 import { log } from 'sluice:plugin/host@0.1.0';
+import { get, set } from 'sluice:plugin/state@0.2.0';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
+const DAY_MS = 86400000n;
 
 let maxPerMinute = 3;
 let windowMs = 60000;
-const recent = new Map(); // user id -> timestamps (ms) within the window of the latest
-let latest = -Infinity;
-let sincePrune = 0;
 
 export function init(configJson) {
   let config;
@@ -50,48 +53,63 @@ function reject(reason, message) {
   return { tag: 'reject', val: { reason, message } };
 }
 
-function check(message) {
+// The order of `message`, its user and time, or the outcome that ends it.
+function read(message) {
   let order;
   try {
     order = JSON.parse(decoder.decode(message.value));
   } catch (e) {
-    return reject('invalid_json', `suspicious expects a canonical order: ${e.message}`);
+    return { done: reject('invalid_json', `suspicious expects a canonical order: ${e.message}`) };
   }
   const onward = { key: message.key, value: message.value, headers: message.headers };
   const user = order?.user?.id;
   if (typeof user !== 'string') {
-    return { tag: 'emit', val: [[onward], []] };
+    return { done: { tag: 'emit', val: [[onward], []] } };
   }
   const at = Date.parse(order.ts);
   if (Number.isNaN(at)) {
-    return reject('invalid_timestamp', `suspicious: order ${order.order_id} has no valid ts: ${JSON.stringify(order.ts)}`);
+    return { done: reject('invalid_timestamp', `suspicious: order ${order.order_id} has no valid ts: ${JSON.stringify(order.ts)}`) };
   }
-  latest = Math.max(latest, at);
-  const times = (recent.get(user) ?? []).filter((t) => t > latest - windowMs);
-  times.push(at);
-  recent.set(user, times);
-  const count = times.filter((t) => t > at - windowMs && t <= at).length;
-  if (++sincePrune >= 1000) {
-    prune();
-  }
-  if (count <= maxPerMinute) {
-    return { tag: 'emit', val: [[onward], []] };
-  }
-  const flag = `${count} orders by user ${user} within ${windowMs / 1000} s`;
-  onward.headers = [...message.headers, { name: 'sluice.suspicious', value: encoder.encode(flag) }];
-  return { tag: 'emit', val: [[onward], []] };
-}
-
-// Forgets users with no order within the window of the latest one.
-function prune() {
-  sincePrune = 0;
-  for (const [user, times] of recent) {
-    if (times.every((t) => t <= latest - windowMs)) {
-      recent.delete(user);
-    }
-  }
+  return { onward, user, at };
 }
 
 export function process(batch) {
-  return batch.map(check);
+  const orders = batch.map(read);
+  // Every user's recent times in one call: per (partition, user), as of the
+  // first order of that user in the batch; later orders see the batch's own
+  // updates through `recent`.
+  const recent = new Map();
+  const keys = [];
+  orders.forEach((o, at) => {
+    const scope = `${batch[at].partition}\u0000${o.user}`;
+    if (o.user !== undefined && !recent.has(scope)) {
+      recent.set(scope, null);
+      keys.push({ scope, key: { at, key: o.user } });
+    }
+  });
+  const stored = get(keys.map((k) => k.key));
+  keys.forEach((k, i) => recent.set(k.scope, stored[i] ? JSON.parse(decoder.decode(stored[i])) : []));
+  return orders.map((o, at) => {
+    if (o.done) {
+      return o.done;
+    }
+    const scope = `${batch[at].partition}\u0000${o.user}`;
+    const times = recent.get(scope);
+    times.push(o.at);
+    const latest = Math.max(...times);
+    const kept = times.filter((t) => t > latest - windowMs);
+    recent.set(scope, kept);
+    try {
+      set(at, o.user, encoder.encode(JSON.stringify(kept)), BigInt(windowMs) + DAY_MS);
+    } catch (e) {
+      return reject('state_refused', `suspicious: ${e.payload ?? e}`);
+    }
+    const count = kept.filter((t) => t > o.at - windowMs && t <= o.at).length;
+    if (count <= maxPerMinute) {
+      return { tag: 'emit', val: [[o.onward], []] };
+    }
+    const flag = `${count} orders by user ${o.user} within ${windowMs / 1000} s`;
+    o.onward.headers = [...o.onward.headers, { name: 'sluice.suspicious', value: encoder.encode(flag) }];
+    return { tag: 'emit', val: [[o.onward], []] };
+  });
 }

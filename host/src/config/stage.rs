@@ -102,6 +102,23 @@ pub struct Limits {
     /// dead-letters the record as `plugin_output_limit`.
     #[serde(default = "default_max_per_record")]
     pub max_effects: NonZeroU32,
+    /// Most keys of the stage's state in one input partition. Default one
+    /// million. A `set` of one more key fails, and the plugin is told why.
+    #[serde(default = "default_state_keys")]
+    pub state_keys: NonZeroU64,
+    /// Largest value of the stage's state, in KiB. Default 64: state holds
+    /// what a stage remembers per key, not records. A `set` of a larger
+    /// value fails, and the plugin is told why.
+    #[serde(default = "default_state_value_kib")]
+    pub state_value_kib: NonZeroU32,
+}
+
+fn default_state_keys() -> NonZeroU64 {
+    NonZeroU64::new(1_000_000).expect("non-zero")
+}
+
+fn default_state_value_kib() -> NonZeroU32 {
+    NonZeroU32::new(64).expect("non-zero")
 }
 
 fn default_results_mib() -> NonZeroU32 {
@@ -138,6 +155,8 @@ impl Default for Limits {
             results_mib: default_results_mib(),
             max_outputs: default_max_per_record(),
             max_effects: default_max_per_record(),
+            state_keys: default_state_keys(),
+            state_value_kib: default_state_value_kib(),
         }
     }
 }

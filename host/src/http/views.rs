@@ -89,6 +89,7 @@ impl StageView {
             },
             "records": metrics.stage_counts(&self.name),
             "plugin_failures": metrics.plugin_failures(&self.name),
+            "state": metrics.state_of(&self.name),
         });
         if let Some((candidate, sample, stats)) = &self.canary {
             let stats = stats.lock().expect("canary lock").clone();

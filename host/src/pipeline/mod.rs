@@ -183,6 +183,8 @@ pub struct Chain {
     max_input_bytes: usize,
     /// The stages' keyed state.
     state: Arc<StateStore>,
+    /// Whether any stage imports keyed state.
+    uses_state: bool,
 }
 
 impl Chain {
@@ -247,6 +249,7 @@ impl Chain {
             lineage.push(line.expect("set above"));
         }
         let names = stages.iter().map(|s| s.name().clone()).collect();
+        let uses_state = stages.iter().chain(canaries.iter().flatten().map(Canary::stage)).any(Stage::uses_state);
         Ok(Self {
             stages,
             canaries,
@@ -264,6 +267,7 @@ impl Chain {
             }),
             max_input_bytes: config.source.max_record_bytes.get(),
             state,
+            uses_state,
         })
     }
 
@@ -354,8 +358,12 @@ impl Chain {
     }
 
     fn run(&mut self, records: &[Record], live: bool) -> Result<BatchResult, Unavailable> {
-        if live {
+        if live && self.uses_state {
             self.state.begin(records)?;
+        } else if live {
+            // What a chain without state reads is not followed: a later
+            // chain with state claims every partition anew.
+            self.state.forget();
         }
         // `rejected[i]`: the stage that rejected record `i` (`None`: the
         // host, before any stage) and why.
@@ -457,7 +465,7 @@ impl Chain {
         }
 
         let mut result = BatchResult { stages: stats, letters: Some(self.letters.clone()), ..BatchResult::default() };
-        if live {
+        if live && self.uses_state {
             result.state_writes = self.state.take_pending();
         }
         let mut has_output = vec![false; records.len()];

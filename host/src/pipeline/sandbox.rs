@@ -144,20 +144,45 @@ impl v0_2::StateHost for StateState<'_> {
         let started = Instant::now();
         let values = self.calls.get(&keys);
         self.clock.host += started.elapsed();
-        match values {
-            Ok(values) => Ok(values),
-            Err(StateCallError::Unavailable(e)) => Err(wasmtime::Error::new(e)),
-            // A broken promise of the plugin: the call fails as a trap.
-            Err(StateCallError::Contract(message)) => Err(wasmtime::Error::msg(message)),
-        }
+        values.map_err(trap)
     }
 
-    fn set(&mut self, at: u32, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
-        self.calls.put(at, key, Some(value), ttl_ms)
+    fn set(
+        &mut self,
+        at: u32,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> wasmtime::Result<Result<(), String>> {
+        let started = Instant::now();
+        let done = self.calls.put(at, key, Some(value), ttl_ms);
+        self.clock.host += started.elapsed();
+        refusal(done)
     }
 
-    fn delete(&mut self, at: u32, key: String) -> Result<(), String> {
-        self.calls.put(at, key, None, None)
+    fn delete(&mut self, at: u32, key: String) -> wasmtime::Result<Result<(), String>> {
+        let started = Instant::now();
+        let done = self.calls.put(at, key, None, None);
+        self.clock.host += started.elapsed();
+        refusal(done)
+    }
+}
+
+/// A state call that could not be served: Redis away (the batch is
+/// retried), or a broken promise of the plugin (the call fails as a trap).
+fn trap(error: StateCallError) -> wasmtime::Error {
+    match error {
+        StateCallError::Unavailable(e) => wasmtime::Error::new(e),
+        StateCallError::Contract(message) | StateCallError::Refused(message) => wasmtime::Error::msg(message),
+    }
+}
+
+/// A refused write is the plugin's to handle; anything else traps.
+fn refusal(done: Result<(), StateCallError>) -> wasmtime::Result<Result<(), String>> {
+    match done {
+        Ok(()) => Ok(Ok(())),
+        Err(StateCallError::Refused(why)) => Ok(Err(why)),
+        Err(other) => Err(trap(other)),
     }
 }
 

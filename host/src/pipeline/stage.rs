@@ -6,7 +6,7 @@ use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre};
 use crate::config::{FailurePolicy, Limits};
 use crate::engine::{Engine, LoadedComponent};
 use crate::lookup::{LookupSource, Unavailable};
-use crate::state::{StateCalls, StateStore};
+use crate::state::{StateCalls, StateLimits, StateStore};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -219,8 +219,12 @@ pub struct StateScope {
 }
 
 impl StateScope {
-    fn calls(&self) -> StateCalls {
-        StateCalls::new(self.store.clone(), self.stage.clone(), self.keep)
+    fn calls(&self, limits: &Limits) -> StateCalls {
+        let limits = StateLimits {
+            max_keys: limits.state_keys.get(),
+            max_value_bytes: limits.state_value_kib.get() as usize * 1024,
+        };
+        StateCalls::new(self.store.clone(), self.stage.clone(), self.keep, limits)
     }
 }
 
@@ -240,6 +244,11 @@ impl Stage {
         let (store, instance, process) = instantiate(engine, &pre, &spec, &lookups, &state)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
         Ok(Self { spec, pre, lookups, state, engine: engine.clone(), store, instance, process, breaker })
+    }
+
+    /// Whether the component imports keyed state.
+    pub fn uses_state(&self) -> bool {
+        self.spec.component.uses_state(&self.engine)
     }
 
     /// Whether the calls are a probe, whose state writes are dropped.
@@ -372,7 +381,7 @@ fn instantiate(
         clock: CallClock::new(timeout),
         lookups: lookups.clone(),
         tables: spec.tables.clone(),
-        state: state.calls(),
+        state: state.calls(&spec.limits),
     };
     let mut store = Store::new(engine.wasmtime(), state);
     store.limiter(|state| &mut state.limits);

@@ -1,5 +1,5 @@
 //! Stages' keyed state in Redis: a hash per stage and partition
-//! (`{state_prefix}{stage}:{topic}:{partition}`), and per partition an
+//! (`{state_prefix}stage:{stage}:{topic}:{partition}`), and per partition an
 //! owner token and a fence (the last offset whose writes are applied) in
 //! the hash `{state_prefix}fence`, and an undo log of the writes not yet
 //! committed (`{state_prefix}undo:{topic}:{partition}`).
@@ -8,7 +8,7 @@
 //! offsets.
 
 use crate::lookup::Unavailable;
-use crate::state::{Durable, Partition, StateWrite};
+use crate::state::{Durable, Partition, StateWrite, decode};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -77,6 +77,13 @@ end
 return n
 ";
 
+/// Deletes field ARGV[1] of hash KEYS[1] if it still holds ARGV[2] (an
+/// expired value, not one written since it was read).
+const DELETE_IF_SAME: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+";
+
 /// The Redis side of stages' state.
 pub struct RedisState {
     client: redis::Client,
@@ -87,6 +94,7 @@ pub struct RedisState {
     connection: Option<redis::aio::MultiplexedConnection>,
     claim: redis::Script,
     apply: redis::Script,
+    delete_if_same: redis::Script,
 }
 
 /// What applying a partition's writes did.
@@ -108,6 +116,7 @@ impl RedisState {
             connection: None,
             claim: redis::Script::new(CLAIM),
             apply: redis::Script::new(APPLY),
+            delete_if_same: redis::Script::new(DELETE_IF_SAME),
         })
     }
 
@@ -120,6 +129,7 @@ impl RedisState {
             connection: None,
             claim: self.claim.clone(),
             apply: self.apply.clone(),
+            delete_if_same: self.delete_if_same.clone(),
         }
     }
 
@@ -150,6 +160,44 @@ impl RedisState {
             *slot = None;
         }
         result.map_err(|e| Unavailable(format!("state unavailable: {what}: {e}")))
+    }
+
+    /// The keys and bytes (as `MEMORY USAGE` counts them) of the hashes
+    /// matching `pattern`.
+    pub async fn sizes(&mut self, pattern: &str) -> Result<(u64, u64), redis::RedisError> {
+        let result = async {
+            if self.connection.is_none() {
+                self.connection = Some(self.client.get_multiplexed_async_connection().await?);
+            }
+            let connection = self.connection.as_mut().expect("connected above");
+            let (mut keys, mut bytes, mut cursor) = (0, 0, 0u64);
+            loop {
+                let (next, hashes): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(connection)
+                    .await?;
+                for hash in hashes {
+                    let n: u64 = redis::cmd("HLEN").arg(&hash).query_async(connection).await?;
+                    let size: Option<u64> =
+                        redis::cmd("MEMORY").arg("USAGE").arg(&hash).query_async(connection).await?;
+                    keys += n;
+                    bytes += size.unwrap_or(0);
+                }
+                if next == 0 {
+                    return Ok((keys, bytes));
+                }
+                cursor = next;
+            }
+        }
+        .await;
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
     }
 
     /// Applies the writes of one partition, in order (see [`APPLY`]).
@@ -210,6 +258,27 @@ impl Durable for RedisState {
     fn read(&self, hash: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
         self.blocking(&format!("HMGET {hash}"), |connection| {
             redis::cmd("HMGET").arg(hash).arg(fields).query::<Vec<Option<Vec<u8>>>>(connection)
+        })
+    }
+
+    fn count(&self, hash: &str, now_ms: u64) -> Result<u64, Unavailable> {
+        self.blocking(&format!("counting {hash}"), |connection| {
+            let mut cursor = 0u64;
+            loop {
+                let (next, fields): (u64, Vec<(Vec<u8>, Vec<u8>)>) =
+                    redis::cmd("HSCAN").arg(hash).arg(cursor).arg("COUNT").arg(1000).query(connection)?;
+                for (field, stored) in fields {
+                    if decode(&stored).is_some_and(|(expires, _)| expires != 0 && expires <= now_ms) {
+                        let mut invocation = self.delete_if_same.key(hash);
+                        invocation.arg(field).arg(stored).invoke::<i64>(connection)?;
+                    }
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            redis::cmd("HLEN").arg(hash).query::<u64>(connection)
         })
     }
 }

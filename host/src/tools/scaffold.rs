@@ -35,11 +35,11 @@ pub enum Lang {
     Js,
 }
 
-/// The WIT world the Python and JavaScript plugins are built against.
-const WIT: &str = include_str!("../../../wit/plugin@0.1.0/plugin.wit");
-/// The world of the Rust SDK (0.1.0 and keyed state), which uses 0.1.0's
-/// types from `wit/deps/`.
-const WIT_STATE: &str = include_str!("../../../wit/plugin@0.2.0/plugin.wit");
+/// The WIT world every plugin is built against (0.2.0: 0.1.0 and keyed
+/// state), written to `wit/plugin.wit`, and the 0.1.0 package it uses,
+/// written to `wit/deps/`.
+const WIT: &str = include_str!("../../../wit/plugin@0.2.0/plugin.wit");
+const WIT_DEP: &str = include_str!("../../../wit/plugin@0.1.0/plugin.wit");
 
 /// The SDK's source, copied into a Rust project unless `--sdk` is given.
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
@@ -93,7 +93,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
         write(&dir.join(path), &text)?;
     }
     if args.lang != Lang::Rust {
-        write(&dir.join("wit/plugin.wit"), WIT)?;
+        write_wit(&dir)?;
     }
     println!("created {} ({:?} plugin `{name}`); next:", dir.display(), args.lang);
     println!("  cd {}", dir.display());
@@ -125,8 +125,13 @@ fn write_sdk(dir: &Path) -> anyhow::Result<()> {
     write(&dir.join("Cargo.toml"), &SDK_MANIFEST.replace("{{version}}", env!("CARGO_PKG_VERSION")))?;
     write(&dir.join("src/lib.rs"), &sdk_source())?;
     write(&dir.join("src/state.rs"), SDK_STATE)?;
-    write(&dir.join("wit/plugin.wit"), WIT_STATE)?;
-    write(&dir.join("wit/deps/plugin@0.1.0/plugin.wit"), WIT)
+    write_wit(dir)
+}
+
+/// The WIT world in `dir/wit`, with the package it uses in `wit/deps`.
+fn write_wit(dir: &Path) -> anyhow::Result<()> {
+    write(&dir.join("wit/plugin.wit"), WIT)?;
+    write(&dir.join("wit/deps/plugin@0.1.0/plugin.wit"), WIT_DEP)
 }
 
 /// The SDK's source with the WIT path of the copy.

@@ -129,6 +129,9 @@ pub struct Batch {
     spans: Vec<Span>,
     /// `span_of[i]`: the index in `spans` of record `i`'s partition.
     span_of: Vec<usize>,
+    /// How many times the source had moved a partition back when the
+    /// batch's records were taken (see [`Batch::with_seeks`]).
+    seeks: u64,
 }
 
 impl Batch {
@@ -154,7 +157,20 @@ impl Batch {
             span.last = span.last.max(r.offset);
             span_of.push(at);
         }
-        Self { records, spans, span_of }
+        Self { records, spans, span_of, seeks: 0 }
+    }
+
+    /// The batch, noting that its records were taken after the source's
+    /// `seeks`th move of a partition back (a rewind): a later rewind of the
+    /// batch knows which moves came after it.
+    pub fn with_seeks(mut self, seeks: u64) -> Self {
+        self.seeks = seeks;
+        self
+    }
+
+    /// See [`Batch::with_seeks`].
+    pub fn seeks(&self) -> u64 {
+        self.seeks
     }
 
     /// Its records.

@@ -82,6 +82,29 @@ struct Buffer {
     /// Per partition (topic, partition, offset after the last record
     /// read): a few entries, searched without allocating.
     read_to: Vec<(String, i32, i64)>,
+    /// How many times a rewind has moved a partition back.
+    seeks: u64,
+    /// Per partition, where the last rewind moved it and that move's
+    /// number (of [`Buffer::seeks`]).
+    sought: Vec<(String, i32, i64, u64)>,
+}
+
+impl Buffer {
+    /// Where the last rewind moved a partition, if it did so after the
+    /// `seeks`th move.
+    fn sought_after(&self, topic: &str, partition: i32, seeks: u64) -> Option<i64> {
+        let (.., to, n) = self.sought.iter().find(|(t, p, ..)| t == topic && *p == partition)?;
+        (*n > seeks).then_some(*to)
+    }
+
+    fn note_seek(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.seeks += 1;
+        let n = self.seeks;
+        match self.sought.iter_mut().find(|(t, p, ..)| t == topic && *p == partition) {
+            Some((.., to, at)) => (*to, *at) = (offset, n),
+            None => self.sought.push((topic.to_string(), partition, offset, n)),
+        }
+    }
 }
 
 /// A request to the reader, which alone moves the consumer's positions, so
@@ -90,7 +113,9 @@ enum Control {
     /// Drop the buffered records of these partitions and move each back to
     /// its committed offset, or to the given offset when nothing is
     /// committed.
-    Rewind { first: BTreeMap<(String, i32), i64>, reply: oneshot::Sender<KafkaResult<()>> },
+    /// Per partition: the first offset and the batches' earliest
+    /// [`Batch::seeks`].
+    Rewind { first: BTreeMap<(String, i32), (i64, u64)>, reply: oneshot::Sender<KafkaResult<()>> },
 }
 
 impl Source {
@@ -121,6 +146,8 @@ impl Source {
                 bytes: 0,
                 topics: config.source.topics.clone(),
                 read_to: Vec::new(),
+                seeks: 0,
+                sought: Vec::new(),
             }),
             arrived: Notify::new(),
             room: Notify::new(),
@@ -194,12 +221,12 @@ impl Source {
     pub async fn next_batch(&self) -> Batch {
         let deadline = tokio::time::Instant::now() + IDLE_POLL;
         loop {
-            let records = self.shared.take();
-            if !records.is_empty() {
-                return Batch::new(records);
+            let batch = self.shared.take();
+            if !batch.is_empty() {
+                return batch;
             }
             if tokio::time::timeout_at(deadline, self.shared.arrived.notified()).await.is_err() {
-                return Batch::new(self.shared.take());
+                return self.shared.take();
             }
         }
     }
@@ -207,7 +234,7 @@ impl Source {
     /// The records waiting now, as one batch like [`Source::next_batch`]'s,
     /// without waiting for any: empty if none is waiting.
     pub fn take_waiting(&self) -> Batch {
-        Batch::new(self.shared.take())
+        self.shared.take()
     }
 
     /// Notes, per partition, the offset after the last record of `batch`
@@ -263,10 +290,12 @@ impl Source {
     /// read again. Fails, to be retried, when the committed offsets cannot
     /// be read or a partition still assigned cannot be moved.
     pub async fn rewind<'a>(&self, batches: impl IntoIterator<Item = &'a Batch>) -> KafkaResult<()> {
-        let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for span in batches.into_iter().flat_map(Batch::spans) {
-            let slot = first.entry((span.topic.clone(), span.partition)).or_insert(span.first);
-            *slot = (*slot).min(span.first);
+        let mut first: BTreeMap<(String, i32), (i64, u64)> = BTreeMap::new();
+        for batch in batches {
+            for span in batch.spans() {
+                let slot = first.entry((span.topic.clone(), span.partition)).or_insert((span.first, batch.seeks()));
+                *slot = (slot.0.min(span.first), slot.1.min(batch.seeks()));
+            }
         }
         let (reply, answer) = oneshot::channel();
         self.control.send(Control::Rewind { first, reply }).await.map_err(|_| KafkaError::Canceled)?;
@@ -331,7 +360,7 @@ impl Shared {
     }
 
     /// Takes up to a batch of records.
-    fn take(&self) -> Vec<Record> {
+    fn take(&self) -> Batch {
         let size = self.batch_size.load(Ordering::Relaxed);
         let max_bytes = self.batch_max_bytes.load(Ordering::Relaxed);
         let mut buffer = self.buffer.lock().expect("buffer lock");
@@ -343,11 +372,12 @@ impl Shared {
             bytes += n;
             batch.push(record);
         }
+        let seeks = buffer.seeks;
         drop(buffer);
         if !batch.is_empty() {
             self.room.notify_one();
         }
-        batch
+        Batch::new(batch).with_seeks(seeks)
     }
 
     fn note_committed(&self, offsets: BTreeMap<(String, i32), i64>) {
@@ -428,8 +458,25 @@ async fn read(
 fn rewind(
     consumer: &StreamConsumer<LogContext>,
     shared: &Shared,
-    first: BTreeMap<(String, i32), i64>,
+    first: BTreeMap<(String, i32), (i64, u64)>,
 ) -> KafkaResult<()> {
+    // A partition that a rewind after the batches were taken has already
+    // moved back to their first record or before is left alone: the
+    // records from there on are read again anyway, and moving it forward
+    // would skip (and dropping what was read since would lose) the records
+    // before the batches. A batch taken ahead and dropped behind an aborted
+    // one is rewound after it.
+    let first: BTreeMap<(String, i32), i64> = {
+        let buffer = shared.buffer.lock().expect("buffer lock");
+        first
+            .into_iter()
+            .filter(|((t, p), (first, seeks))| buffer.sought_after(t, *p, *seeks).is_none_or(|to| to > *first))
+            .map(|(key, (first, _))| (key, first))
+            .collect()
+    };
+    if first.is_empty() {
+        return Ok(());
+    }
     let partitions: Vec<(String, i32)> = first.keys().cloned().collect();
     shared.drop_partitions(&partitions);
     let committed = tokio::task::block_in_place(|| consumer.committed_offsets(tpl(&first)?, Duration::from_secs(10)))?;
@@ -448,6 +495,7 @@ fn rewind(
             Some(Offset::Offset(o)) => o,
             _ => first_offset,
         };
+        shared.buffer.lock().expect("buffer lock").note_seek(&topic, partition, offset);
         if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
             // A partition revoked meanwhile is its next owner's to read;
             // one still assigned must be rewound, or its records would be

@@ -84,6 +84,9 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 ";
 
+/// A hash field and its stored value.
+type FieldValue = (Vec<u8>, Vec<u8>);
+
 /// The Redis side of stages' state.
 pub struct RedisState {
     client: redis::Client,
@@ -265,7 +268,7 @@ impl Durable for RedisState {
         self.blocking(&format!("counting {hash}"), |connection| {
             let mut cursor = 0u64;
             loop {
-                let (next, fields): (u64, Vec<(Vec<u8>, Vec<u8>)>) =
+                let (next, fields): (u64, Vec<FieldValue>) =
                     redis::cmd("HSCAN").arg(hash).arg(cursor).arg("COUNT").arg(1000).query(connection)?;
                 for (field, stored) in fields {
                     if decode(&stored).is_some_and(|(expires, _)| expires != 0 && expires <= now_ms) {

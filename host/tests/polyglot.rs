@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use support::RedisPrefix;
-use support::inputs::{Expected, SHARED_REDIS, example_values, generated, keyed, load_lookups};
+use support::inputs::{Expected, SHARED_REDIS, delivery, example_values, generated, keyed, load_lookups};
 use support::kafka::{Consumed, Tansu, consume, produce};
 use support::model;
 use support::process::{Host, HostEnv};
@@ -17,37 +17,19 @@ const MAX_PER_MINUTE: usize = 3;
 const WINDOW_MS: i64 = 60_000;
 const VIP_CENTS: i64 = 10_000;
 
-/// A delivery order by `user` at `ts` (RFC 3339), with `quantity` of each of
-/// two soups (641.00 and 169.00).
-fn delivery(id: u64, user: &str, ts: &str, quantity: u32) -> String {
-    serde_json::json!({
-        "object_id": id, "object_type": "order", "sent_dttm": ts,
-        "payload": {
-            "restaurant": {"id": "af69ef12f4f34c6d86441c69"}, "date": ts, "user": {"id": user},
-            "order_items": [
-                {"name": "какой-то суп", "price": 641, "category": "Супы", "id": "97a91f3df3b44224bb8d67a4", "quantity": quantity},
-                {"name": "еще суп", "price": 169, "category": "Супы", "id": "22a38d8dbb584051b8b72f15", "quantity": quantity},
-            ],
-            "final_status": "CLOSED",
-        },
-    })
-    .to_string()
-}
-
 /// What the suspicious stage is specified to do: per user, the orders seen
 /// so far whose time is within the window ending at this order's time,
-/// forgetting orders older than the window of the latest time seen. Returns
-/// the header of each flagged order id.
+/// forgetting the user's orders older than the window of that user's latest
+/// order. Returns the header of each flagged order id.
 fn suspicious_model(orders: &[(String, Option<String>, i64)]) -> BTreeMap<String, String> {
     let mut recent: HashMap<&str, Vec<i64>> = HashMap::new();
-    let mut latest = i64::MIN;
     let mut flagged = BTreeMap::new();
     for (id, user, at) in orders {
         let Some(user) = user else { continue };
-        latest = latest.max(*at);
         let times = recent.entry(user).or_default();
-        times.retain(|t| *t > latest - WINDOW_MS);
         times.push(*at);
+        let latest = times.iter().copied().max().unwrap_or(*at);
+        times.retain(|t| *t > latest - WINDOW_MS);
         let count = times.iter().filter(|t| **t > at - WINDOW_MS && **t <= *at).count();
         if count > MAX_PER_MINUTE {
             flagged.insert(id.clone(), format!("{count} orders by user {user} within 60 s"));

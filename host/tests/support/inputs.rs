@@ -62,6 +62,23 @@ pub async fn load_lookups(url: &str, prefix: &str) {
     assert!(status.success());
 }
 
+/// A delivery order by `user` at `ts` (RFC 3339), with `quantity` of each of
+/// two soups (641.00 and 169.00).
+pub fn delivery(id: u64, user: &str, ts: &str, quantity: u32) -> String {
+    serde_json::json!({
+        "object_id": id, "object_type": "order", "sent_dttm": ts,
+        "payload": {
+            "restaurant": {"id": "af69ef12f4f34c6d86441c69"}, "date": ts, "user": {"id": user},
+            "order_items": [
+                {"name": "какой-то суп", "price": 641, "category": "Супы", "id": "97a91f3df3b44224bb8d67a4", "quantity": quantity},
+                {"name": "еще суп", "price": 169, "category": "Супы", "id": "22a38d8dbb584051b8b72f15", "quantity": quantity},
+            ],
+            "final_status": "CLOSED",
+        },
+    })
+    .to_string()
+}
+
 /// The records as Kafka (key, value) pairs without keys.
 pub fn keyed(values: &[String]) -> Vec<(Option<String>, Vec<u8>)> {
     values.iter().map(|v| (None, v.as_bytes().to_vec())).collect()

@@ -408,5 +408,22 @@ async fn an_aborted_transaction_rolls_back_the_state_it_wrote() {
     host.wait_ready(Duration::from_secs(60));
     host.wait_log("state rolled back to a batch read again", Duration::from_secs(60));
     assert_dedup(&brokers, &dedup_model(&sent)).await;
+
+    // The state is visible: one key per order id in Redis, measured every
+    // 5 s, and the writes the rollback undid.
+    let ids = sent.iter().map(|s| &s.id).collect::<BTreeSet<_>>().len() as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let (_, pipeline) = host.json("GET", "/api/pipeline");
+        let state = pipeline["stages"][1]["state"].clone();
+        if state["keys"] == ids || std::time::Instant::now() > deadline {
+            break state;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(state["keys"], ids, "{state}");
+    assert!(state["bytes"].as_u64().unwrap() > 0 && state["writes"].as_u64().unwrap() >= ids, "{state}");
+    assert!(host.metric("sluice_state_rolled_back_total").unwrap() > 0.0);
+    assert!(host.metric("sluice_state_writes_total{stage=\"dedup\"}").unwrap() >= ids as f64);
     assert!(host.terminate().success(), "{}", host.log_text());
 }

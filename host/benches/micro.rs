@@ -147,5 +147,84 @@ fn redis_effects(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, component_calls, lookup_cache_hit, redis_effects);
+/// Keyed state: the host side of one `get` of a batch's keys and a `set`
+/// per record (the view empty, as after a claim), and the same writes
+/// applied to Redis in one Lua call with their undo entries.
+fn keyed_state(c: &mut Criterion) {
+    use sluice::redis::RedisState;
+    use sluice::state::{Durable, StateCalls, StateLimits, StateStore};
+    const BATCH: usize = 512;
+    let input = messages(BATCH, true);
+    let records: Vec<sluice::record::Record> = input
+        .iter()
+        .map(|m| sluice::record::Record {
+            key: None,
+            value: Some(m.value.clone()),
+            headers: Vec::new(),
+            topic: m.topic.clone(),
+            partition: m.partition,
+            offset: m.offset,
+            timestamp_ms: None,
+        })
+        .collect();
+    let keys: Vec<(u32, String)> = (0..BATCH as u32).map(|i| (i, format!("order-{i}"))).collect();
+    let store = StateStore::in_memory();
+    let mut calls = StateCalls::new(store.clone(), Arc::from("bench"), true, StateLimits::default());
+    let mut group = c.benchmark_group("keyed state");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("get of 512 keys in one call, then 512 sets (host side)", |b| {
+        b.iter(|| {
+            store.begin(&records).unwrap();
+            calls.start(&input);
+            let values = calls.get(&keys).map_err(|e| format!("{e:?}")).unwrap();
+            for ((at, key), value) in keys.iter().zip(values) {
+                let value = value.unwrap_or_default();
+                calls.put(*at, key.clone(), Some(value), Some(60_000)).map_err(|e| format!("{e:?}")).unwrap();
+            }
+            calls.finish();
+            store.take_pending()
+        })
+    });
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut redis = RedisState::new(REDIS_URL, "bench:micro:state:").unwrap();
+    let partition = (Arc::from("orders"), 0);
+    redis.claim(&partition, 0, "bench").expect("the local Redis answers");
+    let writes = |first: i64| -> Vec<sluice::state::StateWrite> {
+        (0..BATCH as i64)
+            .map(|i| sluice::state::StateWrite {
+                partition: partition.clone(),
+                offset: first + i,
+                token: Arc::from("bench"),
+                hash: Arc::from("bench:micro:state:stage:bench:orders:0"),
+                key: format!("order-{}", (first + i) % 20_000),
+                value: Some(sluice::state::encode(0, b"1735689600000")),
+            })
+            .collect()
+    };
+    let mut next = 0i64;
+    group.bench_function("512 writes applied to Redis (one Lua call, undo log)", |b| {
+        b.iter_batched(
+            || {
+                next += BATCH as i64;
+                writes(next)
+            },
+            |writes| {
+                let batch: Vec<&sluice::state::StateWrite> = writes.iter().collect();
+                let committed = Some(writes[0].offset);
+                runtime.block_on(redis.apply(&partition, "bench", committed, &batch)).unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+    let client = redis::Client::open(REDIS_URL).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("bench:micro:state:*").query(&mut con).unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut con).unwrap();
+    }
+}
+
+criterion_group!(benches, component_calls, lookup_cache_hit, redis_effects, keyed_state);
 criterion_main!(benches);

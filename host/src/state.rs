@@ -324,12 +324,14 @@ impl StateStore {
         let mut out: Vec<Held> = vec![Held::absent(); keys.len()];
         // Misses, per hash: indices in `keys`.
         let mut misses: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut hashes: HashMap<&Partition, Arc<str>> = HashMap::new();
         for (i, (at, key)) in keys.iter().enumerate() {
-            let hash = self.hash(stage, &at.partition);
+            let hash =
+                hashes.entry(&at.partition).or_insert_with(|| Arc::from(self.hash(stage, &at.partition))).clone();
             let owned = inner.owned.get(&at.partition);
-            match owned.and_then(|o| o.view.get(&(Arc::from(hash.as_str()), key.to_string()))) {
+            match owned.and_then(|o| o.view.get(&(hash.clone(), key.to_string()))) {
                 Some(held) => out[i] = held.clone(),
-                None => misses.entry(hash).or_default().push(i),
+                None => misses.entry(hash.to_string()).or_default().push(i),
             }
         }
         let fetched = misses.values().map(Vec::len).sum::<usize>() as u64;
@@ -378,9 +380,17 @@ impl StateStore {
         self.count(stage, |t| t.writes += journal.iter().filter(|w| !w.expiry).count() as u64);
         let mut inner = self.inner.lock().expect("state lock");
         let inner = &mut *inner;
+        let mut hashes: HashMap<Partition, Arc<str>> = HashMap::new();
         for write in journal {
             let Some(owned) = inner.owned.get_mut(&write.at.partition) else { continue };
-            let hash: Arc<str> = Arc::from(self.hash(stage, &write.at.partition));
+            let hash = match hashes.get(&write.at.partition) {
+                Some(hash) => hash.clone(),
+                None => {
+                    let hash: Arc<str> = Arc::from(self.hash(stage, &write.at.partition));
+                    hashes.insert(write.at.partition.clone(), hash.clone());
+                    hash
+                }
+            };
             inner.pending.push(StateWrite {
                 partition: write.at.partition.clone(),
                 offset: write.at.offset,
@@ -469,6 +479,8 @@ pub struct StateCalls {
     probing: bool,
     batch: Vec<Coordinates>,
     journal: Vec<Journaled>,
+    /// The latest write in `journal` of each (partition, key).
+    latest: HashMap<(Partition, String), usize>,
     /// Keys the journal adds (or, negative, removes) per partition.
     added: HashMap<Partition, i64>,
 }
@@ -476,8 +488,8 @@ pub struct StateCalls {
 impl StateCalls {
     /// State calls of `stage` into `store`; writes are dropped unless `keep`.
     pub fn new(store: Arc<StateStore>, stage: Arc<str>, keep: bool, limits: StateLimits) -> Self {
-        let (batch, journal, added) = (Vec::new(), Vec::new(), HashMap::new());
-        Self { store, stage, keep, limits, probing: false, batch, journal, added }
+        let (batch, journal, latest, added) = (Vec::new(), Vec::new(), HashMap::new(), HashMap::new());
+        Self { store, stage, keep, limits, probing: false, batch, journal, latest, added }
     }
 
     /// Whether the calls are a probe of the chain (a reload's check on
@@ -494,6 +506,7 @@ impl StateCalls {
     /// A call with `batch` starts.
     pub fn start(&mut self, batch: &[Message]) {
         self.journal.clear();
+        self.latest.clear();
         self.added.clear();
         self.batch.clear();
         let mut topic: Option<Arc<str>> = None;
@@ -510,6 +523,7 @@ impl StateCalls {
     /// a probe).
     pub fn finish(&mut self) {
         let journal = std::mem::take(&mut self.journal);
+        self.latest.clear();
         if self.keep && !self.probing {
             self.store.record(&self.stage, journal);
         }
@@ -518,6 +532,7 @@ impl StateCalls {
     /// The call failed: its writes are dropped.
     pub fn abandon(&mut self) {
         self.journal.clear();
+        self.latest.clear();
     }
 
     fn at(&self, at: u32) -> Result<Coordinates, StateCallError> {
@@ -535,7 +550,7 @@ impl StateCalls {
         let mut out = vec![Held::absent(); keys.len()];
         let mut rest: Vec<(usize, &Coordinates, &str)> = Vec::new();
         for (i, (at, key)) in keys.iter().enumerate() {
-            let own = self.journal.iter().rev().find(|w| w.at.partition == at.partition && w.key == *key);
+            let own = self.latest.get(&(at.partition.clone(), key.to_string())).map(|&i| &self.journal[i]);
             match own {
                 Some(w) => out[i] = Held { value: w.value.clone(), expires_ms: w.expires_ms, written_at: None },
                 None => rest.push((i, at, key)),
@@ -563,7 +578,7 @@ impl StateCalls {
             if held.expired(now) {
                 self.store.count(&self.stage, |t| t.expired += 1);
                 *self.added.entry(at.partition.clone()).or_default() -= 1;
-                self.journal.push(Journaled { at, key: key.to_string(), value: None, expires_ms: 0, expiry: true });
+                self.write(Journaled { at, key: key.to_string(), value: None, expires_ms: 0, expiry: true });
             }
             out.push(held.current(now).cloned());
         }
@@ -614,8 +629,13 @@ impl StateCalls {
             }
         }
         *self.added.entry(at.partition.clone()).or_default() += delta;
-        self.journal.push(Journaled { at, key, value, expires_ms, expiry: false });
+        self.write(Journaled { at, key, value, expires_ms, expiry: false });
         Ok(())
+    }
+
+    fn write(&mut self, write: Journaled) {
+        self.latest.insert((write.at.partition.clone(), write.key.clone()), self.journal.len());
+        self.journal.push(write);
     }
 }
 

@@ -25,8 +25,9 @@
 //! same writes.
 //!
 //! A value past its time-to-live reads as absent, and the read that finds
-//! it deletes it (as a write of the reading record); a claim also deletes
-//! the expired values of the partition.
+//! it deletes it (as a write of the reading record); counting a stage's keys
+//! in a partition (once per claim, at its first new key) deletes the
+//! partition's expired values first.
 
 use crate::bindings::Message;
 use crate::lookup::Unavailable;

@@ -311,8 +311,11 @@ async fn fraud_flags_in_javascript_survive_sigkills_exactly_once() {
     assert!(host.terminate().success());
 }
 
-/// A second instance joins mid-stream and is SIGKILLed: partitions move to
-/// it and back, and each new owner of a partition must read its state.
+/// A second instance joins mid-stream and leaves (SIGTERM): partitions move
+/// to it and back, and each new owner of a partition must read its state.
+/// (A SIGKILLed instance's open transaction is never ended by tansu 0.6,
+/// which then holds back read_committed readers; the SIGKILL tests above
+/// restart the same instance, which ends it.)
 #[tokio::test(flavor = "multi_thread")]
 async fn state_follows_partitions_to_a_second_instance_and_back() {
     let tansu = Tansu::start_with_partitions(6);
@@ -338,7 +341,7 @@ async fn state_follows_partitions_to_a_second_instance_and_back() {
     second.wait_log("partitions assigned", Duration::from_secs(60));
     second.wait_records_in(1, Duration::from_secs(60));
     std::thread::sleep(Duration::from_millis(rng.below(1_000)));
-    second.kill();
+    assert!(second.terminate().success(), "{}", second.log_text());
     producer.send("orders", chunks[2]).await;
     // The web-shop orders pass dedup; the delivery orders have ids of
     // their own, so dedup passes every one of them.
@@ -396,22 +399,26 @@ async fn an_aborted_transaction_rolls_back_the_state_it_wrote() {
     let brokers = mock.bootstrap_servers();
     let mut rng = Rng::from_clock();
     let sent = copied_orders(300, &mut rng);
-    let records: Vec<_> = sent.iter().map(Sent::record).collect();
-    produce(&brokers, "orders", &records).await;
+    let placed = users_orders(10, 30, &mut rng);
+    let streams = vec![sent.iter().map(Sent::record).collect(), placed.iter().map(Placed::record).collect()];
+    produce(&brokers, "orders", &interleave(streams, &mut rng)).await;
     let refused = RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_REQUIRED_ACKS;
     mock.request_errors(RDKafkaApiKey::Produce, &[refused, refused]);
 
     let name = "state-abort";
     let prefix = RedisPrefix::new(name);
-    let work = Workdir::new(name, &pipeline(DEDUP));
+    let work = Workdir::new(name, &pipeline(&format!("{DEDUP}{SUSPICIOUS}")));
     let mut host = Host::start_with(&env(&brokers, &work, &prefix, name, "exactly-once"), &work.pipeline());
     host.wait_ready(Duration::from_secs(60));
     host.wait_log("state rolled back to a batch read again", Duration::from_secs(60));
-    assert_dedup(&brokers, &dedup_model(&sent)).await;
+    let mut want = dedup_model(&sent);
+    want.extend(placed.iter().map(|p| (p.id.to_string(), p.at_ms)));
+    assert_dedup(&brokers, &want).await;
+    assert_flags_among(&brokers, &placed).await;
 
     // The state is visible: one key per order id in Redis, measured every
     // 5 s, and the writes the rollback undid.
-    let ids = sent.iter().map(|s| &s.id).collect::<BTreeSet<_>>().len() as u64;
+    let ids = (sent.iter().map(|s| &s.id).collect::<BTreeSet<_>>().len() + placed.len()) as u64;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let state = loop {
         let (_, pipeline) = host.json("GET", "/api/pipeline");

@@ -157,7 +157,10 @@ pub async fn read_counters_at(url: &str, prefix: &str) -> BTreeMap<String, BTree
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut con).await.unwrap();
     let mut out = BTreeMap::new();
-    let counter = |k: &String| !k[prefix.len()..].starts_with("fence") && !k[prefix.len()..].starts_with("replayed:");
+    let counter = |k: &String| {
+        let name = &k[prefix.len()..];
+        !name.starts_with("fence") && !name.starts_with("replayed:") && !name.starts_with("state:")
+    };
     for key in keys.into_iter().filter(counter) {
         let fields: BTreeMap<String, i64> = redis::cmd("HGETALL").arg(&key).query_async(&mut con).await.unwrap();
         out.insert(key[prefix.len()..].to_string(), fields);

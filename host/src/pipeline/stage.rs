@@ -199,6 +199,9 @@ pub struct Stage {
     pre: TransformPre<StageState>,
     lookups: Arc<dyn LookupSource>,
     state: StateScope,
+    /// Whether the component imports keyed state: only then does a call
+    /// note where its records came from.
+    stateful: bool,
     engine: Engine,
     store: Store<StageState>,
     instance: Transform,
@@ -243,12 +246,13 @@ impl Stage {
         })?;
         let (store, instance, process) = instantiate(engine, &pre, &spec, &lookups, &state)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
-        Ok(Self { spec, pre, lookups, state, engine: engine.clone(), store, instance, process, breaker })
+        let stateful = spec.component.uses_state(engine);
+        Ok(Self { spec, pre, lookups, state, stateful, engine: engine.clone(), store, instance, process, breaker })
     }
 
     /// Whether the component imports keyed state.
     pub fn uses_state(&self) -> bool {
-        self.spec.component.uses_state(&self.engine)
+        self.stateful
     }
 
     /// Whether the calls are a probe, whose state writes are dropped.
@@ -299,7 +303,9 @@ impl Stage {
         let timeout = Duration::from_millis(self.spec.limits.timeout_ms.get());
         arm(&mut self.store, timeout);
         forget_output(self.store.data());
-        self.store.data_mut().state.start(batch);
+        if self.stateful {
+            self.store.data_mut().state.start(batch);
+        }
         // SAFETY: `instantiate` checked this signature against the component.
         let process = unsafe { TypedFunc::<(&[Message],), lift::Results>::new_unchecked(self.process) };
         let budget = (self.spec.limits.results_mib.get() as usize) << 20;

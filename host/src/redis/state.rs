@@ -165,14 +165,19 @@ impl RedisState {
         result.map_err(|e| Unavailable(format!("state unavailable: {what}: {e}")))
     }
 
+    /// The connection for applies and measures, made lazily.
+    async fn connection(&mut self) -> Result<&mut redis::aio::MultiplexedConnection, redis::RedisError> {
+        if self.connection.is_none() {
+            self.connection = Some(self.client.get_multiplexed_async_connection().await?);
+        }
+        Ok(self.connection.as_mut().expect("connected above"))
+    }
+
     /// The keys and bytes (as `MEMORY USAGE` counts them) of the hashes
     /// matching `pattern`.
     pub async fn sizes(&mut self, pattern: &str) -> Result<(u64, u64), redis::RedisError> {
         let result = async {
-            if self.connection.is_none() {
-                self.connection = Some(self.client.get_multiplexed_async_connection().await?);
-            }
-            let connection = self.connection.as_mut().expect("connected above");
+            let connection = self.connection().await?;
             let (mut keys, mut bytes, mut cursor) = (0, 0, 0u64);
             loop {
                 let (next, hashes): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -227,9 +232,6 @@ impl RedisState {
         committed: Option<i64>,
         writes: &[&StateWrite],
     ) -> Result<StateApplied, redis::RedisError> {
-        if self.connection.is_none() {
-            self.connection = Some(self.client.get_multiplexed_async_connection().await?);
-        }
         let script = self.apply.clone();
         let mut invocation = script.key(self.fence());
         invocation.key(self.undo(partition));
@@ -241,7 +243,7 @@ impl RedisState {
                 None => invocation.arg("d").arg(&*write.hash).arg(&write.key).arg(""),
             };
         }
-        let connection = self.connection.as_mut().expect("connected above");
+        let connection = self.connection().await?;
         let n: i64 = invocation.invoke_async(connection).await?;
         Ok(if n < 0 { StateApplied::Claimed } else { StateApplied::Applied(n as usize) })
     }

@@ -352,18 +352,43 @@ impl Consuming<'_> {
 
 /// How often the size of the stages' state is measured.
 const STATE_MEASURE_EVERY: Duration = Duration::from_secs(5);
+/// How often the expired values of the state of the partitions this
+/// instance owns are swept out of Redis (a value read after it expired is
+/// deleted at once).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Measures, every [`STATE_MEASURE_EVERY`], the keys and bytes of the state
-/// of each stage that has used state, for `/api/pipeline` and the metrics.
+/// of each stage that has used state, for `/api/pipeline` and the metrics;
+/// every [`SWEEP_EVERY`], sweeps their expired values first.
 async fn measure_state(mut redis: RedisState, store: Arc<StateStore>) {
+    let mut swept = tokio::time::Instant::now();
     loop {
+        let sweep = swept.elapsed() >= SWEEP_EVERY;
+        if sweep {
+            swept = tokio::time::Instant::now();
+        }
         for stage in store.totals().into_keys() {
+            if sweep {
+                sweep_state(&mut redis, &store, &stage).await;
+            }
             match redis.sizes(&store.hashes_of(&stage)).await {
                 Ok((keys, bytes)) => store.set_sizes(&stage, keys, bytes),
                 Err(e) => tracing::debug!(%stage, error = %e, "cannot measure the stage's state"),
             }
         }
         tokio::time::sleep(STATE_MEASURE_EVERY).await;
+    }
+}
+
+/// Deletes the expired values of `stage`'s state in the partitions this
+/// instance owns.
+async fn sweep_state(redis: &mut RedisState, store: &StateStore, stage: &str) {
+    for (partition, token) in store.owned() {
+        let hash = store.hash(stage, &partition);
+        match redis.sweep_async(&hash, crate::state::now_ms()).await {
+            Ok(swept) => store.swept(stage, &partition, &token, &swept.deleted),
+            Err(e) => tracing::debug!(%stage, error = %e, "cannot sweep the stage's state"),
+        }
     }
 }
 

@@ -25,9 +25,11 @@
 //! same writes.
 //!
 //! A value past its time-to-live reads as absent, and the read that finds
-//! it deletes it (as a write of the reading record); counting a stage's keys
-//! in a partition (once per claim, at its first new key) deletes the
-//! partition's expired values first.
+//! it deletes it (as a write of the reading record). Expired values nobody
+//! reads again are deleted by sweeps: when a partition's state is first
+//! measured against the stage's limits (once per claim), when a write would
+//! exceed a limit (at most every [`RECOUNT_EVERY`]), and in the background
+//! every [`SWEEP_EVERY`](crate::run) for the partitions this instance owns.
 
 use crate::bindings::Message;
 use crate::lookup::Unavailable;
@@ -36,7 +38,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The longest key of a stage's state, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -44,6 +46,9 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// already durable in Redis are dropped from it (they are read again from
 /// Redis when needed).
 pub const VIEW_CAPACITY: usize = 100_000;
+/// How often, at most, a write refused by a limit sweeps the partition's
+/// expired values and counts its state again before refusing.
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(5);
 
 /// A partition of a source topic.
 pub type Partition = (Arc<str>, i32);
@@ -58,9 +63,60 @@ pub trait Durable: Send + Sync {
     /// [`encode`]).
     fn read(&self, hash: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Unavailable>;
 
-    /// The number of keys in `hash`, after deleting those expired by
-    /// `now_ms`.
-    fn count(&self, hash: &str, now_ms: u64) -> Result<u64, Unavailable>;
+    /// Deletes the values of `hash` expired by `now_ms`, and measures what
+    /// is left.
+    fn sweep(&self, hash: &str, now_ms: u64) -> Result<Swept, Unavailable>;
+
+    /// Whether the state is kept here (not only in the view), so that a
+    /// sweep measures it.
+    fn keeps(&self) -> bool {
+        true
+    }
+}
+
+/// How much state a stage holds in a partition: what its limits count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size {
+    /// Keys.
+    pub keys: u64,
+    /// Bytes of keys and values (see [`held_bytes`]).
+    pub bytes: u64,
+}
+
+/// What a write changes of a [`Size`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Delta {
+    keys: i64,
+    bytes: i64,
+}
+
+impl Delta {
+    fn add(&mut self, other: Delta) {
+        self.keys += other.keys;
+        self.bytes += other.bytes;
+    }
+}
+
+impl Size {
+    fn apply(&mut self, delta: Delta) {
+        self.keys = self.keys.saturating_add_signed(delta.keys);
+        self.bytes = self.bytes.saturating_add_signed(delta.bytes);
+    }
+}
+
+/// What a key and its value weigh against `limits.state_mib`: their bytes,
+/// without the stored expiry.
+pub fn held_bytes(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
+/// What a sweep of a hash found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// The values left.
+    pub left: Size,
+    /// The expired values deleted: key and [`held_bytes`].
+    pub deleted: Vec<(String, u64)>,
 }
 
 /// State kept in memory only (`sluice test`, `sluice bench`): nothing to
@@ -76,8 +132,12 @@ impl Durable for InMemory {
         Ok(vec![None; fields.len()])
     }
 
-    fn count(&self, _: &str, _: u64) -> Result<u64, Unavailable> {
-        Ok(0)
+    fn sweep(&self, _: &str, _: u64) -> Result<Swept, Unavailable> {
+        Ok(Swept::default())
+    }
+
+    fn keeps(&self) -> bool {
+        false
     }
 }
 
@@ -86,13 +146,16 @@ impl Durable for InMemory {
 pub struct StateLimits {
     /// Most keys per input partition (`limits.state_keys`).
     pub max_keys: u64,
+    /// Most bytes of keys and values per input partition
+    /// (`limits.state_mib`).
+    pub max_bytes: u64,
     /// Largest value in bytes (`limits.state_value_kib`).
     pub max_value_bytes: usize,
 }
 
 impl Default for StateLimits {
     fn default() -> Self {
-        Self { max_keys: 1_000_000, max_value_bytes: 64 * 1024 }
+        Self { max_keys: 1_000_000, max_bytes: 256 << 20, max_value_bytes: 64 * 1024 }
     }
 }
 
@@ -149,8 +212,9 @@ struct Owned {
     durable: i64,
     /// Per (stage hash, key).
     view: HashMap<(Arc<str>, String), Held>,
-    /// Per stage hash, its keys (expired ones included until deleted).
-    keys: HashMap<Arc<str>, u64>,
+    /// Per stage hash, its size (expired values included until deleted),
+    /// and when it was last swept.
+    sizes: HashMap<Arc<str>, (Size, Instant)>,
 }
 
 /// What one stage's state calls did, and how large its state is.
@@ -273,7 +337,7 @@ impl StateStore {
                     revoked: false,
                     durable: first - 1,
                     view: HashMap::new(),
-                    keys: HashMap::new(),
+                    sizes: HashMap::new(),
                 };
                 inner.owned.insert(key.clone(), owned);
             }
@@ -358,18 +422,76 @@ impl StateStore {
         Ok(out)
     }
 
-    /// The keys of `stage` in `partition` (the view's count, read from
-    /// Redis once per claim).
-    fn keys(&self, stage: &str, partition: &Partition) -> Result<u64, Unavailable> {
+    /// The size of `stage`'s state in `partition`: measured in Redis (after
+    /// a sweep of its expired values) at the first call after a claim, and
+    /// again when `recount` and the last sweep is [`RECOUNT_EVERY`] old;
+    /// kept up to date by the writes in between.
+    fn size(&self, stage: &str, partition: &Partition, recount: bool) -> Result<Size, Unavailable> {
         let hash = self.hash(stage, partition);
         let mut inner = self.inner.lock().expect("state lock");
-        let Some(owned) = inner.owned.get_mut(partition) else { return Ok(0) };
-        if let Some(n) = owned.keys.get(hash.as_str()) {
-            return Ok(*n);
+        let Some(owned) = inner.owned.get_mut(partition) else { return Ok(Size::default()) };
+        match owned.sizes.get(hash.as_str()) {
+            Some((size, swept)) if !recount || !self.durable.keeps() || swept.elapsed() < RECOUNT_EVERY => {
+                return Ok(*size);
+            }
+            _ => {}
         }
-        let n = self.durable.count(&hash, now_ms())?;
-        owned.keys.insert(Arc::from(hash), n);
-        Ok(n)
+        let swept = self.durable.sweep(&hash, now_ms())?;
+        if !swept.deleted.is_empty() {
+            self.count(stage, |t| t.expired += swept.deleted.len() as u64);
+        }
+        // The view may still hold values the sweep deleted.
+        let hash: Arc<str> = Arc::from(hash);
+        for (key, _) in &swept.deleted {
+            if let Some(held) = owned.view.get_mut(&(hash.clone(), key.clone()))
+                && held.expired(now_ms())
+            {
+                *held = Held::absent();
+            }
+        }
+        owned.sizes.insert(hash, (swept.left, Instant::now()));
+        Ok(swept.left)
+    }
+
+    /// The partitions this instance owns, with their owner tokens.
+    pub fn owned(&self) -> Vec<(Partition, Arc<str>)> {
+        let inner = self.inner.lock().expect("state lock");
+        inner.owned.iter().filter(|(_, o)| !o.revoked).map(|(p, o)| (p.clone(), o.token.clone())).collect()
+    }
+
+    /// Takes what a background sweep of `stage`'s state in `partition`,
+    /// owned under `token`, deleted: the size kept in memory loses the
+    /// values it still counted (not those written again or deleted since),
+    /// and the view forgets them.
+    pub fn swept(&self, stage: &str, partition: &Partition, token: &str, deleted: &[(String, u64)]) {
+        if deleted.is_empty() {
+            return;
+        }
+        self.count(stage, |t| t.expired += deleted.len() as u64);
+        let hash: Arc<str> = Arc::from(self.hash(stage, partition));
+        let now = now_ms();
+        let mut inner = self.inner.lock().expect("state lock");
+        let Some(owned) = inner.owned.get_mut(partition) else { return };
+        if &*owned.token != token {
+            return;
+        }
+        let mut delta = Delta::default();
+        for (key, bytes) in deleted {
+            let counted = match owned.view.get_mut(&(hash.clone(), key.clone())) {
+                None => true,
+                Some(held) if held.expired(now) && held.written_at.is_none_or(|at| at <= owned.durable) => {
+                    *held = Held::absent();
+                    true
+                }
+                Some(_) => false,
+            };
+            if counted {
+                delta.add(Delta { keys: -1, bytes: -(*bytes as i64) });
+            }
+        }
+        if let Some((size, _)) = owned.sizes.get_mut(&hash) {
+            size.apply(delta);
+        }
     }
 
     /// Takes a successful call's writes: into the view and the batch's
@@ -400,12 +522,10 @@ impl StateStore {
                 key: write.key.clone(),
                 value: write.value.as_deref().map(|v| encode(write.expires_ms, v)),
             });
-            let present = write.value.is_some();
             let held = Held { value: write.value, expires_ms: write.expires_ms, written_at: Some(write.at.offset) };
-            let before = owned.view.insert((hash.clone(), write.key), held);
-            let was = before.is_some_and(|b| b.value.is_some());
-            if let Some(n) = owned.keys.get_mut(&hash) {
-                *n = (*n + u64::from(present)).saturating_sub(u64::from(was));
+            owned.view.insert((hash.clone(), write.key), held);
+            if let Some((size, _)) = owned.sizes.get_mut(&hash) {
+                size.apply(write.delta);
             }
             if owned.view.len() > VIEW_CAPACITY {
                 let durable = owned.durable;
@@ -455,6 +575,8 @@ struct Journaled {
     expires_ms: u64,
     /// The delete of an expired value by the read that found it.
     expiry: bool,
+    /// What it changes of the partition's size.
+    delta: Delta,
 }
 
 /// Why a state call failed.
@@ -482,8 +604,8 @@ pub struct StateCalls {
     journal: Vec<Journaled>,
     /// The latest write in `journal` of each (partition, key).
     latest: HashMap<(Partition, String), usize>,
-    /// Keys the journal adds (or, negative, removes) per partition.
-    added: HashMap<Partition, i64>,
+    /// What the journal changes of each partition's size.
+    added: HashMap<Partition, Delta>,
 }
 
 impl StateCalls {
@@ -578,8 +700,10 @@ impl StateCalls {
         for ((at, key), held) in asked.into_iter().zip(held) {
             if held.expired(now) {
                 self.store.count(&self.stage, |t| t.expired += 1);
-                *self.added.entry(at.partition.clone()).or_default() -= 1;
-                self.write(Journaled { at, key: key.to_string(), value: None, expires_ms: 0, expiry: true });
+                let freed = held.value.as_deref().map_or(0, |v| held_bytes(key, v));
+                let delta = Delta { keys: -1, bytes: -(freed as i64) };
+                self.added.entry(at.partition.clone()).or_default().add(delta);
+                self.write(Journaled { at, key: key.to_string(), value: None, expires_ms: 0, expiry: true, delta });
             }
             out.push(held.current(now).cloned());
         }
@@ -615,23 +739,47 @@ impl StateCalls {
             Some(ttl) => now_ms().saturating_add(ttl),
             None => 0,
         };
-        let was = self.lookup(&[(at.clone(), &key)])?[0].value.is_some();
-        let delta = i64::from(value.is_some()) - i64::from(was);
-        if delta > 0 {
-            let keys = self.store.keys(&self.stage, &at.partition).map_err(StateCallError::Unavailable)?;
-            let added = self.added.get(&at.partition).copied().unwrap_or(0);
-            if keys as i64 + added >= self.limits.max_keys as i64 {
+        let before = self.lookup(&[(at.clone(), &key)])?.swap_remove(0);
+        let bytes = |v: Option<&Vec<u8>>| v.map_or(0, |v| held_bytes(&key, v) as i64);
+        let delta = Delta {
+            keys: i64::from(value.is_some()) - i64::from(before.value.is_some()),
+            bytes: bytes(value.as_ref()) - bytes(before.value.as_ref()),
+        };
+        if delta.keys > 0 || delta.bytes > 0 {
+            // Expired values may hold the room: sweep them, then judge again.
+            if self.over_limits(&at.partition, delta, false)?.is_some()
+                && let Some(why) = self.over_limits(&at.partition, delta, true)?
+            {
                 self.store.count(&self.stage, |t| t.refused += 1);
-                let (topic, partition) = (&at.partition.0, at.partition.1);
-                return refuse(format!(
-                    "it holds {} keys in partition {partition} of `{topic}`, limits.state_keys",
-                    self.limits.max_keys
-                ));
+                return refuse(why);
             }
         }
-        *self.added.entry(at.partition.clone()).or_default() += delta;
-        self.write(Journaled { at, key, value, expires_ms, expiry: false });
+        self.added.entry(at.partition.clone()).or_default().add(delta);
+        self.write(Journaled { at, key, value, expires_ms, expiry: false, delta });
         Ok(())
+    }
+
+    /// Why a write changing `partition`'s size by `delta` would exceed the
+    /// stage's limits, if it would.
+    fn over_limits(
+        &self,
+        partition: &Partition,
+        delta: Delta,
+        recount: bool,
+    ) -> Result<Option<String>, StateCallError> {
+        let mut size = self.store.size(&self.stage, partition, recount).map_err(StateCallError::Unavailable)?;
+        size.apply(self.added.get(partition).copied().unwrap_or_default());
+        let (topic, p) = (&partition.0, partition.1);
+        Ok(if delta.keys > 0 && size.keys as i64 + delta.keys > self.limits.max_keys as i64 {
+            Some(format!("it holds {} keys in partition {p} of `{topic}`, limits.state_keys", size.keys))
+        } else if delta.bytes > 0 && size.bytes as i64 + delta.bytes > self.limits.max_bytes as i64 {
+            Some(format!(
+                "it holds {} bytes in partition {p} of `{topic}`, and {} more would exceed limits.state_mib ({} bytes)",
+                size.bytes, delta.bytes, self.limits.max_bytes
+            ))
+        } else {
+            None
+        })
     }
 
     fn write(&mut self, write: Journaled) {
@@ -738,7 +886,7 @@ mod tests {
     fn limits_are_refused_with_a_reason() {
         let store = StateStore::in_memory();
         store.begin(&[record(0, 1)]).unwrap();
-        let mut calls = calls(&store, StateLimits { max_keys: 2, max_value_bytes: 8 });
+        let mut calls = calls(&store, StateLimits { max_keys: 2, max_bytes: 1 << 20, max_value_bytes: 8 });
         calls.start(&[message(0, 1)]);
         let big = refusal(calls.put(0, "k".into(), Some(vec![0; 9]), None));
         assert!(big.contains("stage `dedup`") && big.contains("9 bytes, more than limits.state_value_kib"), "{big}");
@@ -755,6 +903,130 @@ mod tests {
         calls.start(&[message(0, 2)]);
         assert!(refusal(calls.put(0, "d".into(), Some(vec![1]), None)).contains("holds 2 keys"), "a later call");
         assert_eq!(store.totals_of("dedup").map(|t| t.refused), Some(3));
+    }
+
+    #[test]
+    fn the_bytes_of_keys_and_values_are_limited_per_partition() {
+        let store = StateStore::in_memory();
+        store.begin(&[record(0, 1), record(1, 1)]).unwrap();
+        let mut calls = calls(&store, StateLimits { max_keys: 100, max_bytes: 10, max_value_bytes: 8 });
+        calls.start(&[message(0, 1), message(1, 1)]);
+        calls.put(0, "a".into(), Some(vec![0; 4]), None).unwrap();
+        calls.put(0, "b".into(), Some(vec![0; 4]), None).unwrap();
+        let over = refusal(calls.put(0, "c".into(), Some(vec![0; 1]), None));
+        assert!(
+            over.contains("it holds 10 bytes in partition 0 of `orders`, and 2 more would exceed limits.state_mib"),
+            "{over}"
+        );
+        calls.put(1, "c".into(), Some(vec![0; 1]), None).unwrap();
+        calls.put(0, "a".into(), Some(vec![0; 2]), None).unwrap();
+        calls.finish();
+        calls.start(&[message(0, 2)]);
+        calls.put(0, "c".into(), Some(vec![0; 1]), None).unwrap();
+        assert!(refusal(calls.put(0, "a".into(), Some(vec![0; 3]), None)).contains("holds 10 bytes"), "a later call");
+        calls.put(0, "a".into(), None, None).unwrap();
+        calls.put(0, "d".into(), Some(vec![0; 2]), None).unwrap();
+        assert!(refusal(calls.put(0, "e".into(), Some(vec![]), None)).contains("holds 10 bytes"));
+    }
+
+    /// State in a map, as Redis would keep it.
+    #[derive(Default)]
+    struct Kept(Mutex<HashMap<String, Vec<u8>>>, AtomicU64);
+
+    impl Durable for Arc<Kept> {
+        fn claim(&self, _: &Partition, _: i64, _: &str) -> Result<usize, Unavailable> {
+            Ok(0)
+        }
+
+        fn read(&self, _: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Unavailable> {
+            let kept = self.0.lock().unwrap();
+            Ok(fields.iter().map(|f| kept.get(*f).cloned()).collect())
+        }
+
+        fn sweep(&self, _: &str, now_ms: u64) -> Result<Swept, Unavailable> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            let mut kept = self.0.lock().unwrap();
+            let mut swept = Swept::default();
+            kept.retain(|key, stored| {
+                let (expires, value) = decode(stored).unwrap();
+                if expires != 0 && expires <= now_ms {
+                    swept.deleted.push((key.clone(), held_bytes(key, value)));
+                    return false;
+                }
+                swept.left.apply(Delta { keys: 1, bytes: held_bytes(key, value) as i64 });
+                true
+            });
+            Ok(swept)
+        }
+    }
+
+    /// What the run loop does with a batch's writes.
+    fn apply(store: &StateStore, kept: &Kept) {
+        let mut map = kept.0.lock().unwrap();
+        for write in store.take_pending() {
+            store.durable(&write.partition, &write.token, write.offset);
+            match write.value {
+                Some(v) => map.insert(write.key, v),
+                None => map.remove(&write.key),
+            };
+        }
+    }
+
+    #[test]
+    fn expired_values_nobody_reads_again_are_swept_to_make_room() {
+        let kept = Arc::new(Kept::default());
+        let store = StateStore::new("", Box::new(kept.clone()));
+        store.begin(&[record(0, 1)]).unwrap();
+        let mut calls = calls(&store, StateLimits { max_keys: 2, max_bytes: 1 << 20, max_value_bytes: 8 });
+        calls.start(&[message(0, 1)]);
+        calls.put(0, "a".into(), Some(vec![1]), Some(1)).unwrap();
+        calls.put(0, "b".into(), Some(vec![1]), None).unwrap();
+        calls.finish();
+        apply(&store, &kept);
+        std::thread::sleep(Duration::from_millis(5));
+        calls.start(&[message(0, 2)]);
+        assert!(refusal(calls.put(0, "c".into(), Some(vec![1]), None)).contains("holds 2 keys"), "swept just now");
+        assert_eq!(kept.1.load(Ordering::Relaxed), 1, "one sweep, at the first count");
+        calls.finish();
+
+        // The background sweep deletes `a`; the count in memory follows.
+        let (partition, token) = store.owned().pop().unwrap();
+        let swept = kept.sweep("", now_ms()).unwrap();
+        assert_eq!(swept.deleted, [("a".to_string(), 2)]);
+        store.swept("dedup", &partition, &token, &swept.deleted);
+        calls.start(&[message(0, 3)]);
+        calls.put(0, "c".into(), Some(vec![1]), None).unwrap();
+        assert_eq!(calls.get(&[(0, "a".into())]).unwrap(), vec![None]);
+        calls.finish();
+        let pending = store.take_pending();
+        assert_eq!(pending.len(), 1, "the swept value is not deleted again: {pending:?}");
+        assert_eq!(store.totals_of("dedup").map(|t| (t.expired, t.refused)), Some((1, 1)));
+    }
+
+    #[test]
+    fn a_write_over_a_limit_sweeps_expired_values_before_it_is_refused() {
+        let kept = Arc::new(Kept::default());
+        let store = StateStore::new("", Box::new(kept.clone()));
+        store.begin(&[record(0, 1)]).unwrap();
+        let mut calls = calls(&store, StateLimits { max_keys: 2, max_bytes: 1 << 20, max_value_bytes: 8 });
+        calls.start(&[message(0, 1)]);
+        calls.put(0, "a".into(), Some(vec![1]), Some(1)).unwrap();
+        calls.put(0, "b".into(), Some(vec![1]), Some(1)).unwrap();
+        calls.finish();
+        apply(&store, &kept);
+        // As if the last sweep were older than RECOUNT_EVERY.
+        for owned in store.inner.lock().unwrap().owned.values_mut() {
+            for (_, at) in owned.sizes.values_mut() {
+                *at -= RECOUNT_EVERY;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        calls.start(&[message(0, 2)]);
+        calls.put(0, "c".into(), Some(vec![1]), None).unwrap();
+        calls.put(0, "d".into(), Some(vec![1]), None).unwrap();
+        assert!(refusal(calls.put(0, "e".into(), Some(vec![1]), None)).contains("holds 2 keys"));
+        assert_eq!(kept.1.load(Ordering::Relaxed), 2, "swept at the first count and at the first refusal only");
+        assert_eq!(store.totals_of("dedup").map(|t| (t.expired, t.refused)), Some((2, 1)));
     }
 
     #[test]

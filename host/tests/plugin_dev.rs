@@ -274,4 +274,40 @@ fn new_python_plugin_builds_and_passes_its_test_and_its_exceptions_are_explained
     assert!(message.contains("the plugin wrote: ") && message.contains("KeyError: 'owner'"), "{message}");
     // The other records are still judged on their own.
     assert_eq!(results[2]["dead_letter"], "invalid_json", "{results:?}");
+
+    // Keyed state from Python: each order counts how often its id was seen,
+    // and a refused write raises with the host's reason.
+    let counting = source
+        .replace("from wit_world.imports import host\n", "from wit_world.imports import host, state\n")
+        .replace("def tag_record(message: Message)", "def tag_record(at: int, message: Message)")
+        .replace("[tag_record(message) for message in batch]", "[tag_record(at, m) for at, m in enumerate(batch)]")
+        .replace(
+            r#"    value["tagged_by"] = tag
+"#,
+            r#"    value["tagged_by"] = tag
+    key = str(value.get("order_id"))
+    [seen] = state.get([state.Key(at=at, key=key)])
+    value["seen"] = int(seen or b"0") + 1
+    try:
+        state.set(at, key, str(value["seen"]).encode(), None)
+    except Err as e:
+        return reject("state_refused", e.value)
+"#,
+        );
+    assert_ne!(counting, source);
+    std::fs::write(&app, counting).unwrap();
+    let out = Command::new("make").arg("build").current_dir(&project).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let long = "x".repeat(1100);
+    let orders = ["o-1", "o-1", "o-2", &long, "o-1"].map(|id| format!("{{\"order_id\":\"{id}\"}}\n")).concat();
+    std::fs::write(&input, orders).unwrap();
+    let out = sluice(&["test", wasm.to_str().unwrap(), "--input", input.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let results: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seen: Vec<_> = results.iter().map(|r| r["value"]["seen"].as_i64()).collect();
+    assert_eq!(seen, [Some(1), Some(2), Some(1), None, Some(3)], "{results:?}");
+    assert_eq!(results[3]["dead_letter"], "state_refused", "{results:?}");
+    let message = results[3]["message"].as_str().unwrap();
+    assert!(message.contains("a key of 1100 bytes is longer than 1024"), "{message}");
 }

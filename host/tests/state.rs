@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::RedisPrefix;
 use support::inputs::delivery;
-use support::kafka::{Consumed, Producer, Tansu, consume_with, produce};
+use support::kafka::{Consumed, Producer, Tansu, consume, consume_with, produce};
 use support::process::{Host, HostEnv};
 use support::workdir::Workdir;
 
@@ -421,4 +421,57 @@ async fn an_aborted_transaction_rolls_back_the_state_it_wrote() {
     assert!(host.metric("sluice_state_rolled_back_total").unwrap() > 0.0);
     assert!(host.metric("sluice_state_writes_total{stage=\"dedup\"}").unwrap() >= ids as f64);
     assert!(host.terminate().success(), "{}", host.log_text());
+}
+
+/// A stage over `limits.state_keys` has its writes refused with the reason,
+/// and the orders that needed them dead-lettered; once the values it kept
+/// expire, the next refusal sweeps them out of Redis and there is room
+/// again, although no order reads them.
+#[tokio::test(flavor = "multi_thread")]
+async fn state_over_its_key_limit_is_refused_until_expired_values_are_swept() {
+    let tansu = Tansu::start_with_partitions(1);
+    let name = "state-limit";
+    let prefix = RedisPrefix::new(name);
+    let stage = "[[stages]]\nname = \"dedup\"\nplugin = \"${SLUICE_PLUGIN_DIR}/dedup.wasm\"\n\
+                 limits = { state_keys = 30 }\nconfig = { window_ms = 60000, remember_ms = 2000 }\n\n";
+    let work = Workdir::new(name, &pipeline(stage));
+    let mut host = Host::start_with(&env(&tansu.brokers(), &work, &prefix, name, "at-least-once"), &work.pipeline());
+    host.wait_ready(Duration::from_secs(60));
+    let base = 1_735_689_600_000;
+    let wave = |from: usize| -> Vec<_> {
+        (from..from + 50).map(|i| Sent { id: format!("o-{i}"), at_ms: base + i as i64 * 1_000 }.record()).collect()
+    };
+    let id = |r: &Consumed| r.json()["order_id"].as_str().unwrap().to_string();
+    let ids = |from: usize| (from..from + 30).map(|i| format!("o-{i}")).collect::<BTreeSet<_>>();
+
+    produce(&tansu.brokers(), "orders", &wave(0)).await;
+    let dead = consume(&tansu.brokers(), "orders.dlq", 20, Duration::from_secs(60), Duration::from_secs(2)).await;
+    assert_eq!(dead.len(), 20);
+    let header = |name: &str| dead[0].headers.get(name).cloned().unwrap_or_default();
+    assert_eq!(
+        (header("sluice.error.reason").as_str(), header("sluice.error.stage").as_str()),
+        ("state_refused", "dedup")
+    );
+    let message = header("sluice.error.message");
+    assert!(message.contains("holds 30 keys in partition 0 of `orders`, limits.state_keys"), "{message}");
+    let passed =
+        consume(&tansu.brokers(), "orders.enriched", 30, Duration::from_secs(30), Duration::from_secs(1)).await;
+    assert_eq!(passed.iter().map(id).collect::<BTreeSet<_>>(), ids(0), "the first 30 orders pass");
+
+    // The 30 values expire after 2 s; a refusal sweeps at most every 5 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    produce(&tansu.brokers(), "orders", &wave(50)).await;
+    let dead = consume(&tansu.brokers(), "orders.dlq", 40, Duration::from_secs(60), Duration::from_secs(2)).await;
+    assert_eq!(dead.len(), 40, "{}", host.log_text());
+    let passed =
+        consume(&tansu.brokers(), "orders.enriched", 60, Duration::from_secs(30), Duration::from_secs(1)).await;
+    let second: BTreeSet<String> = passed.iter().map(id).filter(|i| !ids(0).contains(i)).collect();
+    assert_eq!(second, ids(50), "the expired values made room for 30 more");
+    let hash = format!("{}state:stage:dedup:orders:0", prefix.0);
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379").unwrap().get_connection().unwrap();
+    let held: u64 = redis::cmd("HLEN").arg(&hash).query(&mut redis).unwrap();
+    assert_eq!(held, 30, "the expired values are gone from Redis");
+    assert_eq!(host.metric("sluice_state_expired_total{stage=\"dedup\"}"), Some(30.0));
+    assert_eq!(host.metric("sluice_state_refused_total{stage=\"dedup\"}"), Some(40.0));
+    assert!(host.terminate().success());
 }

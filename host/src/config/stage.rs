@@ -106,6 +106,11 @@ pub struct Limits {
     /// million. A `set` of one more key fails, and the plugin is told why.
     #[serde(default = "default_state_keys")]
     pub state_keys: NonZeroU64,
+    /// Most bytes of the stage's state (keys and values) in one input
+    /// partition, in MiB. Default 256. A `set` that would grow it past the
+    /// limit fails, and the plugin is told why.
+    #[serde(default = "default_state_mib")]
+    pub state_mib: NonZeroU32,
     /// Largest value of the stage's state, in KiB. Default 64: state holds
     /// what a stage remembers per key, not records. A `set` of a larger
     /// value fails, and the plugin is told why.
@@ -115,6 +120,10 @@ pub struct Limits {
 
 fn default_state_keys() -> NonZeroU64 {
     NonZeroU64::new(1_000_000).expect("non-zero")
+}
+
+fn default_state_mib() -> NonZeroU32 {
+    NonZeroU32::new(256).expect("non-zero")
 }
 
 fn default_state_value_kib() -> NonZeroU32 {
@@ -156,6 +165,7 @@ impl Default for Limits {
             max_outputs: default_max_per_record(),
             max_effects: default_max_per_record(),
             state_keys: default_state_keys(),
+            state_mib: default_state_mib(),
             state_value_kib: default_state_value_kib(),
         }
     }

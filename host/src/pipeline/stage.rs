@@ -225,6 +225,7 @@ impl StateScope {
     fn calls(&self, limits: &Limits) -> StateCalls {
         let limits = StateLimits {
             max_keys: limits.state_keys.get(),
+            max_bytes: u64::from(limits.state_mib.get()) << 20,
             max_value_bytes: limits.state_value_kib.get() as usize * 1024,
         };
         StateCalls::new(self.store.clone(), self.stage.clone(), self.keep, limits)

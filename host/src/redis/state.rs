@@ -8,7 +8,7 @@
 //! offsets.
 
 use crate::lookup::Unavailable;
-use crate::state::{Durable, Partition, StateWrite, decode};
+use crate::state::{Durable, Partition, StateWrite, Swept};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -77,15 +77,49 @@ end
 return n
 ";
 
-/// Deletes field ARGV[1] of hash KEYS[1] if it still holds ARGV[2] (an
-/// expired value, not one written since it was read).
-const DELETE_IF_SAME: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
+/// One page of a sweep of hash KEYS[1] from cursor ARGV[1]: deletes the
+/// values expired by ARGV[2] (ms; stored as `{expiry}:{value}`, 0: never).
+///
+/// Returns the next cursor ('0': done), the keys and bytes (key and value,
+/// without the expiry) left in the page, and the deleted keys, each
+/// followed by its bytes. A page is at most ARGV[3] fields, so a sweep of a
+/// large hash never blocks Redis for long.
+const SWEEP: &str = r"
+local hash, now = KEYS[1], tonumber(ARGV[2])
+local page = redis.call('HSCAN', hash, ARGV[1], 'COUNT', ARGV[3])
+local fields, keys, bytes, deleted = page[2], 0, 0, {}
+for i = 1, #fields, 2 do
+  local key, stored = fields[i], fields[i + 1]
+  local colon = string.find(stored, ':', 1, true) or 0
+  local expires = tonumber(string.sub(stored, 1, colon - 1)) or 0
+  local size = #key + #stored - colon
+  if expires ~= 0 and expires <= now then
+    redis.call('HDEL', hash, key)
+    deleted[#deleted + 1] = key
+    deleted[#deleted + 1] = size
+  else
+    keys = keys + 1
+    bytes = bytes + size
+  end
+end
+return {page[1], keys, bytes, deleted}
 ";
 
-/// A hash field and its stored value.
-type FieldValue = (Vec<u8>, Vec<u8>);
+/// Fields a page of a sweep covers.
+const SWEEP_PAGE: usize = 1000;
+
+/// One page of a sweep: next cursor, keys left, bytes left, deleted.
+type SweptPage = (u64, u64, u64, Vec<(String, u64)>);
+
+/// Adds a page to what a sweep found; `true` when it was the last one.
+fn take_page(swept: &mut Swept, cursor: &mut u64, page: SweptPage) -> bool {
+    let (next, keys, bytes, deleted) = page;
+    swept.left.keys += keys;
+    swept.left.bytes += bytes;
+    swept.deleted.extend(deleted);
+    *cursor = next;
+    next == 0
+}
 
 /// The Redis side of stages' state.
 pub struct RedisState {
@@ -97,7 +131,7 @@ pub struct RedisState {
     connection: Option<redis::aio::MultiplexedConnection>,
     claim: redis::Script,
     apply: redis::Script,
-    delete_if_same: redis::Script,
+    sweep: redis::Script,
 }
 
 /// What applying a partition's writes did.
@@ -119,7 +153,7 @@ impl RedisState {
             connection: None,
             claim: redis::Script::new(CLAIM),
             apply: redis::Script::new(APPLY),
-            delete_if_same: redis::Script::new(DELETE_IF_SAME),
+            sweep: redis::Script::new(SWEEP),
         })
     }
 
@@ -132,7 +166,7 @@ impl RedisState {
             connection: None,
             claim: self.claim.clone(),
             apply: self.apply.clone(),
-            delete_if_same: self.delete_if_same.clone(),
+            sweep: self.sweep.clone(),
         }
     }
 
@@ -208,6 +242,27 @@ impl RedisState {
         result
     }
 
+    /// Sweeps the expired values out of `hash` (see [`SWEEP`]), from the
+    /// run loop's side.
+    pub async fn sweep_async(&mut self, hash: &str, now_ms: u64) -> Result<Swept, redis::RedisError> {
+        let script = self.sweep.clone();
+        let result = async {
+            let connection = self.connection().await?;
+            let (mut swept, mut cursor) = (Swept::default(), 0);
+            loop {
+                let page = script.key(hash).arg(cursor).arg(now_ms).arg(SWEEP_PAGE).invoke_async(connection).await?;
+                if take_page(&mut swept, &mut cursor, page) {
+                    return Ok(swept);
+                }
+            }
+        }
+        .await;
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+
     /// Applies the writes of one partition, in order (see [`APPLY`]).
     /// `committed`: the partition's committed offset, if known; undo
     /// entries below it are dropped.
@@ -266,24 +321,15 @@ impl Durable for RedisState {
         })
     }
 
-    fn count(&self, hash: &str, now_ms: u64) -> Result<u64, Unavailable> {
-        self.blocking(&format!("counting {hash}"), |connection| {
-            let mut cursor = 0u64;
+    fn sweep(&self, hash: &str, now_ms: u64) -> Result<Swept, Unavailable> {
+        self.blocking(&format!("sweeping {hash}"), |connection| {
+            let (mut swept, mut cursor) = (Swept::default(), 0);
             loop {
-                let (next, fields): (u64, Vec<FieldValue>) =
-                    redis::cmd("HSCAN").arg(hash).arg(cursor).arg("COUNT").arg(1000).query(connection)?;
-                for (field, stored) in fields {
-                    if decode(&stored).is_some_and(|(expires, _)| expires != 0 && expires <= now_ms) {
-                        let mut invocation = self.delete_if_same.key(hash);
-                        invocation.arg(field).arg(stored).invoke::<i64>(connection)?;
-                    }
+                let page = self.sweep.key(hash).arg(cursor).arg(now_ms).arg(SWEEP_PAGE).invoke(connection)?;
+                if take_page(&mut swept, &mut cursor, page) {
+                    return Ok(swept);
                 }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
             }
-            redis::cmd("HLEN").arg(hash).query::<u64>(connection)
         })
     }
 }

@@ -28,7 +28,8 @@
 //! it deletes it (as a write of the reading record). Expired values nobody
 //! reads again are deleted by sweeps: when a partition's state is first
 //! measured against the stage's limits (once per claim), when a write would
-//! exceed a limit (at most every [`RECOUNT_EVERY`]), and in the background
+//! exceed a limit (at most every [`RECOUNT_EVERY`], less often while sweeps
+//! find nothing to delete), and in the background
 //! every [`SWEEP_EVERY`](crate::run) for the partitions this instance owns.
 
 use crate::bindings::Message;
@@ -47,8 +48,23 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// Redis when needed).
 pub const VIEW_CAPACITY: usize = 100_000;
 /// How often, at most, a write refused by a limit sweeps the partition's
-/// expired values and counts its state again before refusing.
+/// expired values and counts its state again before refusing. A sweep that
+/// deletes nothing doubles the wait, up to [`RECOUNT_AT_MOST_EVERY`]; and
+/// the wait is at least 20 times what the last sweep took, so that a
+/// partition full of live values never spends more than 5% of the chain's
+/// time being swept.
 pub const RECOUNT_EVERY: Duration = Duration::from_secs(5);
+/// The longest wait between sweeps of a partition whose writes are refused.
+pub const RECOUNT_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
+/// The size of a stage's state in a partition, and when a refused write
+/// may sweep it again.
+#[derive(Debug, Clone, Copy)]
+struct Counted {
+    size: Size,
+    swept: Instant,
+    wait: Duration,
+}
 
 /// A partition of a source topic.
 pub type Partition = (Arc<str>, i32);
@@ -214,7 +230,7 @@ struct Owned {
     view: HashMap<(Arc<str>, String), Held>,
     /// Per stage hash, its size (expired values included until deleted),
     /// and when it was last swept.
-    sizes: HashMap<Arc<str>, (Size, Instant)>,
+    sizes: HashMap<Arc<str>, Counted>,
 }
 
 /// What one stage's state calls did, and how large its state is.
@@ -424,19 +440,24 @@ impl StateStore {
 
     /// The size of `stage`'s state in `partition`: measured in Redis (after
     /// a sweep of its expired values) at the first call after a claim, and
-    /// again when `recount` and the last sweep is [`RECOUNT_EVERY`] old;
-    /// kept up to date by the writes in between.
+    /// again when `recount` and the wait after the last sweep is over (see
+    /// [`RECOUNT_EVERY`]); kept up to date by the writes in between.
     fn size(&self, stage: &str, partition: &Partition, recount: bool) -> Result<Size, Unavailable> {
         let hash = self.hash(stage, partition);
         let mut inner = self.inner.lock().expect("state lock");
         let Some(owned) = inner.owned.get_mut(partition) else { return Ok(Size::default()) };
-        match owned.sizes.get(hash.as_str()) {
-            Some((size, swept)) if !recount || !self.durable.keeps() || swept.elapsed() < RECOUNT_EVERY => {
-                return Ok(*size);
-            }
+        let last = owned.sizes.get(hash.as_str()).copied();
+        match last {
+            Some(c) if !recount || !self.durable.keeps() || c.swept.elapsed() < c.wait => return Ok(c.size),
             _ => {}
         }
+        let started = Instant::now();
         let swept = self.durable.sweep(&hash, now_ms())?;
+        let took = started.elapsed();
+        let wait = match last {
+            Some(c) if swept.deleted.is_empty() => (c.wait * 2).min(RECOUNT_AT_MOST_EVERY),
+            _ => RECOUNT_EVERY,
+        };
         if !swept.deleted.is_empty() {
             self.count(stage, |t| t.expired += swept.deleted.len() as u64);
         }
@@ -449,7 +470,8 @@ impl StateStore {
                 *held = Held::absent();
             }
         }
-        owned.sizes.insert(hash, (swept.left, Instant::now()));
+        let counted = Counted { size: swept.left, swept: Instant::now(), wait: wait.max(took * 20) };
+        owned.sizes.insert(hash, counted);
         Ok(swept.left)
     }
 
@@ -489,8 +511,8 @@ impl StateStore {
                 delta.add(Delta { keys: -1, bytes: -(*bytes as i64) });
             }
         }
-        if let Some((size, _)) = owned.sizes.get_mut(&hash) {
-            size.apply(delta);
+        if let Some(counted) = owned.sizes.get_mut(&hash) {
+            counted.size.apply(delta);
         }
     }
 
@@ -524,8 +546,8 @@ impl StateStore {
             });
             let held = Held { value: write.value, expires_ms: write.expires_ms, written_at: Some(write.at.offset) };
             owned.view.insert((hash.clone(), write.key), held);
-            if let Some((size, _)) = owned.sizes.get_mut(&hash) {
-                size.apply(write.delta);
+            if let Some(counted) = owned.sizes.get_mut(&hash) {
+                counted.size.apply(write.delta);
             }
             if owned.view.len() > VIEW_CAPACITY {
                 let durable = owned.durable;
@@ -1014,12 +1036,15 @@ mod tests {
         calls.put(0, "b".into(), Some(vec![1]), Some(1)).unwrap();
         calls.finish();
         apply(&store, &kept);
-        // As if the last sweep were older than RECOUNT_EVERY.
-        for owned in store.inner.lock().unwrap().owned.values_mut() {
-            for (_, at) in owned.sizes.values_mut() {
-                *at -= RECOUNT_EVERY;
+        // As if the wait after the last sweep were over.
+        let backdate = |store: &StateStore| {
+            for owned in store.inner.lock().unwrap().owned.values_mut() {
+                for counted in owned.sizes.values_mut() {
+                    counted.swept -= counted.wait;
+                }
             }
-        }
+        };
+        backdate(&store);
         std::thread::sleep(Duration::from_millis(5));
         calls.start(&[message(0, 2)]);
         calls.put(0, "c".into(), Some(vec![1]), None).unwrap();
@@ -1027,6 +1052,18 @@ mod tests {
         assert!(refusal(calls.put(0, "e".into(), Some(vec![1]), None)).contains("holds 2 keys"));
         assert_eq!(kept.1.load(Ordering::Relaxed), 2, "swept at the first count and at the first refusal only");
         assert_eq!(store.totals_of("dedup").map(|t| (t.expired, t.refused)), Some((2, 1)));
+
+        // Sweeps that find nothing expired wait twice as long each time.
+        let wait = |store: &StateStore| {
+            store.inner.lock().unwrap().owned.values().next().unwrap().sizes.values().next().unwrap().wait
+        };
+        assert_eq!(wait(&store), RECOUNT_EVERY);
+        for expected in [10, 20, 40, 60, 60] {
+            backdate(&store);
+            assert!(refusal(calls.put(0, "e".into(), Some(vec![1]), None)).contains("holds 2 keys"));
+            assert_eq!(wait(&store), Duration::from_secs(expected));
+        }
+        assert_eq!(kept.1.load(Ordering::Relaxed), 7);
     }
 
     #[test]

@@ -458,8 +458,9 @@ async fn state_over_its_key_limit_is_refused_until_expired_values_are_swept() {
         consume(&tansu.brokers(), "orders.enriched", 30, Duration::from_secs(30), Duration::from_secs(1)).await;
     assert_eq!(passed.iter().map(id).collect::<BTreeSet<_>>(), ids(0), "the first 30 orders pass");
 
-    // The 30 values expire after 2 s; a refusal sweeps at most every 5 s.
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The 30 values expire after 2 s; a refusal sweeps at most every 5 s
+    // (10 s after a sweep that found nothing).
+    tokio::time::sleep(Duration::from_secs(12)).await;
     produce(&tansu.brokers(), "orders", &wave(50)).await;
     let dead = consume(&tansu.brokers(), "orders.dlq", 40, Duration::from_secs(60), Duration::from_secs(2)).await;
     assert_eq!(dead.len(), 40, "{}", host.log_text());

@@ -385,8 +385,9 @@ async fn measure_state(mut redis: RedisState, store: Arc<StateStore>) {
 async fn sweep_state(redis: &mut RedisState, store: &StateStore, stage: &str) {
     for (partition, token) in store.owned() {
         let hash = store.hash(stage, &partition);
+        let started = std::time::Instant::now();
         match redis.sweep_async(&hash, crate::state::now_ms()).await {
-            Ok(swept) => store.swept(stage, &partition, &token, &swept.deleted),
+            Ok(swept) => store.swept(stage, &partition, &token, started, &swept.deleted),
             Err(e) => tracing::debug!(%stage, error = %e, "cannot sweep the stage's state"),
         }
     }

@@ -444,13 +444,16 @@ impl StateStore {
     /// [`RECOUNT_EVERY`]); kept up to date by the writes in between.
     fn size(&self, stage: &str, partition: &Partition, recount: bool) -> Result<Size, Unavailable> {
         let hash = self.hash(stage, partition);
-        let mut inner = self.inner.lock().expect("state lock");
-        let Some(owned) = inner.owned.get_mut(partition) else { return Ok(Size::default()) };
-        let last = owned.sizes.get(hash.as_str()).copied();
-        match last {
-            Some(c) if !recount || !self.durable.keeps() || c.swept.elapsed() < c.wait => return Ok(c.size),
-            _ => {}
-        }
+        let (last, token) = {
+            let inner = self.inner.lock().expect("state lock");
+            let Some(owned) = inner.owned.get(partition) else { return Ok(Size::default()) };
+            let last = owned.sizes.get(hash.as_str()).copied();
+            match last {
+                Some(c) if !recount || !self.durable.keeps() || c.swept.elapsed() < c.wait => return Ok(c.size),
+                _ => (last, owned.token.clone()),
+            }
+        };
+        // Not under the lock: the run loop goes on meanwhile.
         let started = Instant::now();
         let swept = self.durable.sweep(&hash, now_ms())?;
         let took = started.elapsed();
@@ -461,6 +464,10 @@ impl StateStore {
         if !swept.deleted.is_empty() {
             self.count(stage, |t| t.expired += swept.deleted.len() as u64);
         }
+        let mut inner = self.inner.lock().expect("state lock");
+        let Some(owned) = inner.owned.get_mut(partition).filter(|o| o.token == token) else {
+            return Ok(swept.left);
+        };
         // The view may still hold values the sweep deleted.
         let hash: Arc<str> = Arc::from(hash);
         for (key, _) in &swept.deleted {
@@ -482,10 +489,11 @@ impl StateStore {
     }
 
     /// Takes what a background sweep of `stage`'s state in `partition`,
-    /// owned under `token`, deleted: the size kept in memory loses the
-    /// values it still counted (not those written again or deleted since),
-    /// and the view forgets them.
-    pub fn swept(&self, stage: &str, partition: &Partition, token: &str, deleted: &[(String, u64)]) {
+    /// owned under `token` and started at `started`, deleted: the size kept
+    /// in memory loses the values it still counted (not those written again
+    /// or deleted since, nor any counted again since the sweep started), and
+    /// the view forgets them.
+    pub fn swept(&self, stage: &str, partition: &Partition, token: &str, started: Instant, deleted: &[(String, u64)]) {
         if deleted.is_empty() {
             return;
         }
@@ -511,7 +519,9 @@ impl StateStore {
                 delta.add(Delta { keys: -1, bytes: -(*bytes as i64) });
             }
         }
-        if let Some(counted) = owned.sizes.get_mut(&hash) {
+        if let Some(counted) = owned.sizes.get_mut(&hash)
+            && counted.swept < started
+        {
             counted.size.apply(delta);
         }
     }
@@ -1015,7 +1025,7 @@ mod tests {
         let (partition, token) = store.owned().pop().unwrap();
         let swept = kept.sweep("", now_ms()).unwrap();
         assert_eq!(swept.deleted, [("a".to_string(), 2)]);
-        store.swept("dedup", &partition, &token, &swept.deleted);
+        store.swept("dedup", &partition, &token, Instant::now(), &swept.deleted);
         calls.start(&[message(0, 3)]);
         calls.put(0, "c".into(), Some(vec![1]), None).unwrap();
         assert_eq!(calls.get(&[(0, "a".into())]).unwrap(), vec![None]);

@@ -476,3 +476,30 @@ async fn state_over_its_key_limit_is_refused_until_expired_values_are_swept() {
     assert_eq!(host.metric("sluice_state_refused_total{stage=\"dedup\"}"), Some(40.0));
     assert!(host.terminate().success());
 }
+
+/// A canary of a stateful stage reads the state as the live version does:
+/// not with the live version's writes of the same records, and with the
+/// writes of the batch's earlier records. The same `dedup` as its own
+/// candidate, on half the records, never disagrees.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_of_a_stateful_stage_sees_the_state_the_live_version_sees() {
+    let tansu = Tansu::start();
+    let mut rng = Rng::from_clock();
+    let sent = copied_orders(1_500, &mut rng);
+    let name = "state-canary";
+    let prefix = RedisPrefix::new(name);
+    let stage = "[[stages]]\nname = \"dedup\"\nplugin = \"${SLUICE_PLUGIN_DIR}/dedup.wasm\"\n\
+                 canary = { plugin = \"${SLUICE_PLUGIN_DIR}/dedup.wasm\", sample = 0.5 }\n\
+                 config = { window_ms = 60000 }\n\n";
+    let work = Workdir::new(name, &pipeline(stage));
+    let mut host = Host::start_with(&env(&tansu.brokers(), &work, &prefix, name, "at-least-once"), &work.pipeline());
+    host.wait_ready(Duration::from_secs(60));
+    produce(&tansu.brokers(), "orders", &sent.iter().map(Sent::record).collect::<Vec<_>>()).await;
+    assert_dedup(&tansu.brokers(), &dedup_model(&sent)).await;
+    let (_, live) = host.json("GET", "/api/pipeline");
+    let canary = &live["stages"][1]["canary"];
+    let compared = canary["compared"].as_u64().unwrap_or(0);
+    assert!(compared > sent.len() as u64 / 4 && compared < sent.len() as u64, "{canary:#}");
+    assert_eq!((canary["diffs"].as_u64(), canary["failures"].as_u64()), (Some(0), Some(0)), "{canary:#}");
+    assert!(host.terminate().success());
+}

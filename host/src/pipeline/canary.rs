@@ -43,6 +43,14 @@ pub struct CanaryDiff {
     pub canary: Value,
 }
 
+/// What a candidate did with the sampled records of a batch.
+pub(super) struct Shadow {
+    /// The indices in the batch of the sampled records.
+    picked: Vec<usize>,
+    /// The candidate's outcome for each, described for comparison.
+    outcomes: Vec<Value>,
+}
+
 /// A candidate stage and its statistics.
 pub(super) struct Canary {
     stage: Stage,
@@ -68,25 +76,41 @@ impl Canary {
         self.sample == other.sample && self.stage.spec().same_as(other.stage.spec())
     }
 
-    /// Gives the sampled records of `batch` to the candidate and compares
-    /// its outcomes with `live`'s.
-    pub(super) fn shadow(&mut self, batch: &[Message], live: &[Outcome]) {
+    /// Runs the candidate on the sampled records of `batch`, before the
+    /// live version (so that a stateful candidate reads the state as the
+    /// live version does, not with the live version's writes of the same
+    /// records). A stateful candidate gets the whole batch, so that a
+    /// sampled record sees the writes of the records before it; only the
+    /// sampled ones are compared. `None`: nothing to compare.
+    pub(super) fn run(&mut self, batch: &[Message]) -> Option<Shadow> {
         let picked: Vec<usize> = (0..batch.len()).filter(|&i| sampled(&batch[i], self.sample)).collect();
         if picked.is_empty() {
-            return;
+            return None;
         }
-        let messages: Vec<Message> = picked.iter().map(|&i| batch[i].clone()).collect();
-        let outcomes = match self.stage.call(&messages) {
+        let whole = self.stage.uses_state();
+        let called = if whole {
+            self.stage.call(batch)
+        } else {
+            self.stage.call(&picked.iter().map(|&i| batch[i].clone()).collect::<Vec<_>>())
+        };
+        let outcomes = match called {
+            Ok(outcomes) if whole => picked.iter().map(|&i| describe(&outcomes[i])).collect(),
             Ok(outcomes) => outcomes.iter().map(describe).collect(),
-            // The candidate's lookups could not be served: nothing compared.
-            Err(CallError::Unavailable(_)) => return,
+            // The candidate's lookups or state could not be served: nothing compared.
+            Err(CallError::Unavailable(_)) => return None,
             Err(CallError::Plugin { reason, message }) => {
                 let failed = json!({ "failed": { "reason": reason.as_str(), "message": message } });
-                let mut stats = self.stats.lock().expect("canary lock");
-                stats.failures += picked.len() as u64;
+                self.stats.lock().expect("canary lock").failures += picked.len() as u64;
                 vec![failed; picked.len()]
             }
         };
+        Some(Shadow { picked, outcomes })
+    }
+
+    /// Compares what the candidate did (`shadow`, from [`Canary::run`] on
+    /// the same `batch`) with the live version's `live` outcomes.
+    pub(super) fn compare(&mut self, batch: &[Message], live: &[Outcome], shadow: Shadow) {
+        let Shadow { picked, outcomes } = shadow;
         let mut stats = self.stats.lock().expect("canary lock");
         for (&i, candidate) in picked.iter().zip(outcomes) {
             stats.compared += 1;

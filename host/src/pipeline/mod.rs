@@ -389,9 +389,13 @@ impl Chain {
         let last = self.stages.len() - 1;
         for (index, stage) in self.stages.iter_mut().enumerate() {
             let started = Instant::now();
+            let shadow = match &mut self.canaries[index] {
+                Some(canary) if live => canary.run(&batch),
+                _ => None,
+            };
             let outcomes = run_stage(stage, &batch)?;
-            if live && let Some(canary) = &mut self.canaries[index] {
-                canary.shadow(&batch, &outcomes);
+            if let (Some(shadow), Some(canary)) = (shadow, &mut self.canaries[index]) {
+                canary.compare(&batch, &outcomes, shadow);
             }
             let mut st =
                 StageStats { name: stage.name().clone(), records_in: batch.len() as u64, ..StageStats::default() };

@@ -354,23 +354,26 @@ impl Consuming<'_> {
 const STATE_MEASURE_EVERY: Duration = Duration::from_secs(5);
 /// How often the expired values of the state of the partitions this
 /// instance owns are swept out of Redis (a value read after it expired is
-/// deleted at once).
+/// deleted at once). A hash whose sweep found nothing waits twice as long
+/// for the next one, up to [`SWEEP_AT_MOST_EVERY`]: a stage that sets no
+/// time-to-live costs a scan every quarter of an hour, not every minute.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// The longest wait between background sweeps of a hash.
+pub const SWEEP_AT_MOST_EVERY: Duration = Duration::from_secs(16 * 60);
+/// Deleted values taken into the state's memory at a time.
+const SWEPT_CHUNK: usize = 1000;
+
+/// When each hash is next swept, and how long the wait after that is.
+type SweepPlan = std::collections::HashMap<String, (tokio::time::Instant, Duration)>;
 
 /// Measures, every [`STATE_MEASURE_EVERY`], the keys and bytes of the state
 /// of each stage that has used state, for `/api/pipeline` and the metrics;
-/// every [`SWEEP_EVERY`], sweeps their expired values first.
+/// sweeps their expired values first when due (see [`SWEEP_EVERY`]).
 async fn measure_state(mut redis: RedisState, store: Arc<StateStore>) {
-    let mut swept = tokio::time::Instant::now();
+    let mut plan = SweepPlan::new();
     loop {
-        let sweep = swept.elapsed() >= SWEEP_EVERY;
-        if sweep {
-            swept = tokio::time::Instant::now();
-        }
         for stage in store.totals().into_keys() {
-            if sweep {
-                sweep_state(&mut redis, &store, &stage).await;
-            }
+            sweep_state(&mut redis, &store, &stage, &mut plan).await;
             match redis.sizes(&store.hashes_of(&stage)).await {
                 Ok((keys, bytes)) => store.set_sizes(&stage, keys, bytes),
                 Err(e) => tracing::debug!(%stage, error = %e, "cannot measure the stage's state"),
@@ -381,15 +384,30 @@ async fn measure_state(mut redis: RedisState, store: Arc<StateStore>) {
 }
 
 /// Deletes the expired values of `stage`'s state in the partitions this
-/// instance owns.
-async fn sweep_state(redis: &mut RedisState, store: &StateStore, stage: &str) {
+/// instance owns whose sweep is due.
+async fn sweep_state(redis: &mut RedisState, store: &StateStore, stage: &str, plan: &mut SweepPlan) {
+    let now = tokio::time::Instant::now();
     for (partition, token) in store.owned() {
         let hash = store.hash(stage, &partition);
-        let started = std::time::Instant::now();
-        match redis.sweep_async(&hash, crate::state::now_ms()).await {
-            Ok(swept) => store.swept(stage, &partition, &token, started, &swept.deleted),
-            Err(e) => tracing::debug!(%stage, error = %e, "cannot sweep the stage's state"),
+        let (due, wait) = *plan.entry(hash.clone()).or_insert((now + SWEEP_EVERY, SWEEP_EVERY));
+        if due > now {
+            continue;
         }
+        let started = std::time::Instant::now();
+        let wait = match redis.sweep_async(&partition, &token, &hash, crate::state::now_ms()).await {
+            Ok(Some(swept)) => {
+                for chunk in swept.deleted.chunks(SWEPT_CHUNK) {
+                    store.swept(stage, &partition, &token, started, chunk);
+                }
+                if swept.deleted.is_empty() { (wait * 2).min(SWEEP_AT_MOST_EVERY) } else { SWEEP_EVERY }
+            }
+            Ok(None) => wait,
+            Err(e) => {
+                tracing::debug!(%stage, error = %e, "cannot sweep the stage's state");
+                wait
+            }
+        };
+        plan.insert(hash, (tokio::time::Instant::now() + wait, wait));
     }
 }
 

@@ -79,9 +79,10 @@ pub trait Durable: Send + Sync {
     /// [`encode`]).
     fn read(&self, hash: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, Unavailable>;
 
-    /// Deletes the values of `hash` expired by `now_ms`, and measures what
-    /// is left.
-    fn sweep(&self, hash: &str, now_ms: u64) -> Result<Swept, Unavailable>;
+    /// Deletes the values of `hash`, the state of a stage in `partition`,
+    /// expired by `now_ms`, and measures what is left; `None`, deleting
+    /// nothing, unless `token` still owns the partition.
+    fn sweep(&self, partition: &Partition, token: &str, hash: &str, now_ms: u64) -> Result<Option<Swept>, Unavailable>;
 
     /// Whether the state is kept here (not only in the view), so that a
     /// sweep measures it.
@@ -148,8 +149,8 @@ impl Durable for InMemory {
         Ok(vec![None; fields.len()])
     }
 
-    fn sweep(&self, _: &str, _: u64) -> Result<Swept, Unavailable> {
-        Ok(Swept::default())
+    fn sweep(&self, _: &Partition, _: &str, _: &str, _: u64) -> Result<Option<Swept>, Unavailable> {
+        Ok(Some(Swept::default()))
     }
 
     fn keeps(&self) -> bool {
@@ -231,6 +232,42 @@ struct Owned {
     /// Per stage hash, its size (expired values included until deleted),
     /// and when it was last swept.
     sizes: HashMap<Arc<str>, Counted>,
+}
+
+impl Owned {
+    /// Takes values a sweep deleted from `hash` out of the view. Returns
+    /// what they take off the size counted in memory (the values it still
+    /// counted: not written again or deleted since, nor written and not yet
+    /// durable), and what the `journaled` ones (already accounted for by the
+    /// call in progress) weigh.
+    fn reconcile(
+        &mut self,
+        hash: &Arc<str>,
+        deleted: &[(String, u64)],
+        journaled: &dyn Fn(&str) -> bool,
+    ) -> (Delta, Delta) {
+        let now = now_ms();
+        let (mut forgotten, mut kept) = (Delta::default(), Delta::default());
+        for (key, bytes) in deleted {
+            let one = Delta { keys: 1, bytes: *bytes as i64 };
+            if journaled(key) {
+                kept.add(one);
+                continue;
+            }
+            let counted = match self.view.get_mut(&(hash.clone(), key.clone())) {
+                None => true,
+                Some(held) if held.expired(now) && held.written_at.is_none_or(|at| at <= self.durable) => {
+                    *held = Held::absent();
+                    true
+                }
+                Some(_) => false,
+            };
+            if counted {
+                forgotten.add(Delta { keys: -one.keys, bytes: -one.bytes });
+            }
+        }
+        (forgotten, kept)
+    }
 }
 
 /// What one stage's state calls did, and how large its state is.
@@ -400,7 +437,7 @@ impl StateStore {
     /// The values of `keys` of `stage`'s state, as the view holds them or
     /// else from Redis (`None`: absent). Expired values are returned as
     /// they are: the caller decides.
-    fn read(&self, stage: &str, keys: &[(&Coordinates, &str)]) -> Result<Vec<Held>, Unavailable> {
+    fn read(&self, stage: &str, keys: &[(&Coordinates, &str)], counted: bool) -> Result<Vec<Held>, Unavailable> {
         let mut inner = self.inner.lock().expect("state lock");
         let mut out: Vec<Held> = vec![Held::absent(); keys.len()];
         // Misses, per hash: indices in `keys`.
@@ -431,18 +468,28 @@ impl StateStore {
                 }
             }
         }
-        self.count(stage, |t| {
-            t.reads += keys.len() as u64;
-            t.fetched += fetched;
-        });
+        if counted {
+            self.count(stage, |t| {
+                t.reads += keys.len() as u64;
+                t.fetched += fetched;
+            });
+        }
         Ok(out)
     }
 
     /// The size of `stage`'s state in `partition`: measured in Redis (after
     /// a sweep of its expired values) at the first call after a claim, and
-    /// again when `recount` and the wait after the last sweep is over (see
-    /// [`RECOUNT_EVERY`]); kept up to date by the writes in between.
-    fn size(&self, stage: &str, partition: &Partition, recount: bool) -> Result<Size, Unavailable> {
+    /// kept up to date by the writes after that. When `recount` and the
+    /// wait after the last sweep is over (see [`RECOUNT_EVERY`]), sweeps
+    /// again and takes off the values it deleted. `journaled` says which
+    /// keys the call in progress has already accounted for.
+    fn size(
+        &self,
+        stage: &str,
+        partition: &Partition,
+        recount: bool,
+        journaled: &dyn Fn(&str) -> bool,
+    ) -> Result<Size, Unavailable> {
         let hash = self.hash(stage, partition);
         let (last, token) = {
             let inner = self.inner.lock().expect("state lock");
@@ -455,8 +502,11 @@ impl StateStore {
         };
         // Not under the lock: the run loop goes on meanwhile.
         let started = Instant::now();
-        let swept = self.durable.sweep(&hash, now_ms())?;
+        let swept = self.durable.sweep(partition, &token, &hash, now_ms())?;
         let took = started.elapsed();
+        let fallback = last.map(|c| c.size).unwrap_or_default();
+        // Another claim owns the partition: this one's writes will be refused.
+        let Some(swept) = swept else { return Ok(fallback) };
         let wait = match last {
             Some(c) if swept.deleted.is_empty() => (c.wait * 2).min(RECOUNT_AT_MOST_EVERY),
             _ => RECOUNT_EVERY,
@@ -465,21 +515,26 @@ impl StateStore {
             self.count(stage, |t| t.expired += swept.deleted.len() as u64);
         }
         let mut inner = self.inner.lock().expect("state lock");
-        let Some(owned) = inner.owned.get_mut(partition).filter(|o| o.token == token) else {
-            return Ok(swept.left);
-        };
-        // The view may still hold values the sweep deleted.
+        let Some(owned) = inner.owned.get_mut(partition).filter(|o| o.token == token) else { return Ok(fallback) };
         let hash: Arc<str> = Arc::from(hash);
-        for (key, _) in &swept.deleted {
-            if let Some(held) = owned.view.get_mut(&(hash.clone(), key.clone()))
-                && held.expired(now_ms())
-            {
-                *held = Held::absent();
+        let (forgotten, journaled) = owned.reconcile(&hash, &swept.deleted, journaled);
+        let size = match owned.sizes.get(&hash) {
+            // What was counted, less what the sweep deleted.
+            Some(c) => {
+                let mut size = c.size;
+                size.apply(forgotten);
+                size
             }
-        }
-        let counted = Counted { size: swept.left, swept: Instant::now(), wait: wait.max(took * 20) };
-        owned.sizes.insert(hash, counted);
-        Ok(swept.left)
+            // What Redis holds, and the values the call in progress has
+            // accounted for as present although the sweep deleted them.
+            None => {
+                let mut size = swept.left;
+                size.apply(journaled);
+                size
+            }
+        };
+        owned.sizes.insert(hash, Counted { size, swept: Instant::now(), wait: wait.max(took * 20) });
+        Ok(size)
     }
 
     /// The partitions this instance owns, with their owner tokens.
@@ -499,30 +554,13 @@ impl StateStore {
         }
         self.count(stage, |t| t.expired += deleted.len() as u64);
         let hash: Arc<str> = Arc::from(self.hash(stage, partition));
-        let now = now_ms();
         let mut inner = self.inner.lock().expect("state lock");
-        let Some(owned) = inner.owned.get_mut(partition) else { return };
-        if &*owned.token != token {
-            return;
-        }
-        let mut delta = Delta::default();
-        for (key, bytes) in deleted {
-            let counted = match owned.view.get_mut(&(hash.clone(), key.clone())) {
-                None => true,
-                Some(held) if held.expired(now) && held.written_at.is_none_or(|at| at <= owned.durable) => {
-                    *held = Held::absent();
-                    true
-                }
-                Some(_) => false,
-            };
-            if counted {
-                delta.add(Delta { keys: -1, bytes: -(*bytes as i64) });
-            }
-        }
+        let Some(owned) = inner.owned.get_mut(partition).filter(|o| &*o.token == token) else { return };
+        let (forgotten, _) = owned.reconcile(&hash, deleted, &|_| false);
         if let Some(counted) = owned.sizes.get_mut(&hash)
             && counted.swept < started
         {
-            counted.size.apply(delta);
+            counted.size.apply(forgotten);
         }
     }
 
@@ -658,6 +696,18 @@ impl StateCalls {
         self.probing
     }
 
+    /// Whether what the calls do counts in the stage's totals (not a
+    /// canary's, nor a probe's: the live calls do the same).
+    fn counted(&self) -> bool {
+        self.keep && !self.probing
+    }
+
+    fn tally(&self, f: impl FnOnce(&mut StateTotals)) {
+        if self.counted() {
+            self.store.count(&self.stage, f);
+        }
+    }
+
     /// A call with `batch` starts.
     pub fn start(&mut self, batch: &[Message]) {
         self.journal.clear();
@@ -679,7 +729,7 @@ impl StateCalls {
     pub fn finish(&mut self) {
         let journal = std::mem::take(&mut self.journal);
         self.latest.clear();
-        if self.keep && !self.probing {
+        if self.counted() {
             self.store.record(&self.stage, journal);
         }
     }
@@ -713,7 +763,7 @@ impl StateCalls {
         }
         if !rest.is_empty() {
             let asked: Vec<(&Coordinates, &str)> = rest.iter().map(|(_, at, key)| (*at, *key)).collect();
-            let values = self.store.read(&self.stage, &asked).map_err(StateCallError::Unavailable)?;
+            let values = self.store.read(&self.stage, &asked, self.counted()).map_err(StateCallError::Unavailable)?;
             for ((i, ..), value) in rest.iter().zip(values) {
                 out[*i] = value;
             }
@@ -731,7 +781,7 @@ impl StateCalls {
         let mut out = Vec::with_capacity(held.len());
         for ((at, key), held) in asked.into_iter().zip(held) {
             if held.expired(now) {
-                self.store.count(&self.stage, |t| t.expired += 1);
+                self.tally(|t| t.expired += 1);
                 let freed = held.value.as_deref().map_or(0, |v| held_bytes(key, v));
                 let delta = Delta { keys: -1, bytes: -(freed as i64) };
                 self.added.entry(at.partition.clone()).or_default().add(delta);
@@ -759,7 +809,7 @@ impl StateCalls {
         if let Some(v) = &value
             && v.len() > self.limits.max_value_bytes
         {
-            self.store.count(&self.stage, |t| t.refused += 1);
+            self.tally(|t| t.refused += 1);
             let key: String = key.chars().take(100).collect();
             let (size, max) = (v.len(), self.limits.max_value_bytes);
             return refuse(format!(
@@ -779,10 +829,10 @@ impl StateCalls {
         };
         if delta.keys > 0 || delta.bytes > 0 {
             // Expired values may hold the room: sweep them, then judge again.
-            if self.over_limits(&at.partition, delta, false)?.is_some()
-                && let Some(why) = self.over_limits(&at.partition, delta, true)?
+            if self.over_limits(&at.partition, &key, delta, false)?.is_some()
+                && let Some(why) = self.over_limits(&at.partition, &key, delta, true)?
             {
-                self.store.count(&self.stage, |t| t.refused += 1);
+                self.tally(|t| t.refused += 1);
                 return refuse(why);
             }
         }
@@ -791,15 +841,20 @@ impl StateCalls {
         Ok(())
     }
 
-    /// Why a write changing `partition`'s size by `delta` would exceed the
-    /// stage's limits, if it would.
+    /// Why a write of `key` changing `partition`'s size by `delta` would
+    /// exceed the stage's limits, if it would.
     fn over_limits(
         &self,
         partition: &Partition,
+        key: &str,
         delta: Delta,
         recount: bool,
     ) -> Result<Option<String>, StateCallError> {
-        let mut size = self.store.size(&self.stage, partition, recount).map_err(StateCallError::Unavailable)?;
+        // The keys this call has written, and this one, are accounted for
+        // by the call.
+        let journaled = |k: &str| k == key || self.latest.contains_key(&(partition.clone(), k.to_string()));
+        let size = self.store.size(&self.stage, partition, recount, &journaled);
+        let mut size = size.map_err(StateCallError::Unavailable)?;
         size.apply(self.added.get(partition).copied().unwrap_or_default());
         let (topic, p) = (&partition.0, partition.1);
         Ok(if delta.keys > 0 && size.keys as i64 + delta.keys > self.limits.max_keys as i64 {
@@ -975,7 +1030,7 @@ mod tests {
             Ok(fields.iter().map(|f| kept.get(*f).cloned()).collect())
         }
 
-        fn sweep(&self, _: &str, now_ms: u64) -> Result<Swept, Unavailable> {
+        fn sweep(&self, _: &Partition, _: &str, _: &str, now_ms: u64) -> Result<Option<Swept>, Unavailable> {
             self.1.fetch_add(1, Ordering::Relaxed);
             let mut kept = self.0.lock().unwrap();
             let mut swept = Swept::default();
@@ -988,7 +1043,7 @@ mod tests {
                 swept.left.apply(Delta { keys: 1, bytes: held_bytes(key, value) as i64 });
                 true
             });
-            Ok(swept)
+            Ok(Some(swept))
         }
     }
 
@@ -1023,7 +1078,7 @@ mod tests {
 
         // The background sweep deletes `a`; the count in memory follows.
         let (partition, token) = store.owned().pop().unwrap();
-        let swept = kept.sweep("", now_ms()).unwrap();
+        let swept = kept.sweep(&partition, &token, "", now_ms()).unwrap().unwrap();
         assert_eq!(swept.deleted, [("a".to_string(), 2)]);
         store.swept("dedup", &partition, &token, Instant::now(), &swept.deleted);
         calls.start(&[message(0, 3)]);
@@ -1033,6 +1088,36 @@ mod tests {
         let pending = store.take_pending();
         assert_eq!(pending.len(), 1, "the swept value is not deleted again: {pending:?}");
         assert_eq!(store.totals_of("dedup").map(|t| (t.expired, t.refused)), Some((1, 1)));
+    }
+
+    /// A key the call itself deleted as expired and wrote again, then swept
+    /// by the recount, is counted once: the limit holds after the batch.
+    #[test]
+    fn a_recount_does_not_take_off_what_the_call_already_accounted_for() {
+        let kept = Arc::new(Kept::default());
+        let store = StateStore::new("", Box::new(kept.clone()));
+        store.begin(&[record(0, 1)]).unwrap();
+        let mut calls = calls(&store, StateLimits { max_keys: 2, max_bytes: 1 << 20, max_value_bytes: 8 });
+        calls.start(&[message(0, 1)]);
+        calls.put(0, "a".into(), Some(vec![1]), Some(1)).unwrap();
+        calls.put(0, "b".into(), Some(vec![1]), Some(1)).unwrap();
+        calls.finish();
+        apply(&store, &kept);
+        for owned in store.inner.lock().unwrap().owned.values_mut() {
+            for counted in owned.sizes.values_mut() {
+                counted.swept -= counted.wait;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        calls.start(&[message(0, 2)]);
+        assert_eq!(calls.get(&[(0, "a".into())]).unwrap(), vec![None], "expired");
+        calls.put(0, "a".into(), Some(vec![2]), None).unwrap();
+        calls.put(0, "c".into(), Some(vec![1]), None).unwrap();
+        calls.finish();
+        apply(&store, &kept);
+        assert_eq!(kept.0.lock().unwrap().len(), 2, "a and c");
+        calls.start(&[message(0, 3)]);
+        assert!(refusal(calls.put(0, "d".into(), Some(vec![1]), None)).contains("holds 2 keys"));
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub(super) struct Shadow {
     picked: Vec<usize>,
     /// The candidate's outcome for each, described for comparison.
     outcomes: Vec<Value>,
+    /// Whether the candidate's call failed (each outcome says how).
+    failed: bool,
 }
 
 /// A candidate stage and its statistics.
@@ -100,18 +102,20 @@ impl Canary {
             Err(CallError::Unavailable(_)) => return None,
             Err(CallError::Plugin { reason, message }) => {
                 let failed = json!({ "failed": { "reason": reason.as_str(), "message": message } });
-                self.stats.lock().expect("canary lock").failures += picked.len() as u64;
-                vec![failed; picked.len()]
+                return Some(Shadow { outcomes: vec![failed; picked.len()], picked, failed: true });
             }
         };
-        Some(Shadow { picked, outcomes })
+        Some(Shadow { picked, outcomes, failed: false })
     }
 
     /// Compares what the candidate did (`shadow`, from [`Canary::run`] on
     /// the same `batch`) with the live version's `live` outcomes.
     pub(super) fn compare(&mut self, batch: &[Message], live: &[Outcome], shadow: Shadow) {
-        let Shadow { picked, outcomes } = shadow;
+        let Shadow { picked, outcomes, failed } = shadow;
         let mut stats = self.stats.lock().expect("canary lock");
+        if failed {
+            stats.failures += picked.len() as u64;
+        }
         for (&i, candidate) in picked.iter().zip(outcomes) {
             stats.compared += 1;
             let current = describe(&live[i]);

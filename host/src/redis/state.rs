@@ -78,14 +78,18 @@ return n
 ";
 
 /// One page of a sweep of hash KEYS[1] from cursor ARGV[1]: deletes the
-/// values expired by ARGV[2] (ms; stored as `{expiry}:{value}`, 0: never).
+/// values expired by ARGV[2] (ms; stored as `{expiry}:{value}`, 0: never),
+/// if ARGV[5] still owns the partition ARGV[4] in the fence hash KEYS[2].
 ///
 /// Returns the next cursor ('0': done), the keys and bytes (key and value,
-/// without the expiry) left in the page, and the deleted keys, each
-/// followed by its bytes. A page is at most ARGV[3] fields, so a sweep of a
-/// large hash never blocks Redis for long.
+/// without the expiry) left in the page, the deleted keys, each followed by
+/// its bytes, and then the keys left in the whole hash on the last page, -1
+/// on the others, or -2 (and nothing done) if another claim owns the
+/// partition. A page is at most ARGV[3] fields, so a sweep of a large hash
+/// never blocks Redis for long.
 const SWEEP: &str = r"
 local hash, now = KEYS[1], tonumber(ARGV[2])
+if redis.call('HGET', KEYS[2], ARGV[4] .. ':owner') ~= ARGV[5] then return {'0', 0, 0, {}, -2} end
 local page = redis.call('HSCAN', hash, ARGV[1], 'COUNT', ARGV[3])
 local fields, keys, bytes, deleted = page[2], 0, 0, {}
 for i = 1, #fields, 2 do
@@ -102,23 +106,36 @@ for i = 1, #fields, 2 do
     bytes = bytes + size
   end
 end
-return {page[1], keys, bytes, deleted}
+local left = -1
+if page[1] == '0' then left = redis.call('HLEN', hash) end
+return {page[1], keys, bytes, deleted, left}
 ";
 
 /// Fields a page of a sweep covers.
 const SWEEP_PAGE: usize = 1000;
 
-/// One page of a sweep: next cursor, keys left, bytes left, deleted.
-type SweptPage = (u64, u64, u64, Vec<(String, u64)>);
+/// One page of a sweep: next cursor, keys left, bytes left, deleted, keys
+/// in the hash (see [`SWEEP`]).
+type SweptPage = (u64, u64, u64, Vec<(String, u64)>, i64);
 
-/// Adds a page to what a sweep found; `true` when it was the last one.
-fn take_page(swept: &mut Swept, cursor: &mut u64, page: SweptPage) -> bool {
-    let (next, keys, bytes, deleted) = page;
+/// Adds a page to what a sweep found. Returns `None` while there are more
+/// pages, then the sweep (`Some(None)`: not the owner).
+fn take_page(swept: &mut Swept, cursor: &mut u64, page: SweptPage) -> Option<Option<Swept>> {
+    let (next, keys, bytes, deleted, left) = page;
+    if left == -2 {
+        return Some(None);
+    }
     swept.left.keys += keys;
     swept.left.bytes += bytes;
     swept.deleted.extend(deleted);
     *cursor = next;
-    next == 0
+    if next != 0 {
+        return None;
+    }
+    // HSCAN may return a field twice while the hash is resized: the keys
+    // are Redis's own count.
+    swept.left.keys = left.max(0) as u64;
+    Some(Some(std::mem::take(swept)))
 }
 
 /// The Redis side of stages' state.
@@ -242,17 +259,40 @@ impl RedisState {
         result
     }
 
-    /// Sweeps the expired values out of `hash` (see [`SWEEP`]), from the
-    /// run loop's side.
-    pub async fn sweep_async(&mut self, hash: &str, now_ms: u64) -> Result<Swept, redis::RedisError> {
-        let script = self.sweep.clone();
+    /// The sweep script for one page of `hash` (see [`SWEEP`]).
+    fn sweep_page(
+        &self,
+        partition: &Partition,
+        token: &str,
+        hash: &str,
+        cursor: u64,
+        now_ms: u64,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut invocation = self.sweep.key(hash);
+        invocation.key(self.fence());
+        invocation.arg(cursor).arg(now_ms).arg(SWEEP_PAGE);
+        invocation.arg(format!("{}:{}", partition.0, partition.1)).arg(token);
+        invocation
+    }
+
+    /// Sweeps the expired values out of `hash`, the state of a stage in
+    /// `partition`, if `token` owns it (see [`SWEEP`]), from the run loop's
+    /// side.
+    pub async fn sweep_async(
+        &mut self,
+        partition: &Partition,
+        token: &str,
+        hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<Swept>, redis::RedisError> {
+        let this = self.handle();
         let result = async {
             let connection = self.connection().await?;
             let (mut swept, mut cursor) = (Swept::default(), 0);
             loop {
-                let page = script.key(hash).arg(cursor).arg(now_ms).arg(SWEEP_PAGE).invoke_async(connection).await?;
-                if take_page(&mut swept, &mut cursor, page) {
-                    return Ok(swept);
+                let page = this.sweep_page(partition, token, hash, cursor, now_ms).invoke_async(connection).await?;
+                if let Some(done) = take_page(&mut swept, &mut cursor, page) {
+                    return Ok(done);
                 }
             }
         }
@@ -321,13 +361,13 @@ impl Durable for RedisState {
         })
     }
 
-    fn sweep(&self, hash: &str, now_ms: u64) -> Result<Swept, Unavailable> {
+    fn sweep(&self, partition: &Partition, token: &str, hash: &str, now_ms: u64) -> Result<Option<Swept>, Unavailable> {
         self.blocking(&format!("sweeping {hash}"), |connection| {
             let (mut swept, mut cursor) = (Swept::default(), 0);
             loop {
-                let page = self.sweep.key(hash).arg(cursor).arg(now_ms).arg(SWEEP_PAGE).invoke(connection)?;
-                if take_page(&mut swept, &mut cursor, page) {
-                    return Ok(swept);
+                let page = self.sweep_page(partition, token, hash, cursor, now_ms).invoke(connection)?;
+                if let Some(done) = take_page(&mut swept, &mut cursor, page) {
+                    return Ok(done);
                 }
             }
         })

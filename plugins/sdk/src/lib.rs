@@ -75,12 +75,11 @@
 //! built component in the real host engine.
 #![deny(missing_docs)]
 
-// Talc in place of the default allocator (wasi-libc's dlmalloc): the
-// stages allocate for every string they parse and write, and it makes the
-// default chain about 5% faster (BENCHMARKS.md).
-#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
-#[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+// The allocator stays wasi-libc's (dlmalloc), although talc made the
+// default chain about 5% faster (BENCHMARKS.md): on wasm32-wasip2, memory
+// that the host hands to the component is allocated through Rust's global
+// allocator (`cabi_realloc`), and some of it is freed by wasi-libc's
+// `free()`, so the two must be the same allocator.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

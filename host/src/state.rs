@@ -1090,10 +1090,8 @@ mod tests {
         assert_eq!(store.totals_of("dedup").map(|t| (t.expired, t.refused)), Some((1, 1)));
     }
 
-    /// A key the call itself deleted as expired and wrote again, then swept
-    /// by the recount, is counted once: the limit holds after the batch.
-    #[test]
-    fn a_recount_does_not_take_off_what_the_call_already_accounted_for() {
+    /// A partition of a store limited to 2 keys, holding `a` and `b` for 1 ms.
+    fn two_expiring_values() -> (Arc<Kept>, Arc<StateStore>, StateCalls) {
         let kept = Arc::new(Kept::default());
         let store = StateStore::new("", Box::new(kept.clone()));
         store.begin(&[record(0, 1)]).unwrap();
@@ -1103,11 +1101,24 @@ mod tests {
         calls.put(0, "b".into(), Some(vec![1]), Some(1)).unwrap();
         calls.finish();
         apply(&store, &kept);
+        (kept, store, calls)
+    }
+
+    /// As if the wait after the last sweep were over.
+    fn backdate(store: &StateStore) {
         for owned in store.inner.lock().unwrap().owned.values_mut() {
             for counted in owned.sizes.values_mut() {
                 counted.swept -= counted.wait;
             }
         }
+    }
+
+    /// A key the call itself deleted as expired and wrote again, then swept
+    /// by the recount, is counted once: the limit holds after the batch.
+    #[test]
+    fn a_recount_does_not_take_off_what_the_call_already_accounted_for() {
+        let (kept, store, mut calls) = two_expiring_values();
+        backdate(&store);
         std::thread::sleep(Duration::from_millis(5));
         calls.start(&[message(0, 2)]);
         assert_eq!(calls.get(&[(0, "a".into())]).unwrap(), vec![None], "expired");
@@ -1122,23 +1133,7 @@ mod tests {
 
     #[test]
     fn a_write_over_a_limit_sweeps_expired_values_before_it_is_refused() {
-        let kept = Arc::new(Kept::default());
-        let store = StateStore::new("", Box::new(kept.clone()));
-        store.begin(&[record(0, 1)]).unwrap();
-        let mut calls = calls(&store, StateLimits { max_keys: 2, max_bytes: 1 << 20, max_value_bytes: 8 });
-        calls.start(&[message(0, 1)]);
-        calls.put(0, "a".into(), Some(vec![1]), Some(1)).unwrap();
-        calls.put(0, "b".into(), Some(vec![1]), Some(1)).unwrap();
-        calls.finish();
-        apply(&store, &kept);
-        // As if the wait after the last sweep were over.
-        let backdate = |store: &StateStore| {
-            for owned in store.inner.lock().unwrap().owned.values_mut() {
-                for counted in owned.sizes.values_mut() {
-                    counted.swept -= counted.wait;
-                }
-            }
-        };
+        let (kept, store, mut calls) = two_expiring_values();
         backdate(&store);
         std::thread::sleep(Duration::from_millis(5));
         calls.start(&[message(0, 2)]);

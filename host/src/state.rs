@@ -1061,15 +1061,7 @@ mod tests {
 
     #[test]
     fn expired_values_nobody_reads_again_are_swept_to_make_room() {
-        let kept = Arc::new(Kept::default());
-        let store = StateStore::new("", Box::new(kept.clone()));
-        store.begin(&[record(0, 1)]).unwrap();
-        let mut calls = calls(&store, StateLimits { max_keys: 2, max_bytes: 1 << 20, max_value_bytes: 8 });
-        calls.start(&[message(0, 1)]);
-        calls.put(0, "a".into(), Some(vec![1]), Some(1)).unwrap();
-        calls.put(0, "b".into(), Some(vec![1]), None).unwrap();
-        calls.finish();
-        apply(&store, &kept);
+        let (kept, store, mut calls) = two_values(None);
         std::thread::sleep(Duration::from_millis(5));
         calls.start(&[message(0, 2)]);
         assert!(refusal(calls.put(0, "c".into(), Some(vec![1]), None)).contains("holds 2 keys"), "swept just now");
@@ -1090,15 +1082,16 @@ mod tests {
         assert_eq!(store.totals_of("dedup").map(|t| (t.expired, t.refused)), Some((1, 1)));
     }
 
-    /// A partition of a store limited to 2 keys, holding `a` and `b` for 1 ms.
-    fn two_expiring_values() -> (Arc<Kept>, Arc<StateStore>, StateCalls) {
+    /// A partition of a store limited to 2 keys, holding `a` for 1 ms and
+    /// `b` for `b_ttl_ms`.
+    fn two_values(b_ttl_ms: Option<u64>) -> (Arc<Kept>, Arc<StateStore>, StateCalls) {
         let kept = Arc::new(Kept::default());
         let store = StateStore::new("", Box::new(kept.clone()));
         store.begin(&[record(0, 1)]).unwrap();
         let mut calls = calls(&store, StateLimits { max_keys: 2, max_bytes: 1 << 20, max_value_bytes: 8 });
         calls.start(&[message(0, 1)]);
         calls.put(0, "a".into(), Some(vec![1]), Some(1)).unwrap();
-        calls.put(0, "b".into(), Some(vec![1]), Some(1)).unwrap();
+        calls.put(0, "b".into(), Some(vec![1]), b_ttl_ms).unwrap();
         calls.finish();
         apply(&store, &kept);
         (kept, store, calls)
@@ -1117,7 +1110,7 @@ mod tests {
     /// by the recount, is counted once: the limit holds after the batch.
     #[test]
     fn a_recount_does_not_take_off_what_the_call_already_accounted_for() {
-        let (kept, store, mut calls) = two_expiring_values();
+        let (kept, store, mut calls) = two_values(Some(1));
         backdate(&store);
         std::thread::sleep(Duration::from_millis(5));
         calls.start(&[message(0, 2)]);
@@ -1133,7 +1126,7 @@ mod tests {
 
     #[test]
     fn a_write_over_a_limit_sweeps_expired_values_before_it_is_refused() {
-        let (kept, store, mut calls) = two_expiring_values();
+        let (kept, store, mut calls) = two_values(Some(1));
         backdate(&store);
         std::thread::sleep(Duration::from_millis(5));
         calls.start(&[message(0, 2)]);

@@ -4,6 +4,8 @@
 //! `0.2.0` adds keyed state (`state`) and reuses 0.1.0's types and host
 //! calls, so a component of either version is instantiated through the
 //! same `Transform` bindings, with `state` in the linker beside `host`.
+//! `0.3.0` adds `describe` and the encodings `init` is given (`v0_3`),
+//! with the same records, host calls and state.
 //!
 //! `lookup` and the `state` calls are trappable: when Redis cannot answer, the
 //! call is aborted rather than told "no such row", so a transient outage
@@ -39,4 +41,20 @@ pub mod v0_2 {
     pub use self::sluice::plugin0_2_0::state::{
         Host as StateHost, Key as StateKey, add_to_linker as add_state_to_linker,
     };
+}
+
+/// `sluice:plugin@0.3.0`: stages that declare the types of their values,
+/// told at `init` whether to exchange them in binary.
+pub mod v0_3 {
+    wasmtime::component::bindgen!({
+        world: "transform",
+        path: "../wit/plugin@0.3.0",
+        with: {
+            "sluice:plugin/types@0.1.0": super::sluice::plugin::types,
+            "sluice:plugin/host@0.1.0": super::sluice::plugin::host,
+            "sluice:plugin/state@0.2.0": super::v0_2::sluice::plugin0_2_0::state,
+        },
+    });
+
+    pub use self::sluice::plugin0_3_0::values::{Encoding, ValueType};
 }

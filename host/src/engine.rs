@@ -112,6 +112,10 @@ pub struct LoadedComponent {
     pub load_time: Duration,
 }
 
+/// The export of a stage that declares its value types
+/// (`sluice:plugin@0.3.0`).
+pub const DESCRIBE_EXPORT: &str = "describe";
+
 /// The import of keyed state (`sluice:plugin@0.2.0`).
 pub const STATE_IMPORT: &str = "sluice:plugin/state@0.2.0";
 
@@ -120,6 +124,13 @@ impl LoadedComponent {
     /// costs the host no state work at all.
     pub fn uses_state(&self, engine: &Engine) -> bool {
         self.component.component_type().imports(engine.wasmtime()).any(|(name, _)| name == STATE_IMPORT)
+    }
+
+    /// Whether the component declares the types of its values
+    /// (`sluice:plugin@0.3.0`: it exports `describe`).
+    pub fn declares_values(&self) -> bool {
+        let engine = self.component.engine();
+        self.component.component_type().exports(engine).any(|(name, _)| name == DESCRIBE_EXPORT)
     }
 
     /// The short version shown in logs: the first 12 hex digits of the hash.

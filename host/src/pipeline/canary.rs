@@ -157,7 +157,12 @@ fn sampled(message: &Message, sample: f64) -> bool {
 
 /// An outcome as shown in the admin API.
 fn describe(outcome: &Outcome) -> Value {
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).chars().take(MAX_SHOWN).collect::<String>();
+    // Text as it is; anything else (a value in binary form for the next
+    // stage) in hex, so that two values that differ never show alike.
+    let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
+        Ok(text) => text.chars().take(MAX_SHOWN).collect::<String>(),
+        Err(_) => bytes.iter().take(MAX_SHOWN / 2).map(|b| format!("{b:02x}")).collect(),
+    };
     match outcome {
         Outcome::Emit((outputs, effects)) => json!({
             "emit": outputs.iter().map(|o| json!({

@@ -19,6 +19,7 @@ mod reason;
 mod route;
 mod sandbox;
 mod stage;
+pub mod values;
 
 pub use canary::{CanaryDiff, CanaryStats};
 pub use dead_letter::{DeadLetter, GENERATION_HEADER, LINEAGE_HEADER, Letters, SOURCE_STAGE, TRUNCATED_HEADER};
@@ -149,6 +150,15 @@ pub enum BuildError {
     Stage(StageError),
     /// The linker could not be built.
     Linker(anyhow::Error),
+    /// Neighbouring stages declare different value types.
+    Values(values::Mismatch),
+    /// A canary reads or writes other values than its stage.
+    Canary {
+        /// The stage.
+        stage: String,
+        /// What differs.
+        why: String,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -157,6 +167,10 @@ impl fmt::Display for BuildError {
             Self::Load(e) => e.fmt(f),
             Self::Stage(e) => e.fmt(f),
             Self::Linker(_) => f.write_str("cannot link the host interface"),
+            Self::Values(e) => e.fmt(f),
+            Self::Canary { stage, why } => {
+                write!(f, "the canary of stage `{stage}` cannot stand in for it: {why}")
+            }
         }
     }
 }
@@ -167,6 +181,7 @@ impl std::error::Error for BuildError {
             Self::Load(e) => e.source(),
             Self::Stage(e) => e.source(),
             Self::Linker(e) => Some(e.as_ref()),
+            Self::Values(_) | Self::Canary { .. } => None,
         }
     }
 }
@@ -198,8 +213,10 @@ impl Chain {
     ) -> Result<Self, BuildError> {
         let config = &pipeline.config;
         let mut engines: HashMap<usize, (Engine, Linker<StageState>)> = HashMap::new();
-        let mut stages = Vec::with_capacity(config.stages.len());
-        let mut canaries = Vec::with_capacity(config.stages.len());
+        // Every stage's (and canary's) spec, and what it declares it reads
+        // and writes, before any instance is initialised: the encodings
+        // `init` is given depend on the neighbours.
+        let mut planned = Vec::with_capacity(config.stages.len());
         let protected = config.protected_prefixes();
         for stage in &config.stages {
             let stack = stage.limits.stack_kib.get() as usize * 1024;
@@ -214,6 +231,7 @@ impl Chain {
                     name: Arc::from(name),
                     component: engine.load(&pipeline.base_dir.join(plugin)).map_err(BuildError::Load)?,
                     config_json: serde_json::to_string(&stage.config).expect("a TOML table is valid JSON"),
+                    encodings: values::Encodings::default(),
                     tables: stage.lookups.iter().map(|t| t.get_ref().clone()).collect(),
                     limits: stage.limits.clone(),
                     writes: Writes {
@@ -227,14 +245,48 @@ impl Chain {
             let live = spec(stage.name.get_ref(), &stage.plugin)?;
             let scope = StateScope { store: state.clone(), stage: live.name.clone(), keep: true };
             let shadow = StateScope { keep: false, ..scope.clone() };
-            stages.push(Stage::new(engine, linker, Arc::new(live), lookups.clone(), scope).map_err(BuildError::Stage)?);
-            canaries.push(match &stage.canary {
+            let declared = stage::describe(engine, linker, &live, &lookups, &scope).map_err(BuildError::Stage)?;
+            let candidate = match &stage.canary {
                 None => None,
                 Some(c) => {
                     let candidate = spec(&format!("{}.canary", stage.name.get_ref()), &c.plugin)?;
+                    let declared =
+                        stage::describe(engine, linker, &candidate, &lookups, &shadow).map_err(BuildError::Stage)?;
+                    Some((candidate, declared, c.sample))
+                }
+            };
+            planned.push((live, declared, scope, candidate, shadow, stack));
+        }
+        // A stage with a canary writes JSON for the next stage, so that the
+        // diffs between the two versions can be read.
+        let readable: Vec<Option<values::Declared>> = planned
+            .iter()
+            .map(|(_, declared, _, candidate, ..)| match (declared, candidate) {
+                (Some(d), Some(_)) => {
+                    Some(values::Declared { output: d.output.clone().map(values::ValueType::text), ..d.clone() })
+                }
+                (declared, _) => declared.clone(),
+            })
+            .collect();
+        let declared: Vec<_> = planned.iter().zip(&readable).map(|(p, d)| (&*p.0.name, d.as_ref())).collect();
+        let encodings = values::negotiate(&declared).map_err(BuildError::Values)?;
+        let mut stages = Vec::with_capacity(planned.len());
+        let mut canaries = Vec::with_capacity(planned.len());
+        for ((mut live, declared, scope, candidate, shadow, stack), encodings) in planned.into_iter().zip(encodings) {
+            let (engine, linker) = &engines[&stack];
+            if let Some((_, theirs, _)) = &candidate {
+                values::fits(theirs.as_ref(), declared.as_ref(), encodings)
+                    .map_err(|why| BuildError::Canary { stage: live.name.to_string(), why })?;
+            }
+            live.encodings = encodings;
+            stages.push(Stage::new(engine, linker, Arc::new(live), lookups.clone(), scope).map_err(BuildError::Stage)?);
+            canaries.push(match candidate {
+                None => None,
+                Some((mut candidate, _, sample)) => {
+                    candidate.encodings = encodings;
                     let candidate = Stage::new(engine, linker, Arc::new(candidate), lookups.clone(), shadow)
                         .map_err(BuildError::Stage)?;
-                    Some(Canary::new(candidate, c.sample))
+                    Some(Canary::new(candidate, sample))
                 }
             });
         }

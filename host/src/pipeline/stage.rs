@@ -2,7 +2,7 @@
 //! `sandbox`), called with a deadline, replaced by a fresh instance after a
 //! failure, and behind a circuit breaker that opens when it keeps failing.
 
-use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre};
+use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre, v0_3};
 use crate::config::{FailurePolicy, Limits};
 use crate::engine::{Engine, LoadedComponent};
 use crate::lookup::{LookupSource, Unavailable};
@@ -18,6 +18,7 @@ use super::lift::{self, OverBudget};
 use super::output::PluginOutput;
 use super::reason::{PluginFailure, Reason};
 use super::sandbox::{CallClock, LimitExceeded, Limiter, StageState};
+use super::values::{Declared, Encoding, Encodings, ValueType};
 
 /// What a stage is made of, as loaded from pipeline.toml.
 pub struct StageSpec {
@@ -27,6 +28,9 @@ pub struct StageSpec {
     pub component: LoadedComponent,
     /// The stage config, as the JSON object passed to `init`.
     pub config_json: String,
+    /// How its values are encoded (`sluice:plugin@0.3.0`; JSON for
+    /// components of earlier versions).
+    pub encodings: Encodings,
     /// The lookup tables the stage declared.
     pub tables: Arc<[String]>,
     /// Sandbox limits.
@@ -46,6 +50,7 @@ impl StageSpec {
         self.name == other.name
             && self.component.sha256 == other.component.sha256
             && self.config_json == other.config_json
+            && self.encodings == other.encodings
             && self.tables == other.tables
             && self.limits == other.limits
             && self.writes == other.writes
@@ -138,7 +143,8 @@ impl fmt::Display for StageError {
                 let plugin = plugin.display();
                 write!(
                     f,
-                    "stage `{stage}`: plugin {plugin} does not implement the `transform` world of sluice:plugin@0.1.0 or 0.2.0"
+                    "stage `{stage}`: plugin {plugin} does not implement the `transform` world of sluice:plugin@0.1.0, \
+                     0.2.0 or 0.3.0"
                 )?;
                 if format!("{source:#}").contains("wasi:http/") {
                     // componentize-js imports wasi:http unless told otherwise.
@@ -193,10 +199,72 @@ struct Breaker {
     open_for: Duration,
 }
 
+/// A component made ready to instantiate, by the version of the contract
+/// it implements.
+#[derive(Clone)]
+enum Pre {
+    /// `sluice:plugin@0.1.0` or `0.2.0`: `init(config)`.
+    V1(TransformPre<StageState>),
+    /// `sluice:plugin@0.3.0`: `describe(config)`, `init(config, encodings)`.
+    V3(v0_3::TransformPre<StageState>),
+}
+
+impl Pre {
+    /// Type-checks the component against the world of its version.
+    fn new(linker: &Linker<StageState>, spec: &StageSpec) -> Result<Self, StageError> {
+        let component = &spec.component.component;
+        let typed = linker.instantiate_pre(component).and_then(|pre| {
+            if spec.component.declares_values() {
+                v0_3::TransformPre::new(pre).map(Pre::V3)
+            } else {
+                TransformPre::new(pre).map(Pre::V1)
+            }
+        });
+        typed.map_err(|source| StageError::World {
+            stage: spec.name.to_string(),
+            plugin: spec.component.path.clone(),
+            source,
+        })
+    }
+
+    fn instance_pre(&self) -> &wasmtime::component::InstancePre<StageState> {
+        match self {
+            Pre::V1(pre) => pre.instance_pre(),
+            Pre::V3(pre) => pre.instance_pre(),
+        }
+    }
+}
+
+/// What the component of `spec` declares it reads and writes, from an
+/// instance of its own (`None` for a component before
+/// `sluice:plugin@0.3.0`, which reads and writes JSON).
+pub fn describe(
+    engine: &Engine,
+    linker: &Linker<StageState>,
+    spec: &StageSpec,
+    lookups: &Arc<dyn LookupSource>,
+    state: &StateScope,
+) -> Result<Option<Declared>, StageError> {
+    let Pre::V3(pre) = Pre::new(linker, spec)? else { return Ok(None) };
+    let stage = spec.name.to_string();
+    let (mut store, instance) = fresh(engine, pre.instance_pre(), spec, lookups, state)?;
+    let transform = v0_3::Transform::new(&mut store, &instance)
+        .map_err(|source| StageError::Instantiate { stage: stage.clone(), source })?;
+    let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
+    let declared = transform.call_describe(&mut store, &spec.config_json);
+    if store.data().clock.cut {
+        let error = format!("describe did not finish within its deadline of {} ms", timeout.as_millis());
+        return Err(StageError::Init { stage, error });
+    }
+    let declared = declared.map_err(|e| StageError::Init { stage, error: format!("describe trapped: {e:#}") })?;
+    let side = |t: Option<v0_3::ValueType>| t.map(|t| ValueType { name: t.name, binary: t.binary });
+    Ok(Some(Declared { input: side(declared.input), output: side(declared.output) }))
+}
+
 /// A live stage: the instance and the means to recreate it.
 pub struct Stage {
     spec: Arc<StageSpec>,
-    pre: TransformPre<StageState>,
+    pre: Pre,
     lookups: Arc<dyn LookupSource>,
     state: StateScope,
     /// Whether the component imports keyed state: only then does a call
@@ -204,7 +272,6 @@ pub struct Stage {
     stateful: bool,
     engine: Engine,
     store: Store<StageState>,
-    instance: Transform,
     /// `process`, typed with results that are lifted within the budget.
     process: Func,
     breaker: Breaker,
@@ -242,13 +309,11 @@ impl Stage {
         lookups: Arc<dyn LookupSource>,
         state: StateScope,
     ) -> Result<Self, StageError> {
-        let pre = linker.instantiate_pre(&spec.component.component).and_then(TransformPre::new).map_err(|source| {
-            StageError::World { stage: spec.name.to_string(), plugin: spec.component.path.clone(), source }
-        })?;
-        let (store, instance, process) = instantiate(engine, &pre, &spec, &lookups, &state)?;
+        let pre = Pre::new(linker, &spec)?;
+        let (store, process) = instantiate(engine, &pre, &spec, &lookups, &state)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
         let stateful = spec.component.uses_state(engine);
-        Ok(Self { spec, pre, lookups, state, stateful, engine: engine.clone(), store, instance, process, breaker })
+        Ok(Self { spec, pre, lookups, state, stateful, engine: engine.clone(), store, process, breaker })
     }
 
     /// Whether the component imports keyed state.
@@ -348,10 +413,9 @@ impl Stage {
 
     fn recreate(&mut self) -> Result<(), StageError> {
         let probing = self.store.data().state.probing();
-        let (store, instance, process) = instantiate(&self.engine, &self.pre, &self.spec, &self.lookups, &self.state)?;
+        let (store, process) = instantiate(&self.engine, &self.pre, &self.spec, &self.lookups, &self.state)?;
         self.store = store;
         self.store.data_mut().state.set_probing(probing);
-        self.instance = instance;
         self.process = process;
         Ok(())
     }
@@ -363,13 +427,15 @@ fn arm(store: &mut Store<StageState>, timeout: Duration) {
     store.set_epoch_deadline(Engine::deadline_ticks(timeout));
 }
 
-fn instantiate(
+/// An instance of the component in a sandboxed store of its own, not yet
+/// initialised.
+fn fresh(
     engine: &Engine,
-    pre: &TransformPre<StageState>,
+    pre: &wasmtime::component::InstancePre<StageState>,
     spec: &StageSpec,
     lookups: &Arc<dyn LookupSource>,
     state: &StateScope,
-) -> Result<(Store<StageState>, Transform, Func), StageError> {
+) -> Result<(Store<StageState>, wasmtime::component::Instance), StageError> {
     let memory_bytes = spec.limits.memory_mib.get() as usize * 1024 * 1024;
     let stream = |name| PluginOutput::new(spec.name.clone(), name);
     let output = [stream("stdout"), stream("stderr"), stream("log")];
@@ -403,19 +469,44 @@ fn instantiate(
         })
     });
     arm(&mut store, timeout);
+    let failed = |source: wasmtime::Error| StageError::Instantiate { stage: spec.name.to_string(), source };
+    let instance = pre.instantiate(&mut store).map_err(failed)?;
+    Ok((store, instance))
+}
+
+/// A fresh instance, initialised with the stage's config and encodings,
+/// and its `process`.
+fn instantiate(
+    engine: &Engine,
+    pre: &Pre,
+    spec: &StageSpec,
+    lookups: &Arc<dyn LookupSource>,
+    state: &StateScope,
+) -> Result<(Store<StageState>, Func), StageError> {
+    let (mut store, instance) = fresh(engine, pre.instance_pre(), spec, lookups, state)?;
+    let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
     let stage = spec.name.to_string();
     let failed = |source: wasmtime::Error| StageError::Instantiate { stage: stage.clone(), source };
-    let instance = pre.instance_pre().instantiate(&mut store).map_err(failed)?;
-    let transform = Transform::new(&mut store, &instance).map_err(failed)?;
     let process =
         *instance.get_typed_func::<(&[Message],), lift::Results>(&mut store, "process").map_err(failed)?.func();
-    let init = transform.call_init(&mut store, &spec.config_json);
+    let init = match pre {
+        Pre::V1(_) => Transform::new(&mut store, &instance).map_err(failed)?.call_init(&mut store, &spec.config_json),
+        Pre::V3(_) => {
+            let side = |e: Encoding| match e {
+                Encoding::Json => v0_3::Encoding::Json,
+                Encoding::Binary => v0_3::Encoding::Binary,
+            };
+            let encodings = v0_3::Encodings { input: side(spec.encodings.input), output: side(spec.encodings.output) };
+            let transform = v0_3::Transform::new(&mut store, &instance).map_err(failed)?;
+            transform.call_init(&mut store, &spec.config_json, encodings)
+        }
+    };
     if store.data().clock.cut {
         let message = format!("init did not finish within its deadline of {} ms", timeout.as_millis());
         return Err(StageError::Init { stage, error: message });
     }
     match init {
-        Ok(Ok(())) => Ok((store, transform, process)),
+        Ok(Ok(())) => Ok((store, process)),
         Ok(Err(error)) => Err(StageError::Init { stage, error }),
         Err(e) => {
             let mut message = match classify(&e, timeout) {

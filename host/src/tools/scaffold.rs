@@ -35,18 +35,21 @@ pub enum Lang {
     Js,
 }
 
-/// The WIT world every plugin is built against (0.2.0: 0.1.0 and keyed
-/// state), written to `wit/plugin.wit`, and the 0.1.0 package it uses,
-/// written to `wit/deps/`.
-const WIT: &str = include_str!("../../../wit/plugin@0.2.0/plugin.wit");
-const WIT_DEP: &str = include_str!("../../../wit/plugin@0.1.0/plugin.wit");
+/// The WIT worlds plugins are built against, written to `wit/plugin.wit`
+/// with the packages they use in `wit/deps/`: Rust plugins (through the
+/// SDK) 0.3.0, which exchanges typed values in binary; Python and
+/// JavaScript ones 0.2.0 (0.1.0 and keyed state), whose values are JSON.
+const WIT_0_3: &str = include_str!("../../../wit/plugin@0.3.0/plugin.wit");
+const WIT_0_2: &str = include_str!("../../../wit/plugin@0.2.0/plugin.wit");
+const WIT_0_1: &str = include_str!("../../../wit/plugin@0.1.0/plugin.wit");
 
 /// The SDK's source, copied into a Rust project unless `--sdk` is given.
 const SDK_LIB: &str = include_str!("../../../plugins/sdk/src/lib.rs");
 const SDK_STATE: &str = include_str!("../../../plugins/sdk/src/state.rs");
+const SDK_VALUES: &str = include_str!("../../../plugins/sdk/src/values.rs");
 const SDK_MANIFEST: &str = include_str!("../../templates/rust/sluice-sdk/Cargo.toml");
 /// Where the SDK finds the WIT world: in the source tree, and in the copy.
-const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.2.0""#;
+const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.3.0""#;
 const SDK_WIT_IN_COPY: &str = r#"path: "wit""#;
 
 fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
@@ -93,7 +96,7 @@ pub fn run(args: NewArgs) -> anyhow::Result<()> {
         write(&dir.join(path), &text)?;
     }
     if args.lang != Lang::Rust {
-        write_wit(&dir)?;
+        write_wit(&dir, WIT_0_2)?;
     }
     println!("created {} ({:?} plugin `{name}`); next:", dir.display(), args.lang);
     println!("  cd {}", dir.display());
@@ -125,13 +128,18 @@ fn write_sdk(dir: &Path) -> anyhow::Result<()> {
     write(&dir.join("Cargo.toml"), &SDK_MANIFEST.replace("{{version}}", env!("CARGO_PKG_VERSION")))?;
     write(&dir.join("src/lib.rs"), &sdk_source())?;
     write(&dir.join("src/state.rs"), SDK_STATE)?;
-    write_wit(dir)
+    write(&dir.join("src/values.rs"), SDK_VALUES)?;
+    write_wit(dir, WIT_0_3)
 }
 
-/// The WIT world in `dir/wit`, with the package it uses in `wit/deps`.
-fn write_wit(dir: &Path) -> anyhow::Result<()> {
-    write(&dir.join("wit/plugin.wit"), WIT)?;
-    write(&dir.join("wit/deps/plugin@0.1.0/plugin.wit"), WIT_DEP)
+/// The WIT world `world` in `dir/wit`, with the packages it may use in
+/// `wit/deps`.
+fn write_wit(dir: &Path, world: &str) -> anyhow::Result<()> {
+    write(&dir.join("wit/plugin.wit"), world)?;
+    if world == WIT_0_3 {
+        write(&dir.join("wit/deps/plugin@0.2.0/plugin.wit"), WIT_0_2)?;
+    }
+    write(&dir.join("wit/deps/plugin@0.1.0/plugin.wit"), WIT_0_1)
 }
 
 /// The SDK's source with the WIT path of the copy.

@@ -5,17 +5,21 @@ pub mod logic;
 
 use logic::Categorizer;
 use sluice_order::stage;
-use sluice_sdk::{Config, Emit, Error, Record, Stage};
+use sluice_sdk::{Config, Declared, Emit, Error, Record, Stage};
 
 impl Stage for Categorizer {
     fn init(config: Config) -> Result<Self, String> {
         Categorizer::from_json(config.json())
     }
 
+    fn declare(_: &Config) -> Declared {
+        stage::declared()
+    }
+
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
         let mut order = stage::parse("categorize", record.value())?;
         self.categorize(&mut order);
-        Emit::json(&order)
+        Emit::encode(order)
     }
 }
 

@@ -4,7 +4,7 @@
 pub mod logic;
 
 use sluice_order::stage;
-use sluice_sdk::{Config, Emit, Error, Record, Stage, lookup};
+use sluice_sdk::{Config, Declared, Emit, Error, Record, Stage, lookup};
 
 struct Enrich;
 
@@ -13,10 +13,14 @@ impl Stage for Enrich {
         config.expect_empty("enrich").map(|()| Enrich)
     }
 
+    fn declare(_: &Config) -> Declared {
+        stage::declared()
+    }
+
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
         let mut order = stage::parse("enrich", record.value())?;
         logic::enrich(&mut order, &mut |table, key| lookup(table, key))?;
-        Emit::json(&order)
+        Emit::encode(order)
     }
 }
 

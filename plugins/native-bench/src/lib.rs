@@ -1,14 +1,16 @@
 //! The default pipeline's four stages compiled natively, from the same
 //! crates as the plugins (their `logic` modules), behind the same interface
 //! as the WebAssembly stages: a batch of messages in, one outcome per message
-//! out. `sluice-native-bench` runs both to measure what the sandbox costs;
-//! the `sluice` binary does not link them.
+//! out, in the encodings the host chose for the components (JSON or the
+//! order's binary form between stages). `sluice-native-bench` runs both to
+//! measure what the sandbox costs; the `sluice` binary does not link them.
 
 use categorize::logic::Categorizer;
 use normalize::logic::Normalized;
 use sluice::bindings::{Effect, ErrorInfo, Header, Message, Outcome, Output};
 use sluice::config::PipelineConfig;
 use sluice::lookup::LookupSource;
+use sluice::pipeline::values::{Encoding, Encodings};
 use sluice::tools::bench::Transform;
 use sluice_order::{Order, Rejection, stage};
 use std::sync::Arc;
@@ -22,13 +24,29 @@ fn reject(r: Rejection) -> Outcome {
     Outcome::Reject(ErrorInfo { reason: r.reason.to_string(), message: r.message })
 }
 
+/// Makes the SDK read and write values in `encodings`, as the host tells a
+/// component at `init` (the SDK keeps them per thread, and the stages here
+/// share one).
+fn use_encodings(encodings: Encodings) {
+    let side = |e: Encoding| match e {
+        Encoding::Json => sluice_sdk::Encoding::Json,
+        Encoding::Binary => sluice_sdk::Encoding::Binary,
+    };
+    sluice_sdk::values::set_encodings(sluice_sdk::Encodings {
+        input: side(encodings.input),
+        output: side(encodings.output),
+    });
+}
+
 /// Applies `step` to each message's order and re-serializes it, as the
 /// plugins do.
 fn each(
     batch: &[Message],
     stage: &str,
+    encodings: Encodings,
     mut step: impl FnMut(&mut Order) -> Result<Vec<Effect>, Rejection>,
 ) -> Vec<Outcome> {
+    use_encodings(encodings);
     batch
         .iter()
         .map(|m| {
@@ -36,7 +54,7 @@ fn each(
                 stage::parse(stage, &m.value).and_then(|mut order| step(&mut order).map(|effects| (order, effects)));
             match done {
                 Ok((order, effects)) => {
-                    emit(m, Some(order.order_id.clone().into_bytes()), stage::to_json(&order), effects)
+                    emit(m, Some(order.order_id.clone().into_bytes()), stage::encode(&order), effects)
                 }
                 Err(r) => reject(r),
             }
@@ -45,7 +63,7 @@ fn each(
 }
 
 /// `normalize`, natively.
-pub struct Normalize;
+pub struct Normalize(pub Encodings);
 
 impl Transform for Normalize {
     fn name(&self) -> &str {
@@ -53,11 +71,12 @@ impl Transform for Normalize {
     }
 
     fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        use_encodings(self.0);
         batch
             .iter()
             .map(|m| match normalize::logic::normalize(&m.value) {
                 Ok(Normalized::Order(order)) => {
-                    let value = serde_json::to_vec(&order).expect("an order always serializes");
+                    let value = stage::encode(&order);
                     emit(m, Some(order.order_id.into_bytes()), value, Vec::new())
                 }
                 Ok(Normalized::Filtered) => Outcome::Filtered,
@@ -68,7 +87,7 @@ impl Transform for Normalize {
 }
 
 /// `enrich`, natively, with the same lookups as the WebAssembly stage.
-pub struct Enrich(pub Arc<dyn LookupSource>);
+pub struct Enrich(pub Arc<dyn LookupSource>, pub Encodings);
 
 impl Transform for Enrich {
     fn name(&self) -> &str {
@@ -77,7 +96,7 @@ impl Transform for Enrich {
 
     fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
         let lookups = self.0.clone();
-        each(batch, "enrich", |order| {
+        each(batch, "enrich", self.1, |order| {
             let mut lookup = |table: &str, key: &str| lookups.lookup(table, key).ok().flatten();
             enrich::logic::enrich(order, &mut lookup).map(|()| Vec::new())
         })
@@ -85,7 +104,7 @@ impl Transform for Enrich {
 }
 
 /// `categorize`, natively.
-pub struct Categorize(pub Categorizer);
+pub struct Categorize(pub Categorizer, pub Encodings);
 
 impl Transform for Categorize {
     fn name(&self) -> &str {
@@ -93,7 +112,8 @@ impl Transform for Categorize {
     }
 
     fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
-        each(batch, "categorize", |order| {
+        let encodings = self.1;
+        each(batch, "categorize", encodings, |order| {
             self.0.categorize(order);
             Ok(Vec::new())
         })
@@ -101,7 +121,7 @@ impl Transform for Categorize {
 }
 
 /// `totals`, natively.
-pub struct Totals(pub String);
+pub struct Totals(pub String, pub Encodings);
 
 impl Transform for Totals {
     fn name(&self) -> &str {
@@ -109,28 +129,37 @@ impl Transform for Totals {
     }
 
     fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
-        each(batch, "totals", |order| {
+        let encodings = self.1;
+        each(batch, "totals", encodings, |order| {
             let incrs = totals::logic::total(order, &self.0)?;
             Ok(incrs.into_iter().map(|i| Effect::HashIncr((i.key, i.field, i.delta))).collect())
         })
     }
 }
 
-/// The native stages for the pipeline's stages, in its order; fails for a
-/// stage that is not one of the default four.
-pub fn stages(config: &PipelineConfig, lookups: Arc<dyn LookupSource>) -> anyhow::Result<Vec<Box<dyn Transform>>> {
+/// The native stages for the pipeline's stages, in its order, with the
+/// components' encodings; fails for a stage that is not one of the default
+/// four.
+pub fn stages(
+    config: &PipelineConfig,
+    encodings: &[Encodings],
+    lookups: Arc<dyn LookupSource>,
+) -> anyhow::Result<Vec<Box<dyn Transform>>> {
     config
         .stages
         .iter()
-        .map(|s| -> anyhow::Result<Box<dyn Transform>> {
+        .zip(encodings)
+        .map(|(s, &encodings)| -> anyhow::Result<Box<dyn Transform>> {
             let json = serde_json::to_string(&s.config)?;
             Ok(match s.name.get_ref().as_str() {
-                "normalize" => Box::new(Normalize),
-                "enrich" => Box::new(Enrich(lookups.clone())),
-                "categorize" => Box::new(Categorize(Categorizer::from_json(&json).map_err(anyhow::Error::msg)?)),
+                "normalize" => Box::new(Normalize(encodings)),
+                "enrich" => Box::new(Enrich(lookups.clone(), encodings)),
+                "categorize" => {
+                    Box::new(Categorize(Categorizer::from_json(&json).map_err(anyhow::Error::msg)?, encodings))
+                }
                 "totals" => {
                     let prefix = s.config.get("prefix").and_then(|p| p.as_str()).unwrap_or_default();
-                    Box::new(Totals(prefix.to_string()))
+                    Box::new(Totals(prefix.to_string(), encodings))
                 }
                 other => anyhow::bail!("no native implementation of stage `{other}`"),
             })

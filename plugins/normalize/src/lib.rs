@@ -6,7 +6,8 @@ pub mod logic;
 mod ts;
 
 use logic::Normalized;
-use sluice_sdk::{Config, Emit, Error, Record, Stage};
+use sluice_order::Order;
+use sluice_sdk::{Config, Declared, Emit, Error, Record, Stage};
 
 struct Normalize;
 
@@ -15,9 +16,17 @@ impl Stage for Normalize {
         config.expect_empty("normalize").map(|()| Normalize)
     }
 
+    /// Any of the three shapes in, as JSON; canonical orders out.
+    fn declare(_: &Config) -> Declared {
+        Declared::any().writes::<Order>()
+    }
+
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
         match logic::normalize(record.value())? {
-            Normalized::Order(order) => Ok(Emit::json(&order)?.key(order.order_id)),
+            Normalized::Order(order) => {
+                let key = order.order_id.clone();
+                Ok(Emit::encode(order)?.key(key))
+            }
             Normalized::Filtered => Ok(Emit::filtered()),
         }
     }

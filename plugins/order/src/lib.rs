@@ -14,6 +14,9 @@ pub mod stage;
 pub mod reason {
     /// The value is empty, JSON `null`, or not JSON.
     pub const INVALID_JSON: &str = "invalid_json";
+    /// A value in binary form that does not decode (the stages before
+    /// disagree about the order's layout).
+    pub const INVALID_VALUE: &str = "invalid_value";
     /// A JSON value that is not an object of one of the three order shapes.
     pub const UNKNOWN_SHAPE: &str = "unknown_shape";
     /// A field the mapping reads is absent or null.

@@ -1,18 +1,31 @@
 //! Plumbing shared by the stages that read and write canonical orders.
 
 use crate::{Order, Rejection, reason};
+use sluice_sdk::values;
 
-/// Parses a canonical order emitted by an earlier stage.
+impl sluice_sdk::Value for Order {
+    const NAME: &'static str = "sluice.order";
+}
+
+/// What a stage between `normalize` and the end of the chain reads and
+/// writes: canonical orders.
+pub fn declared() -> sluice_sdk::Declared {
+    sluice_sdk::Declared::any().reads::<Order>().writes::<Order>()
+}
+
+/// Parses a canonical order emitted by an earlier stage, in the encoding
+/// the host chose (JSON, or the binary form the stage before wrote).
 pub fn parse(stage: &str, value: &[u8]) -> Result<Order, Rejection> {
-    serde_json::from_slice(value).map_err(|e| {
+    values::decode::<Order>(value).map_err(|e| {
+        let code = if e.reason() == reason::INVALID_JSON { reason::INVALID_JSON } else { reason::INVALID_VALUE };
         Rejection::new(
-            reason::INVALID_JSON,
-            format!("{stage} expects a canonical order from an earlier stage (is `normalize` first?): {e}"),
+            code,
+            format!("{stage} expects a canonical order from an earlier stage (is `normalize` first?): {}", e.message()),
         )
     })
 }
 
-/// Serializes an order for the next stage.
-pub fn to_json(order: &Order) -> Vec<u8> {
-    serde_json::to_vec(order).expect("an order always serializes")
+/// Serializes an order for the next stage, in the encoding the host chose.
+pub fn encode(order: &Order) -> Vec<u8> {
+    values::encode_output(order).expect("an order always serializes")
 }

@@ -3,7 +3,7 @@
 //! A stage is a type that implements [`Stage`]: built once per instance from
 //! its config in pipeline.toml, then called once per record. Register it with
 //! [`stage!`], build the crate for `wasm32-wasip2`, and the result is a
-//! component of the `sluice:plugin@0.2.0` `transform` world that the host
+//! component of the `sluice:plugin@0.3.0` `transform` world that the host
 //! loads.
 //!
 //! ```
@@ -89,7 +89,7 @@ use std::fmt;
 mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../../wit/plugin@0.2.0",
+        path: "../../wit/plugin@0.3.0",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk",
         generate_all,
@@ -99,12 +99,16 @@ mod bindings {
 pub use bindings::sluice::plugin0_1_0::types::{
     Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output as RawOutput,
 };
+pub use bindings::sluice::plugin0_3_0::values::{Declared, Encoding, Encodings, ValueType};
 pub use bindings::{Guest, export};
 
 #[doc(hidden)]
 pub use bindings::*;
 
 pub mod state;
+pub mod values;
+
+pub use values::Value;
 
 /// A row of a lookup table: (field, value) pairs.
 pub type Row = Vec<(String, String)>;
@@ -247,6 +251,17 @@ impl Record {
         serde_json::from_slice(&self.0.value).map_err(|e| Error::reject("invalid_json", format!("record value: {e}")))
     }
 
+    /// The value as the type the stage declared it reads
+    /// ([`Stage::declare`]): from JSON, or from the binary form the stage
+    /// before it wrote. Invalid JSON is an [`Error`] with reason
+    /// `invalid_json`.
+    pub fn decode<T: Value>(&self) -> Result<T, Error> {
+        values::decode(&self.0.value).map_err(|e| match e.reason.as_str() {
+            "invalid_json" => Error { message: format!("record value: {}", e.message), ..e },
+            _ => e,
+        })
+    }
+
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
         self.0.key.as_deref()
@@ -300,6 +315,8 @@ pub struct Output {
     pub value: Vec<u8>,
     /// Headers added to the input record's headers.
     pub headers: Vec<Header>,
+    /// The value, if it was given typed: routed outputs are JSON.
+    typed: Option<values::Typed>,
 }
 
 /// What a stage makes of one record: zero or more outputs and the Redis
@@ -309,6 +326,8 @@ pub struct Output {
 pub struct Emit {
     outputs: Vec<Output>,
     effects: Vec<Effect>,
+    /// An output that could not be written as JSON when it was routed.
+    failed: Option<Error>,
 }
 
 impl Emit {
@@ -322,6 +341,23 @@ impl Emit {
         Ok(Self::value(to_json(value)?))
     }
 
+    /// One output with `value`, of the type the stage declared it writes
+    /// ([`Stage::declare`]): for the next stage in the form the host chose
+    /// (JSON or binary), for a named route ([`Emit::route`]) as JSON.
+    pub fn encode<T: Value>(value: T) -> Result<Self, Error> {
+        Self::default().and_encode(value)
+    }
+
+    /// One more output with `value`, as [`Emit::encode`].
+    pub fn and_encode<T: Value>(mut self, value: T) -> Result<Self, Error> {
+        let bytes = values::encode(&value, values::encodings().output)?;
+        self = self.and_value(bytes);
+        if values::encodings().output == Encoding::Binary {
+            self.outputs.last_mut().expect("just added").typed = Some(values::Typed::new(value));
+        }
+        Ok(self)
+    }
+
     /// Nothing: the record is dropped on purpose (counted as filtered).
     pub fn filtered() -> Self {
         Self::default()
@@ -329,7 +365,7 @@ impl Emit {
 
     /// One more output with this value.
     pub fn and_value(mut self, value: impl Into<Vec<u8>>) -> Self {
-        self.outputs.push(Output { route: None, key: None, value: value.into(), headers: Vec::new() });
+        self.outputs.push(Output { route: None, key: None, value: value.into(), headers: Vec::new(), typed: None });
         self
     }
 
@@ -342,6 +378,14 @@ impl Emit {
     pub fn route(mut self, route: impl Into<String>) -> Self {
         if let Some(o) = self.outputs.last_mut() {
             o.route = Some(route.into());
+            // Named routes lead out of the pipeline: JSON, not the binary
+            // form of the next stage.
+            if let Some(typed) = o.typed.take() {
+                match typed.json() {
+                    Ok(json) => o.value = json,
+                    Err(e) => self.failed = Some(e),
+                }
+            }
         }
         self
     }
@@ -396,6 +440,9 @@ impl Emit {
     /// unless they set their own key; the first inheriting output takes them
     /// without a copy.
     pub fn into_outcome(self, input: Message) -> Outcome {
+        if let Some(e) = self.failed {
+            return e.into_outcome();
+        }
         if self.outputs.is_empty() && self.effects.is_empty() {
             return Outcome::Filtered;
         }
@@ -488,6 +535,16 @@ pub trait Stage: Sized + 'static {
     /// applying), with this message.
     fn init(config: Config) -> Result<Self, String>;
 
+    /// What the stage reads from the stage before it and writes for the
+    /// stage after it, given its config: by default any JSON. A stage that
+    /// declares its types ([`Declared::reads`], [`Declared::writes`]) and
+    /// uses [`Record::decode`] and [`Emit::encode`] exchanges values with
+    /// neighbours of the same types in a binary form, parsed once.
+    fn declare(config: &Config) -> Declared {
+        let _ = config;
+        Declared::any()
+    }
+
     /// Processes one record.
     fn process(&mut self, record: &Record) -> Result<Emit, Error>;
 
@@ -517,7 +574,12 @@ pub mod runtime {
         static STAGE: RefCell<Option<Box<dyn std::any::Any>>> = const { RefCell::new(None) };
     }
 
-    pub fn init<S: Stage>(config_json: String) -> Result<(), String> {
+    pub fn describe<S: Stage>(config_json: String) -> Declared {
+        S::declare(&Config(config_json))
+    }
+
+    pub fn init<S: Stage>(config_json: String, encodings: Encodings) -> Result<(), String> {
+        values::set_encodings(encodings);
         let stage = S::init(Config(config_json))?;
         STAGE.with(|s| *s.borrow_mut() = Some(Box::new(stage)));
         Ok(())
@@ -544,8 +606,14 @@ macro_rules! stage {
         const _: () = {
             struct SluiceExport;
             impl $crate::Guest for SluiceExport {
-                fn init(config_json: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
-                    $crate::runtime::init::<$stage>(config_json)
+                fn describe(config_json: ::std::string::String) -> $crate::Declared {
+                    $crate::runtime::describe::<$stage>(config_json)
+                }
+                fn init(
+                    config_json: ::std::string::String,
+                    encodings: $crate::Encodings,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::runtime::init::<$stage>(config_json, encodings)
                 }
                 fn process(batch: ::std::vec::Vec<$crate::Message>) -> ::std::vec::Vec<$crate::Outcome> {
                     $crate::runtime::process::<$stage>(batch)

@@ -18,10 +18,17 @@
 //! `{"init_sleep_ms": N}` makes it sleep first; `{"always": "CMD"}` runs CMD
 //! for every record instead of its value (so `always = "ok"` is a
 //! pass-through stage, `always = "panic"` a broken one).
+//!
+//! Value types: `{"reads": "T", "writes": "U", "binary": "B"}` declares
+//! that the stage reads type T and writes type U, each with binary form B
+//! (if given); `encodings` emits the encodings the host chose, as
+//! `input=json output=binary`.
 
 // The raw world, without the SDK's `Stage` trait: this plugin exercises the
 // contract itself.
-use sluice_sdk::{Effect, ErrorInfo, Guest, Header, Message, Outcome, RawOutput as Output};
+use sluice_sdk::{
+    Declared, Effect, Encoding, Encodings, ErrorInfo, Guest, Header, Message, Outcome, RawOutput as Output, ValueType,
+};
 
 fn emit(key: Option<Vec<u8>>, value: Vec<u8>, headers: Vec<Header>, effects: Vec<sluice_sdk::Effect>) -> Outcome {
     Outcome::Emit((vec![Output { route: None, key, value, headers }], effects))
@@ -63,6 +70,8 @@ fn verdict<T, E: std::fmt::Display>(result: Result<T, E>) -> String {
 }
 
 static ALWAYS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// The encodings the host chose at `init`.
+static ENCODINGS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn run(message: &Message) -> Outcome {
     let command = match ALWAYS.get().and_then(Option::as_deref) {
@@ -97,6 +106,10 @@ fn run(message: &Message) -> Outcome {
         "reject" => reject("asked_to_reject", "reject"),
         "reason" => reject(arg, "rejected with the reason code the record names"),
         "drop" => Outcome::Filtered,
+        "encodings" => {
+            let chosen = ENCODINGS.get().cloned().unwrap_or_default();
+            emit(message.key.clone(), chosen.into_bytes(), Vec::new(), Vec::new())
+        }
         "route" => Outcome::Emit((
             vec![Output { route: Some(arg.to_string()), key: None, value: message.value.clone(), headers: Vec::new() }],
             Vec::new(),
@@ -143,7 +156,17 @@ fn run(message: &Message) -> Outcome {
 }
 
 impl Guest for TestGuest {
-    fn init(config_json: String) -> Result<(), String> {
+    fn describe(config_json: String) -> Declared {
+        let config: serde_json::Value = serde_json::from_str(&config_json).unwrap_or_default();
+        let text = |key: &str| config.get(key).and_then(|v| v.as_str()).map(String::from);
+        let side = |key: &str| text(key).map(|name| ValueType { name, binary: text("binary") });
+        Declared { input: side("reads"), output: side("writes") }
+    }
+
+    fn init(config_json: String, encodings: Encodings) -> Result<(), String> {
+        let name = |e: Encoding| if e == Encoding::Binary { "binary" } else { "json" };
+        let chosen = format!("input={} output={}", name(encodings.input), name(encodings.output));
+        ENCODINGS.set(chosen).map_err(|_| "initialised twice".to_string())?;
         let config: serde_json::Value = serde_json::from_str(&config_json).map_err(|e| e.to_string())?;
         if let Some(ms) = config.get("init_sleep_ms").and_then(|v| v.as_u64()) {
             std::thread::sleep(std::time::Duration::from_millis(ms));

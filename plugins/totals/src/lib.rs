@@ -6,7 +6,7 @@ pub mod logic;
 
 use serde::Deserialize;
 use sluice_order::stage;
-use sluice_sdk::{Config, Emit, Error, Record, Stage};
+use sluice_sdk::{Config, Declared, Emit, Error, Record, Stage};
 
 /// The stage config.
 #[derive(Deserialize)]
@@ -26,10 +26,15 @@ impl Stage for Totals {
         Ok(Totals { prefix: settings.prefix })
     }
 
+    fn declare(_: &Config) -> Declared {
+        stage::declared()
+    }
+
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
         let mut order = stage::parse("totals", record.value())?;
         let increments = logic::total(&mut order, &self.prefix)?;
-        let emit = Emit::json(&order)?.key(order.order_id);
+        let key = order.order_id.clone();
+        let emit = Emit::encode(order)?.key(key);
         Ok(increments.into_iter().fold(emit, |emit, i| emit.incr(i.key, i.field, i.delta)))
     }
 }

@@ -19,6 +19,7 @@ use crate::engine::Engine;
 use crate::lookup::{InMemory, LookupSource};
 use crate::pipeline::Chain;
 use crate::pipeline::Stage;
+use crate::pipeline::values::Encodings;
 use crate::record::Record;
 use crate::tools::generator::{self, Rng};
 use std::hash::{Hash, Hasher};
@@ -66,9 +67,11 @@ impl Transform for Stage {
     }
 }
 
-/// Native versions of a pipeline's stages, in its order; fails for a stage
-/// it has none of.
-pub type NativeStages = fn(&PipelineConfig, Arc<dyn LookupSource>) -> anyhow::Result<Vec<Box<dyn Transform>>>;
+/// Native versions of a pipeline's stages, in its order, with the
+/// encodings the host chose for the components (so that both exchange the
+/// same values); fails for a stage it has none of.
+pub type NativeStages =
+    fn(&PipelineConfig, &[Encodings], Arc<dyn LookupSource>) -> anyhow::Result<Vec<Box<dyn Transform>>>;
 
 /// Runs the benchmark and prints one line per batch size and stage.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -101,6 +104,9 @@ pub fn run_with(args: BenchArgs, natives: Option<NativeStages>) -> anyhow::Resul
         anyhow::ensure!(batch > 0, "--batch must be at least 1");
         let mut chain = Chain::build(&engine, &pipeline, lookups.clone(), crate::state::StateStore::in_memory())?;
         let names: Vec<String> = chain.stages().iter().map(|s| s.name().to_string()).collect();
+        if batch == args.batches[0] {
+            println!("values between the stages: {}", boundaries(&chain));
+        }
         chain.process(&records[..batch.min(records.len())])?; // warm-up: caches, first-call paths
         let mut per_stage = vec![Duration::ZERO; names.len()];
         let (mut out, mut dead, mut filtered) = (0, 0, 0);
@@ -128,7 +134,8 @@ pub fn run_with(args: BenchArgs, natives: Option<NativeStages>) -> anyhow::Resul
         // The stages alone, as components and natively, in the same run
         // (for the default pipeline's stages, which have a native version).
         let Some(native_stages) = natives else { continue };
-        let mut natives = match native_stages(&pipeline.config, lookups.clone()) {
+        let encodings: Vec<Encodings> = chain.stages().iter().map(|s| s.spec().encodings).collect();
+        let mut natives = match native_stages(&pipeline.config, &encodings, lookups.clone()) {
             Ok(natives) => natives,
             Err(e) => {
                 println!("  stages only: not measured ({e})");
@@ -177,6 +184,19 @@ struct Driven {
 
 /// Runs `records` through `stages` in batches of `batch`, passing what each
 /// stage emits to the next, as the chain does.
+/// The stages with the encoding of the values between each two, as
+/// `normalize -binary-> enrich -json-> vip`.
+fn boundaries(chain: &Chain) -> String {
+    let mut line = String::new();
+    for stage in chain.stages() {
+        if !line.is_empty() {
+            line.push_str(&format!(" -{}-> ", stage.spec().encodings.input.as_str()));
+        }
+        line.push_str(stage.name());
+    }
+    line
+}
+
 fn drive(stages: &mut [&mut dyn Transform], records: &[Record], batch: usize) -> Driven {
     let mut d =
         Driven { secs: 0.0, per_stage: vec![Duration::ZERO; stages.len()], out: 0, dead: 0, filtered: 0, digest: 0 };

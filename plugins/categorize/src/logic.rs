@@ -1,5 +1,6 @@
 //! Product categories from keyword rules.
 
+use aho_corasick::AhoCorasick;
 use serde::Deserialize;
 use sluice_order::Order;
 
@@ -36,7 +37,13 @@ pub struct Rule {
 /// Compiled rules: keywords lower-cased once.
 #[derive(Debug)]
 pub struct Categorizer {
-    rules: Vec<(String, Vec<String>)>,
+    /// The categories, in rule order.
+    categories: Vec<String>,
+    /// Every rule's keywords, lowercase, in one automaton: a name is
+    /// searched once, not once per keyword.
+    keywords: AhoCorasick,
+    /// `rule_of[pattern]`: the rule of each keyword of `keywords`.
+    rule_of: Vec<usize>,
     default: String,
 }
 
@@ -44,7 +51,7 @@ impl Categorizer {
     /// Parses and checks the stage config (a JSON object).
     pub fn from_json(config: &str) -> Result<Self, String> {
         let config: Config = serde_json::from_str(config).map_err(|e| format!("categorize config: {e}"))?;
-        let mut rules = Vec::with_capacity(config.rules.len());
+        let (mut categories, mut keywords, mut rule_of) = (Vec::new(), Vec::new(), Vec::new());
         for (i, rule) in config.rules.into_iter().enumerate() {
             if rule.category.is_empty() {
                 return Err(format!("categorize config: rules[{i}].category is empty"));
@@ -52,18 +59,28 @@ impl Categorizer {
             if let Some(k) = rule.keywords.iter().position(String::is_empty) {
                 return Err(format!("categorize config: rules[{i}].keywords[{k}] is empty"));
             }
-            rules.push((rule.category, rule.keywords.iter().map(|k| k.to_lowercase()).collect()));
+            rule_of.extend(std::iter::repeat_n(i, rule.keywords.len()));
+            keywords.extend(rule.keywords.iter().map(|k| k.to_lowercase()));
+            categories.push(rule.category);
         }
-        Ok(Self { rules, default: config.default })
+        let keywords = AhoCorasick::new(&keywords).map_err(|e| format!("categorize config: keywords: {e}"))?;
+        Ok(Self { categories, keywords, rule_of, default: config.default })
     }
 
     /// The category of a product named `name`.
     pub fn category_of(&self, name: &str) -> &str {
         let name = name.to_lowercase();
-        self.rules
-            .iter()
-            .find(|(_, keywords)| keywords.iter().any(|k| name.contains(k.as_str())))
-            .map_or(&self.default, |(category, _)| category)
+        // The first rule with a keyword anywhere in the name, whatever the
+        // keyword's position: every match counts, not only the leftmost.
+        let mut first: Option<usize> = None;
+        for found in self.keywords.find_overlapping_iter(&name) {
+            let rule = self.rule_of[found.pattern().as_usize()];
+            first = Some(first.map_or(rule, |f| f.min(rule)));
+            if rule == 0 {
+                break;
+            }
+        }
+        first.map_or(&self.default, |rule| &self.categories[rule])
     }
 
     /// Sets the category of every item that has no category of its own.
@@ -96,6 +113,12 @@ mod tests {
         assert_eq!(c.category_of("BANANA"), "Fruit");
         assert_eq!(c.category_of("Грибной СУП"), "Soups");
         assert_eq!(c.category_of("Pizza"), other());
+        // A keyword inside another one's match still counts.
+        let c = Categorizer::from_json(
+            r#"{"rules":[{"category":"A","keywords":["ange"]},{"category":"B","keywords":["orange"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.category_of("Orange"), "A");
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Transform for Categorize {
 }
 
 /// `totals`, natively.
-pub struct Totals(pub String, pub Encodings);
+pub struct Totals(pub totals::logic::Keys, pub Encodings);
 
 impl Transform for Totals {
     fn name(&self) -> &str {
@@ -159,7 +159,7 @@ pub fn stages(
                 }
                 "totals" => {
                     let prefix = s.config.get("prefix").and_then(|p| p.as_str()).unwrap_or_default();
-                    Box::new(Totals(prefix.to_string(), encodings))
+                    Box::new(Totals(totals::logic::Keys::new(prefix), encodings))
                 }
                 other => anyhow::bail!("no native implementation of stage `{other}`"),
             })

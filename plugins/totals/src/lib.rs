@@ -17,13 +17,13 @@ struct Settings {
 }
 
 struct Totals {
-    prefix: String,
+    keys: logic::Keys,
 }
 
 impl Stage for Totals {
     fn init(config: Config) -> Result<Self, String> {
         let settings: Settings = config.parse()?;
-        Ok(Totals { prefix: settings.prefix })
+        Ok(Totals { keys: logic::Keys::new(&settings.prefix) })
     }
 
     fn declare(_: &Config) -> Declared {
@@ -32,7 +32,7 @@ impl Stage for Totals {
 
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
         let mut order = stage::parse("totals", record.value())?;
-        let increments = logic::total(&mut order, &self.prefix)?;
+        let increments = logic::total(&mut order, &self.keys)?;
         let key = order.order_id.clone();
         let emit = Emit::encode(order)?.key(key);
         Ok(increments.into_iter().fold(emit, |emit, i| emit.incr(i.key, i.field, i.delta)))

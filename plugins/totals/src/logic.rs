@@ -15,7 +15,39 @@ pub struct Incr {
 
 /// Sets every line total, the item count and the order total, and returns
 /// the counter increments the order causes. Overflowing sums are rejected.
-pub fn total(order: &mut Order, prefix: &str) -> Result<Vec<Incr>, Rejection> {
+/// The counters' hash keys, made once from the prefix: an order's
+/// increments then copy them instead of formatting them again.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    totals: String,
+    revenue_day: String,
+    revenue_store: String,
+    orders_user: String,
+    spend_user: String,
+    revenue_category: String,
+    units_product: String,
+    /// Followed by the user id.
+    units_user: String,
+}
+
+impl Keys {
+    /// The keys under `prefix`, e.g. `sluice:`.
+    pub fn new(prefix: &str) -> Self {
+        let key = |name: &str| format!("{prefix}{name}");
+        Self {
+            totals: key("totals"),
+            revenue_day: key("revenue:day"),
+            revenue_store: key("revenue:store"),
+            orders_user: key("orders:user"),
+            spend_user: key("spend:user"),
+            revenue_category: key("revenue:category"),
+            units_product: key("units:product"),
+            units_user: key("units:user:"),
+        }
+    }
+}
+
+pub fn total(order: &mut Order, keys: &Keys) -> Result<Vec<Incr>, Rejection> {
     let overflow = |what: &str| Rejection::new(reason::INVALID_PRICE, format!("the order's {what} overflows"));
     let (mut count, mut total) = (0i64, 0i64);
     for (i, item) in order.items.iter_mut().enumerate() {
@@ -34,24 +66,24 @@ pub fn total(order: &mut Order, prefix: &str) -> Result<Vec<Incr>, Rejection> {
 
     let mut incrs = Vec::with_capacity(6 + 3 * order.items.len());
     let mut add = |key: String, field: &str, delta: i64| incrs.push(Incr { key, field: field.to_string(), delta });
-    let totals = format!("{prefix}totals");
-    add(totals.clone(), "orders", 1);
-    add(totals.clone(), "items", count);
-    add(totals, "revenue_cents", total);
-    add(format!("{prefix}revenue:day"), order.day(), total);
+    add(keys.totals.clone(), "orders", 1);
+    add(keys.totals.clone(), "items", count);
+    add(keys.totals.clone(), "revenue_cents", total);
+    add(keys.revenue_day.clone(), order.day(), total);
     if let Some(store) = &order.store {
-        add(format!("{prefix}revenue:store"), &store.id, total);
+        add(keys.revenue_store.clone(), &store.id, total);
     }
-    if let Some(user) = &order.user {
-        add(format!("{prefix}orders:user"), &user.id, 1);
-        add(format!("{prefix}spend:user"), &user.id, total);
-    }
+    let units_user = order.user.as_ref().map(|user| {
+        add(keys.orders_user.clone(), &user.id, 1);
+        add(keys.spend_user.clone(), &user.id, total);
+        [keys.units_user.as_str(), user.id.as_str()].concat()
+    });
     for item in &order.items {
         let category = item.category.as_deref().unwrap_or("Other");
-        add(format!("{prefix}revenue:category"), category, item.line_total_cents);
-        add(format!("{prefix}units:product"), &item.product_id, item.quantity);
-        if let Some(user) = &order.user {
-            add(format!("{prefix}units:user:{}", user.id), category, item.quantity);
+        add(keys.revenue_category.clone(), category, item.line_total_cents);
+        add(keys.units_product.clone(), &item.product_id, item.quantity);
+        if let Some(key) = &units_user {
+            add(key.clone(), category, item.quantity);
         }
     }
     Ok(incrs)
@@ -85,7 +117,7 @@ mod tests {
             item_count: 0,
             total_cents: 0,
         };
-        let incrs = total(&mut order, "p:").unwrap();
+        let incrs = total(&mut order, &Keys::new("p:")).unwrap();
         assert_eq!((order.item_count, order.total_cents), (10, 405000));
         assert_eq!(order.items[0].line_total_cents, 320500);
         let got: Vec<(String, String, i64)> = incrs.into_iter().map(|i| (i.key, i.field, i.delta)).collect();
@@ -121,7 +153,7 @@ mod tests {
             item_count: 0,
             total_cents: 0,
         };
-        let incrs = total(&mut order, "").unwrap();
+        let incrs = total(&mut order, &Keys::new("")).unwrap();
         assert!(incrs.iter().all(|i| !i.key.contains("user") && !i.key.contains("store")));
         assert_eq!(incrs.len(), 6);
     }
@@ -138,6 +170,6 @@ mod tests {
             item_count: 0,
             total_cents: 0,
         };
-        assert_eq!(total(&mut order, "").unwrap_err().reason, "invalid_price");
+        assert_eq!(total(&mut order, &Keys::new("")).unwrap_err().reason, "invalid_price");
     }
 }

@@ -184,3 +184,37 @@ fn the_default_stages_exchange_orders_in_binary_and_a_json_stage_between_them_ch
         assert_eq!(a.effects.len(), b.effects.len());
     }
 }
+
+#[test]
+fn a_reload_that_changes_a_boundary_replaces_the_instances_on_both_sides() {
+    let records: Vec<Record> = support::inputs::generated(1000, 11, 0.05)
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            key: None,
+            value: Some(value.into_bytes()),
+            headers: Vec::new(),
+            topic: "orders".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: None,
+        })
+        .collect();
+    let (mut reference, _) = default_chains();
+    let want: Vec<Vec<u8>> = reference.process(&records).unwrap().outputs.into_iter().map(|o| o.value).collect();
+    // A JSON stage goes in, and out again: each time the stages around it
+    // must be told the new encodings, not kept as they were.
+    let (mut plain, mut with_json) = default_chains();
+    with_json.adopt_unchanged(&mut plain);
+    let got: Vec<Vec<u8>> = with_json.process(&records).unwrap().outputs.into_iter().map(|o| o.value).collect();
+    assert_eq!(got, want, "JSON stage added");
+    // (The test guest passes bytes through, so the outputs alone would not
+    // tell: the instances must have been told what their specs say.)
+    assert_eq!(encodings(&with_json)[1], Encodings { input: BINARY, output: JSON });
+    assert_eq!(encodings(&with_json)[3], Encodings { input: JSON, output: BINARY });
+    let (mut plain, _) = default_chains();
+    plain.adopt_unchanged(&mut with_json);
+    let result = plain.process(&records).unwrap();
+    assert_eq!(result.outputs.into_iter().map(|o| o.value).collect::<Vec<_>>(), want, "JSON stage removed");
+    assert_eq!(encodings(&plain)[1], Encodings { input: BINARY, output: BINARY });
+}

@@ -100,6 +100,10 @@ async fn the_live_pipeline_is_shown_and_every_error_is_json() {
     assert!(categorize["loaded_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(stage(&live, "normalize")["records"]["records_in"], 200);
     assert_eq!(stage(&live, "enrich")["lookups"], serde_json::json!(["user", "store", "product"]));
+    let values = |name: &str| stage(&live, name)["values"].clone();
+    assert_eq!(values("normalize"), serde_json::json!({ "input": "json", "output": "binary" }));
+    assert_eq!(values("enrich"), serde_json::json!({ "input": "binary", "output": "binary" }));
+    assert_eq!(values("totals"), serde_json::json!({ "input": "binary", "output": "json" }));
     assert!(live["last_reload"].is_null());
 
     // Health, bad paths and bad methods: JSON, with fitting codes.

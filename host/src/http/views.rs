@@ -4,6 +4,7 @@
 use crate::config::{self, PipelineConfig};
 use crate::engine::CodeOrigin;
 use crate::metrics::Metrics;
+use crate::pipeline::values::Encodings;
 use crate::pipeline::{CanaryStats, Chain, Stage};
 use crate::reload::{ReloadOutcome, ReloadReport};
 use serde_json::{Value, json};
@@ -26,6 +27,7 @@ pub struct StageView {
     writes: Vec<String>,
     limits: config::Limits,
     on_failure: config::FailurePolicy,
+    encodings: Encodings,
     canary: Option<(Box<StageView>, f64, Arc<Mutex<CanaryStats>>)>,
 }
 
@@ -44,6 +46,7 @@ impl StageView {
             writes: spec.writes.allowed.clone(),
             limits: spec.limits.clone(),
             on_failure: spec.on_failure,
+            encodings: spec.encodings,
             canary: None,
         }
     }
@@ -87,6 +90,8 @@ impl StageView {
                 config::FailurePolicy::DeadLetter => "dead-letter",
                 config::FailurePolicy::Halt => "halt",
             },
+            // How its values cross from the stage before and to the next.
+            "values": { "input": self.encodings.input.as_str(), "output": self.encodings.output.as_str() },
             "records": metrics.stage_counts(&self.name),
             "plugin_failures": metrics.plugin_failures(&self.name),
             "state": metrics.state_of(&self.name),

@@ -3,6 +3,7 @@
 use crate::ts::to_utc_rfc3339;
 use serde_json::{Map, Value};
 use sluice_order::{Item, Order, Rejection, Store, User, decimal_to_cents, reason};
+use std::fmt;
 
 /// What became of one record.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,19 +54,44 @@ pub fn normalize(value: &[u8]) -> Result<Normalized, Rejection> {
     }
 }
 
+/// Where a field is in the record: written out only when an error message
+/// names it, so a valid record costs no path strings.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    /// The record's top level.
+    Root,
+    /// The field `key` of the object at the first path.
+    Key(&'a Path<'a>, &'a str),
+    /// The element at `index` of the array at the first path.
+    Index(&'a Path<'a>, usize),
+}
+
+impl fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Key(Path::Root, key) => f.write_str(key),
+            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(parent, index) => write!(f, "{parent}[{index}]"),
+        }
+    }
+}
+
+const ROOT: Path<'static> = Path::Root;
+
 fn webshop(obj: &Obj) -> Result<Order, Rejection> {
     Ok(Order {
-        order_id: id(obj, "order_id", "")?,
+        order_id: id(obj, "order_id", &ROOT)?,
         source: "webshop".into(),
-        ts: timestamp(obj, "timestamp", "")?,
+        ts: timestamp(obj, "timestamp", &ROOT)?,
         user: None,
         store: None,
         items: vec![Item {
-            product_id: id(obj, "product_id", "")?,
+            product_id: id(obj, "product_id", &ROOT)?,
             name: None,
             category: None,
             unit_price_cents: None,
-            quantity: quantity(required(obj, "quantity", "")?, "quantity")?,
+            quantity: quantity(required(obj, "quantity", &ROOT)?, &Path::Key(&ROOT, "quantity"))?,
             line_total_cents: 0,
         }],
         item_count: 0,
@@ -74,15 +100,15 @@ fn webshop(obj: &Obj) -> Result<Order, Rejection> {
 }
 
 fn grocery(obj: &Obj) -> Result<Order, Rejection> {
-    let order_id = id(obj, "id", "")?;
-    let ts = timestamp(obj, "date", "")?;
-    let store_name = string(obj, "store", "")?;
-    let items = lines(obj, "products", "", |product, path| {
+    let order_id = id(obj, "id", &ROOT)?;
+    let ts = timestamp(obj, "date", &ROOT)?;
+    let store_name = string(obj, "store", &ROOT)?;
+    let items = lines(obj, "products", &ROOT, |product, at| {
         let quantity = match product.get("quantity") {
             None | Some(Value::Null) => 1,
-            Some(q) => quantity(q, &format!("{path}.quantity"))?,
+            Some(q) => quantity(q, &Path::Key(at, "quantity"))?,
         };
-        line(product, path, quantity, None)
+        line(product, at, quantity, None)
     })?;
     Ok(Order {
         order_id,
@@ -97,18 +123,19 @@ fn grocery(obj: &Obj) -> Result<Order, Rejection> {
 }
 
 fn delivery(obj: &Obj) -> Result<Normalized, Rejection> {
-    let order_id = id(obj, "object_id", "")?;
-    let payload = object(obj, "payload", "")?;
+    let order_id = id(obj, "object_id", &ROOT)?;
+    let payload = object(obj, "payload", &ROOT)?;
     if payload.get("final_status").and_then(Value::as_str) == Some("CANCELLED") {
         return Ok(Normalized::Filtered);
     }
-    let ts = timestamp(payload, "date", "payload.")?;
-    let user_id = id(object(payload, "user", "payload.")?, "id", "payload.user.")?;
-    let store_id = id(object(payload, "restaurant", "payload.")?, "id", "payload.restaurant.")?;
-    let items = lines(payload, "order_items", "payload.", |item, path| {
-        let quantity = quantity(required(item, "quantity", &format!("{path}."))?, &format!("{path}.quantity"))?;
+    let at = Path::Key(&ROOT, "payload");
+    let ts = timestamp(payload, "date", &at)?;
+    let user_id = id(object(payload, "user", &at)?, "id", &Path::Key(&at, "user"))?;
+    let store_id = id(object(payload, "restaurant", &at)?, "id", &Path::Key(&at, "restaurant"))?;
+    let items = lines(payload, "order_items", &at, |item, at| {
+        let quantity = quantity(required(item, "quantity", at)?, &Path::Key(at, "quantity"))?;
         let category = item.get("category").and_then(Value::as_str).filter(|c| !c.is_empty());
-        line(item, path, quantity, category.map(str::to_string))
+        line(item, at, quantity, category.map(str::to_string))
     })?;
     Ok(Normalized::Order(Order {
         order_id,
@@ -126,11 +153,11 @@ fn delivery(obj: &Obj) -> Result<Normalized, Rejection> {
 fn lines(
     obj: &Obj,
     key: &str,
-    prefix: &str,
-    mut each: impl FnMut(&Obj, &str) -> Result<Item, Rejection>,
+    at: &Path,
+    mut each: impl FnMut(&Obj, &Path) -> Result<Item, Rejection>,
 ) -> Result<Vec<Item>, Rejection> {
-    let path = format!("{prefix}{key}");
-    let Value::Array(values) = required(obj, key, prefix)? else {
+    let path = Path::Key(at, key);
+    let Value::Array(values) = required(obj, key, at)? else {
         return Err(Rejection::new(reason::MISSING_FIELD, format!("`{path}` must be an array")));
     };
     if values.is_empty() {
@@ -140,71 +167,71 @@ fn lines(
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let item_path = format!("{path}[{i}]");
+            let item = Path::Index(&path, i);
             let obj = v.as_object().ok_or_else(|| {
-                Rejection::new(reason::MISSING_FIELD, format!("`{item_path}` must be an object, got {}", kind_of(v)))
+                Rejection::new(reason::MISSING_FIELD, format!("`{item}` must be an object, got {}", kind_of(v)))
             })?;
-            each(obj, &item_path)
+            each(obj, &item)
         })
         .collect()
 }
 
-fn line(obj: &Obj, path: &str, quantity: i64, category: Option<String>) -> Result<Item, Rejection> {
-    let prefix = format!("{path}.");
+fn line(obj: &Obj, at: &Path, quantity: i64, category: Option<String>) -> Result<Item, Rejection> {
     Ok(Item {
-        product_id: id(obj, "id", &prefix)?,
-        name: Some(string(obj, "name", &prefix)?),
+        product_id: id(obj, "id", at)?,
+        name: Some(string(obj, "name", at)?),
         category,
-        unit_price_cents: Some(price(obj.get("price"), &format!("{path}.price"))?),
+        unit_price_cents: Some(price(obj.get("price"), &Path::Key(at, "price"))?),
         quantity,
         line_total_cents: 0,
     })
 }
 
-fn required<'a>(obj: &'a Obj, key: &str, prefix: &str) -> Result<&'a Value, Rejection> {
+fn required<'a>(obj: &'a Obj, key: &str, at: &Path) -> Result<&'a Value, Rejection> {
     match obj.get(key) {
         None | Some(Value::Null) => Err(Rejection::new(
             reason::MISSING_FIELD,
-            format!("`{prefix}{key}` is {}", if obj.contains_key(key) { "null" } else { "missing" }),
+            format!("`{}` is {}", Path::Key(at, key), if obj.contains_key(key) { "null" } else { "missing" }),
         )),
         Some(v) => Ok(v),
     }
 }
 
-fn object<'a>(obj: &'a Obj, key: &str, prefix: &str) -> Result<&'a Obj, Rejection> {
-    let v = required(obj, key, prefix)?;
+fn object<'a>(obj: &'a Obj, key: &str, at: &Path) -> Result<&'a Obj, Rejection> {
+    let v = required(obj, key, at)?;
     v.as_object().ok_or_else(|| {
-        Rejection::new(reason::MISSING_FIELD, format!("`{prefix}{key}` must be an object, got {}", kind_of(v)))
+        Rejection::new(reason::MISSING_FIELD, format!("`{}` must be an object, got {}", Path::Key(at, key), kind_of(v)))
     })
 }
 
-fn string(obj: &Obj, key: &str, prefix: &str) -> Result<String, Rejection> {
-    match required(obj, key, prefix)? {
+fn string(obj: &Obj, key: &str, at: &Path) -> Result<String, Rejection> {
+    match required(obj, key, at)? {
         Value::String(s) => Ok(s.clone()),
-        v => {
-            Err(Rejection::new(reason::MISSING_FIELD, format!("`{prefix}{key}` must be a string, got {}", kind_of(v))))
-        }
-    }
-}
-
-/// An id: a string, or a number taken as its decimal text.
-fn id(obj: &Obj, key: &str, prefix: &str) -> Result<String, Rejection> {
-    match required(obj, key, prefix)? {
-        Value::String(s) => Ok(s.clone()),
-        Value::Number(n) => Ok(n.to_string()),
         v => Err(Rejection::new(
             reason::MISSING_FIELD,
-            format!("`{prefix}{key}` must be a string or a number, got {}", kind_of(v)),
+            format!("`{}` must be a string, got {}", Path::Key(at, key), kind_of(v)),
         )),
     }
 }
 
-fn timestamp(obj: &Obj, key: &str, prefix: &str) -> Result<String, Rejection> {
-    to_utc_rfc3339(&string(obj, key, prefix)?)
-        .map_err(|e| Rejection::new(reason::INVALID_TIMESTAMP, format!("`{prefix}{key}`: {e}")))
+/// An id: a string, or a number taken as its decimal text.
+fn id(obj: &Obj, key: &str, at: &Path) -> Result<String, Rejection> {
+    match required(obj, key, at)? {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        v => Err(Rejection::new(
+            reason::MISSING_FIELD,
+            format!("`{}` must be a string or a number, got {}", Path::Key(at, key), kind_of(v)),
+        )),
+    }
 }
 
-fn quantity(v: &Value, path: &str) -> Result<i64, Rejection> {
+fn timestamp(obj: &Obj, key: &str, at: &Path) -> Result<String, Rejection> {
+    to_utc_rfc3339(&string(obj, key, at)?)
+        .map_err(|e| Rejection::new(reason::INVALID_TIMESTAMP, format!("`{}`: {e}", Path::Key(at, key))))
+}
+
+fn quantity(v: &Value, path: &Path) -> Result<i64, Rejection> {
     match v.as_i64() {
         Some(q) if q > 0 => Ok(q),
         _ => Err(Rejection::new(reason::INVALID_QUANTITY, format!("`{path}` is {v}: expected a positive integer"))),
@@ -212,16 +239,17 @@ fn quantity(v: &Value, path: &str) -> Result<i64, Rejection> {
 }
 
 /// A price in cents from a JSON number (or decimal string), exactly.
-pub fn price(v: Option<&Value>, path: &str) -> Result<i64, Rejection> {
+fn price(v: Option<&Value>, path: &Path) -> Result<i64, Rejection> {
     let invalid = |why: String| Rejection::new(reason::INVALID_PRICE, format!("`{path}` {why}"));
     let text = match v {
         None => return Err(invalid("is missing".into())),
         Some(Value::Null) => return Err(invalid("is null".into())),
-        Some(Value::Number(n)) => n.to_string(),
-        Some(Value::String(s)) => s.clone(),
+        // With `arbitrary_precision`, the number's text as it was written.
+        Some(Value::Number(n)) => n.as_str(),
+        Some(Value::String(s)) => s.as_str(),
         Some(other) => return Err(invalid(format!("must be a number, got {}", kind_of(other)))),
     };
-    match decimal_to_cents(&text) {
+    match decimal_to_cents(text) {
         Ok(c) if c < 0 => Err(invalid(format!("is {text}: a price cannot be negative"))),
         Ok(c) => Ok(c),
         Err(e) => Err(invalid(format!("is invalid: {e}"))),

@@ -141,11 +141,12 @@ pub fn decimal_to_cents(text: &str) -> Result<i64, String> {
         return Err(bad());
     }
     // digits * 10^(exponent - frac_len) * 100 cents
-    let digits = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
     let scale = exponent + 2 - frac_part.len() as i32;
     let too_large = || format!("`{text}` is too large an amount");
-    let mut cents: i64 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| too_large())? };
+    let mut cents: i64 = 0;
+    for digit in int_part.bytes().chain(frac_part.bytes()) {
+        cents = cents.checked_mul(10).and_then(|c| c.checked_add(i64::from(digit - b'0'))).ok_or_else(too_large)?;
+    }
     if scale >= 0 {
         for _ in 0..scale {
             cents = cents.checked_mul(10).ok_or_else(too_large)?;

@@ -2,6 +2,7 @@
 //! to one canonical order, keyed by its order id. Cancelled delivery orders
 //! are filtered; records that cannot be mapped are rejected with a reason.
 
+mod fast;
 pub mod logic;
 mod ts;
 

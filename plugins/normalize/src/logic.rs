@@ -21,6 +21,15 @@ type Obj = Map<String, Value>;
 
 /// Maps one record value to a canonical order, or says why it cannot.
 pub fn normalize(value: &[u8]) -> Result<Normalized, Rejection> {
+    match crate::fast::normalize(value) {
+        Some(normalized) => Ok(normalized),
+        None => tree(value),
+    }
+}
+
+/// [`normalize`] through a JSON tree: slower than the fast path, but it
+/// names what is wrong with a record that is not a valid order.
+pub fn tree(value: &[u8]) -> Result<Normalized, Rejection> {
     if value.iter().all(u8::is_ascii_whitespace) {
         return Err(Rejection::new(reason::INVALID_JSON, "the record value is empty"));
     }

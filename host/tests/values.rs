@@ -99,6 +99,23 @@ fn a_stage_with_a_canary_writes_json_and_a_canary_that_cannot_read_its_input_is_
     );
 }
 
+/// `count` generated orders (5% invalid) of topic `orders`, partition 0.
+fn orders(count: u64, seed: u64) -> Vec<Record> {
+    support::inputs::generated(count, seed, 0.05)
+        .into_iter()
+        .enumerate()
+        .map(|(i, value)| Record {
+            key: None,
+            value: Some(value.into_bytes()),
+            headers: Vec::new(),
+            topic: "orders".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: None,
+        })
+        .collect()
+}
+
 /// The default pipeline, and the same with a stage that declares nothing
 /// (JSON in, JSON out) between `enrich` and `categorize`.
 fn default_chains() -> (Chain, Chain) {
@@ -152,19 +169,7 @@ fn the_default_stages_exchange_orders_in_binary_and_a_json_stage_between_them_ch
             Encodings { input: BINARY, output: JSON },
         ]
     );
-    let records: Vec<Record> = support::inputs::generated(3000, 7, 0.05)
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| Record {
-            key: None,
-            value: Some(value.into_bytes()),
-            headers: Vec::new(),
-            topic: "orders".into(),
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-        })
-        .collect();
+    let records = orders(3000, 7);
     for batch in records.chunks(500) {
         let (a, b) = (plain.process(batch).unwrap(), with_json.process(batch).unwrap());
         assert!(!a.outputs.is_empty());
@@ -187,19 +192,7 @@ fn the_default_stages_exchange_orders_in_binary_and_a_json_stage_between_them_ch
 
 #[test]
 fn a_reload_that_changes_a_boundary_replaces_the_instances_on_both_sides() {
-    let records: Vec<Record> = support::inputs::generated(1000, 11, 0.05)
-        .into_iter()
-        .enumerate()
-        .map(|(i, value)| Record {
-            key: None,
-            value: Some(value.into_bytes()),
-            headers: Vec::new(),
-            topic: "orders".into(),
-            partition: 0,
-            offset: i as i64,
-            timestamp_ms: None,
-        })
-        .collect();
+    let records = orders(1000, 11);
     let (mut reference, _) = default_chains();
     let want: Vec<Vec<u8>> = reference.process(&records).unwrap().outputs.into_iter().map(|o| o.value).collect();
     // A JSON stage goes in, and out again: each time the stages around it

@@ -8,11 +8,11 @@
 //! path only has to agree with the tree on valid orders: the property test
 //! `the_fast_path_agrees_with_the_tree` checks that on mutated orders.
 
-use crate::logic::{Normalized, slug};
+use crate::logic::{Normalized, delivery_order, grocery_order, priced_line, webshop_order};
 use crate::ts::to_utc_rfc3339;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use sluice_order::{Item, Order, Store, User, decimal_to_cents};
+use sluice_order::{Item, Order, decimal_to_cents};
 use std::borrow::Cow;
 
 /// A field as its raw JSON text: absent (the default), or present, which
@@ -121,23 +121,12 @@ pub fn normalize(value: &[u8]) -> Option<Normalized> {
 }
 
 fn webshop(top: &Top) -> Option<Order> {
-    Some(Order {
-        order_id: id(top.order_id.value()?)?,
-        source: "webshop".into(),
-        ts: timestamp(top.timestamp.value()?)?,
-        user: None,
-        store: None,
-        items: vec![Item {
-            product_id: id(top.product_id.value()?)?,
-            name: None,
-            category: None,
-            unit_price_cents: None,
-            quantity: quantity(top.quantity.value()?)?,
-            line_total_cents: 0,
-        }],
-        item_count: 0,
-        total_cents: 0,
-    })
+    Some(webshop_order(
+        id(top.order_id.value()?)?,
+        timestamp(top.timestamp.value()?)?,
+        id(top.product_id.value()?)?,
+        quantity(top.quantity.value()?)?,
+    ))
 }
 
 fn grocery(top: &Top) -> Option<Order> {
@@ -151,16 +140,7 @@ fn grocery(top: &Top) -> Option<Order> {
         };
         self::line(line, quantity, None)
     })?;
-    Some(Order {
-        order_id,
-        source: "grocery".into(),
-        ts,
-        user: None,
-        store: Some(Store { id: slug(&store_name), name: None, city: None }),
-        items,
-        item_count: 0,
-        total_cents: 0,
-    })
+    Some(grocery_order(order_id, ts, &store_name, items))
 }
 
 fn delivery(top: &Top) -> Option<Normalized> {
@@ -178,16 +158,7 @@ fn delivery(top: &Top) -> Option<Normalized> {
         let category = line.category.value().and_then(string).filter(|c| !c.is_empty()).map(Cow::into_owned);
         self::line(line, quantity, category)
     })?;
-    Some(Normalized::Order(Order {
-        order_id,
-        source: "delivery".into(),
-        ts,
-        user: Some(User { id: user_id, name: None, login: None }),
-        store: Some(Store { id: store_id, name: None, city: None }),
-        items,
-        item_count: 0,
-        total_cents: 0,
-    }))
+    Some(Normalized::Order(delivery_order(order_id, ts, user_id, store_id, items)))
 }
 
 /// A non-empty array of objects, mapped line by line.
@@ -200,14 +171,8 @@ fn lines(raw: &RawValue, mut each: impl FnMut(&Line) -> Option<Item>) -> Option<
 }
 
 fn line(line: &Line, quantity: i64, category: Option<String>) -> Option<Item> {
-    Some(Item {
-        product_id: id(line.id.value()?)?,
-        name: Some(string(line.name.value()?)?.into_owned()),
-        category,
-        unit_price_cents: Some(price(line.price.value()?)?),
-        quantity,
-        line_total_cents: 0,
-    })
+    let (id, name) = (id(line.id.value()?)?, string(line.name.value()?)?.into_owned());
+    Some(priced_line(id, name, category, price(line.price.value()?)?, quantity))
 }
 
 /// A JSON string's text; `None` for anything else.

@@ -88,24 +88,43 @@ impl fmt::Display for Path<'_> {
 
 const ROOT: Path<'static> = Path::Root;
 
+/// A web-shop order: one line, priced later by `enrich`.
+pub(crate) fn webshop_order(order_id: String, ts: String, product_id: String, quantity: i64) -> Order {
+    let line = Item { product_id, name: None, category: None, unit_price_cents: None, quantity, line_total_cents: 0 };
+    order(order_id, "webshop", ts, None, None, vec![line])
+}
+
+/// A grocery order of the store called `store_name`.
+pub(crate) fn grocery_order(order_id: String, ts: String, store_name: &str, items: Vec<Item>) -> Order {
+    let store = Store { id: slug(store_name), name: None, city: None };
+    order(order_id, "grocery", ts, None, Some(store), items)
+}
+
+/// A delivery order of a user from a restaurant.
+pub(crate) fn delivery_order(order_id: String, ts: String, user: String, store: String, items: Vec<Item>) -> Order {
+    let user = User { id: user, name: None, login: None };
+    let store = Store { id: store, name: None, city: None };
+    order(order_id, "delivery", ts, Some(user), Some(store), items)
+}
+
+fn order(id: String, source: &str, ts: String, user: Option<User>, store: Option<Store>, items: Vec<Item>) -> Order {
+    let source = source.to_string();
+    Order { order_id: id, source, ts, user, store, items, item_count: 0, total_cents: 0 }
+}
+
+/// An order line with a name and a price.
+pub(crate) fn priced_line(id: String, name: String, category: Option<String>, cents: i64, quantity: i64) -> Item {
+    let price = Some(cents);
+    Item { product_id: id, name: Some(name), category, unit_price_cents: price, quantity, line_total_cents: 0 }
+}
+
 fn webshop(obj: &Obj) -> Result<Order, Rejection> {
-    Ok(Order {
-        order_id: id(obj, "order_id", &ROOT)?,
-        source: "webshop".into(),
-        ts: timestamp(obj, "timestamp", &ROOT)?,
-        user: None,
-        store: None,
-        items: vec![Item {
-            product_id: id(obj, "product_id", &ROOT)?,
-            name: None,
-            category: None,
-            unit_price_cents: None,
-            quantity: quantity(required(obj, "quantity", &ROOT)?, &Path::Key(&ROOT, "quantity"))?,
-            line_total_cents: 0,
-        }],
-        item_count: 0,
-        total_cents: 0,
-    })
+    Ok(webshop_order(
+        id(obj, "order_id", &ROOT)?,
+        timestamp(obj, "timestamp", &ROOT)?,
+        id(obj, "product_id", &ROOT)?,
+        quantity(required(obj, "quantity", &ROOT)?, &Path::Key(&ROOT, "quantity"))?,
+    ))
 }
 
 fn grocery(obj: &Obj) -> Result<Order, Rejection> {
@@ -119,16 +138,7 @@ fn grocery(obj: &Obj) -> Result<Order, Rejection> {
         };
         line(product, at, quantity, None)
     })?;
-    Ok(Order {
-        order_id,
-        source: "grocery".into(),
-        ts,
-        user: None,
-        store: Some(Store { id: slug(&store_name), name: None, city: None }),
-        items,
-        item_count: 0,
-        total_cents: 0,
-    })
+    Ok(grocery_order(order_id, ts, &store_name, items))
 }
 
 fn delivery(obj: &Obj) -> Result<Normalized, Rejection> {
@@ -146,16 +156,7 @@ fn delivery(obj: &Obj) -> Result<Normalized, Rejection> {
         let category = item.get("category").and_then(Value::as_str).filter(|c| !c.is_empty());
         line(item, at, quantity, category.map(str::to_string))
     })?;
-    Ok(Normalized::Order(Order {
-        order_id,
-        source: "delivery".into(),
-        ts,
-        user: Some(User { id: user_id, name: None, login: None }),
-        store: Some(Store { id: store_id, name: None, city: None }),
-        items,
-        item_count: 0,
-        total_cents: 0,
-    }))
+    Ok(Normalized::Order(delivery_order(order_id, ts, user_id, store_id, items)))
 }
 
 /// The array `key` of `obj` mapped line by line; an empty array is `no_items`.
@@ -186,14 +187,8 @@ fn lines(
 }
 
 fn line(obj: &Obj, at: &Path, quantity: i64, category: Option<String>) -> Result<Item, Rejection> {
-    Ok(Item {
-        product_id: id(obj, "id", at)?,
-        name: Some(string(obj, "name", at)?),
-        category,
-        unit_price_cents: Some(price(obj.get("price"), &Path::Key(at, "price"))?),
-        quantity,
-        line_total_cents: 0,
-    })
+    let (id, name) = (id(obj, "id", at)?, string(obj, "name", at)?);
+    Ok(priced_line(id, name, category, price(obj.get("price"), &Path::Key(at, "price"))?, quantity))
 }
 
 fn required<'a>(obj: &'a Obj, key: &str, at: &Path) -> Result<&'a Value, Rejection> {

@@ -350,10 +350,10 @@ impl Emit {
 
     /// One more output with `value`, as [`Emit::encode`].
     pub fn and_encode<T: Value>(mut self, value: T) -> Result<Self, Error> {
-        let bytes = values::encode(&value, values::encodings().output)?;
-        self = self.and_value(bytes);
-        if values::encodings().output == Encoding::Binary {
-            self.outputs.last_mut().expect("just added").typed = Some(values::Typed::new(value));
+        let output = values::encodings().output;
+        self = self.and_value(values::encode(&value, output)?);
+        if output == Encoding::Binary {
+            self.outputs.last_mut().expect("just added").typed = Some(values::Typed::of::<T>());
         }
         Ok(self)
     }
@@ -381,7 +381,7 @@ impl Emit {
             // Named routes lead out of the pipeline: JSON, not the binary
             // form of the next stage.
             if let Some(typed) = o.typed.take() {
-                match typed.json() {
+                match typed.json(&o.value) {
                     Ok(json) => o.value = json,
                     Err(e) => self.failed = Some(e),
                 }

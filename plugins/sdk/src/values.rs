@@ -14,7 +14,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::cell::Cell;
 use std::fmt;
-use std::rc::Rc;
 
 /// A type of value that stages exchange.
 ///
@@ -101,18 +100,24 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, encoding: Encoding) -> Re
     }
 }
 
-/// A typed value kept with its output, in case the output is routed (named
-/// routes are JSON) after it was encoded in binary for the next stage.
-#[derive(Clone)]
-pub(crate) struct Typed(Rc<dyn Fn() -> Result<Vec<u8>, Error>>);
+/// How to turn an output encoded in binary back into JSON, in case it is
+/// routed (named routes are JSON) after it was encoded for the next stage:
+/// a function, so that the common, unrouted output costs no allocation.
+#[derive(Clone, Copy)]
+pub(crate) struct Typed(fn(&[u8]) -> Result<Vec<u8>, Error>);
 
 impl Typed {
-    pub(crate) fn new<T: Value>(value: T) -> Self {
-        Self(Rc::new(move || encode(&value, Encoding::Json)))
+    pub(crate) fn of<T: Value>() -> Self {
+        Self(|binary| {
+            let value: T =
+                postcard::from_bytes(binary).map_err(|e| Error::reject("serialize_failed", e.to_string()))?;
+            encode(&value, Encoding::Json)
+        })
     }
 
-    pub(crate) fn json(&self) -> Result<Vec<u8>, Error> {
-        (self.0)()
+    /// `binary`, the value's binary form, as JSON.
+    pub(crate) fn json(self, binary: &[u8]) -> Result<Vec<u8>, Error> {
+        (self.0)(binary)
     }
 }
 

@@ -5,9 +5,11 @@
 //! calls, so a component of either version is instantiated through the
 //! same `Transform` bindings, with `state` in the linker beside `host`.
 //! `0.3.0` adds `describe` and the encodings `init` is given (`v0_3`),
-//! with the same records, host calls and state.
+//! with the same records, host calls and state. `0.4.0` adds `lookups`
+//! (`v0_4`), the rows of a batch read in one call; its exports are
+//! 0.3.0's, so its components are instantiated through `v0_3`'s bindings.
 //!
-//! `lookup` and the `state` calls are trappable: when Redis cannot answer, the
+//! `lookup`, `lookup-many` and the `state` calls are trappable: when Redis cannot answer, the
 //! call is aborted rather than told "no such row", so a transient outage
 //! never turns into a wrong dead letter.
 
@@ -57,4 +59,23 @@ pub mod v0_3 {
     });
 
     pub use self::sluice::plugin0_3_0::values::{Encoding, ValueType};
+}
+
+/// `sluice:plugin@0.4.0`: the rows of lookup tables, many at a time.
+pub mod v0_4 {
+    wasmtime::component::bindgen!({
+        world: "transform",
+        path: "../wit/plugin@0.4.0",
+        with: {
+            "sluice:plugin/types@0.1.0": super::sluice::plugin::types,
+            "sluice:plugin/host@0.1.0": super::sluice::plugin::host,
+            "sluice:plugin/state@0.2.0": super::v0_2::sluice::plugin0_2_0::state,
+            "sluice:plugin/values@0.3.0": super::v0_3::sluice::plugin0_3_0::values,
+        },
+        imports: {
+            "sluice:plugin/lookups.lookup-many": trappable,
+        },
+    });
+
+    pub use self::sluice::plugin0_4_0::lookups::{Host as LookupsHost, RowKey, add_to_linker as add_lookups_to_linker};
 }

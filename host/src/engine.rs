@@ -113,7 +113,7 @@ pub struct LoadedComponent {
 }
 
 /// The export of a stage that declares its value types
-/// (`sluice:plugin@0.3.0`).
+/// (`sluice:plugin@0.3.0` and later).
 pub const DESCRIBE_EXPORT: &str = "describe";
 
 /// The import of keyed state (`sluice:plugin@0.2.0`).
@@ -127,7 +127,7 @@ impl LoadedComponent {
     }
 
     /// Whether the component declares the types of its values
-    /// (`sluice:plugin@0.3.0`: it exports `describe`).
+    /// (`sluice:plugin@0.3.0` or `0.4.0`: it exports `describe`).
     pub fn declares_values(&self) -> bool {
         let engine = self.component.engine();
         self.component.component_type().exports(engine).any(|(name, _)| name == DESCRIBE_EXPORT)

@@ -21,6 +21,12 @@ pub type Row = Vec<(String, String)>;
 pub trait LookupSource: Send + Sync {
     /// The row `key` of `table`; `Ok(None)` when it does not exist.
     fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable>;
+
+    /// The rows of `keys` as (table, key), in the same order. By default
+    /// one [`LookupSource::lookup`] each.
+    fn lookup_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Row>>, Unavailable> {
+        keys.iter().map(|(table, key)| self.lookup(table, key)).collect()
+    }
 }
 
 /// A stage cannot run now (a lookup backend is down, or the stage is halted
@@ -40,6 +46,12 @@ impl std::error::Error for Unavailable {}
 pub trait Fetch: Send + Sync {
     /// The row, `Ok(None)` when there is none.
     fn fetch(&self, key: &str) -> Result<Option<Row>, Unavailable>;
+
+    /// The rows of `keys`, in the same order: by default one
+    /// [`Fetch::fetch`] each (Redis reads them in one round trip).
+    fn fetch_many(&self, keys: &[String]) -> Result<Vec<Option<Row>>, Unavailable> {
+        keys.iter().map(|key| self.fetch(key)).collect()
+    }
 }
 
 struct Table {
@@ -81,6 +93,8 @@ const REFRESH_AT: f64 = 0.75;
 /// Refreshes waiting for the refresher at most; beyond that a row is left
 /// to expire and be fetched when next read.
 const REFRESH_QUEUE: usize = 4096;
+/// Rows the refresher reads in one round trip at most.
+const REFRESH_BATCH: usize = 256;
 
 /// The clock of the cache (a test moves its own).
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
@@ -153,26 +167,40 @@ impl<F: Fetch + 'static> Cached<F> {
 }
 
 impl<F: Fetch> Shared<F> {
-    /// The refresher: fetches each row it is given again and keeps it for
-    /// a new time-to-live; ends when the cache is dropped.
+    /// The refresher: fetches the rows it is given again, as many at a
+    /// time as are waiting, and keeps each for a new time-to-live; ends
+    /// when the cache is dropped.
     fn refresh_all(&self, requests: Receiver<(String, String)>) {
-        for (table, key) in requests {
-            let Some(full_key) = self.tables.lock().expect("lookup cache lock").get(&table).map(|t| t.full_key(&key))
-            else {
-                continue;
+        while let Ok(first) = requests.recv() {
+            let mut batch = vec![first];
+            while batch.len() < REFRESH_BATCH
+                && let Ok(next) = requests.try_recv()
+            {
+                batch.push(next);
+            }
+            let full_keys: Vec<String> = {
+                let tables = self.tables.lock().expect("lookup cache lock");
+                batch.retain(|(table, _)| tables.contains_key(table));
+                batch.iter().map(|(table, key)| tables[table].full_key(key)).collect()
             };
-            let fetched = self.fetch.fetch(&full_key);
+            let fetched = self.fetch.fetch_many(&full_keys);
+            let now = (self.clock)();
             let mut tables = self.tables.lock().expect("lookup cache lock");
-            let Some(t) = tables.get_mut(&table) else { continue };
             match fetched {
-                Ok(row) => {
-                    t.insert(key, row, (self.clock)());
-                    self.refreshed.fetch_add(1, Ordering::Relaxed);
+                Ok(rows) => {
+                    for ((table, key), row) in batch.into_iter().zip(rows) {
+                        if let Some(t) = tables.get_mut(&table) {
+                            t.insert(key, row, now);
+                            self.refreshed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
-                // Served until it expires; a later read tries again.
+                // Served until they expire; a later read tries again.
                 Err(_) => {
-                    if let Some(entry) = t.rows.get_mut(&key) {
-                        entry.refreshing = false;
+                    for (table, key) in batch {
+                        if let Some(entry) = tables.get_mut(&table).and_then(|t| t.rows.get_mut(&key)) {
+                            entry.refreshing = false;
+                        }
                     }
                 }
             }
@@ -196,42 +224,85 @@ impl Table {
 
 impl<F: Fetch + 'static> LookupSource for Cached<F> {
     fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
+        Ok(self.lookup_many(&[(table, key)])?.pop().flatten())
+    }
+
+    /// Cached rows are served at once (those late in their life are queued
+    /// for the refresher); the others are read in one [`Fetch::fetch_many`],
+    /// each once however often it is asked for.
+    fn lookup_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Row>>, Unavailable> {
         let now = (self.shared.clock)();
-        let full_key = {
+        let mut rows = Vec::with_capacity(keys.len());
+        // The rows to read, each once, and the results that wait for each.
+        let mut misses: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut full_keys = Vec::new();
+        let mut waiting = Vec::new();
+        let mut refresh = Vec::new();
+        {
             let mut tables = self.shared.tables.lock().expect("lookup cache lock");
-            let Some(t) = tables.get_mut(table) else {
-                return Ok(None);
-            };
-            if let Some(entry) = t.rows.get_mut(key)
-                && now < entry.expires
-            {
-                let row = entry.row.clone();
-                if now >= entry.refresh_at && !entry.refreshing {
-                    entry.refreshing = true;
-                    drop(tables);
-                    if !self.refresh(table, key) {
-                        let mut tables = self.shared.tables.lock().expect("lookup cache lock");
-                        if let Some(entry) = tables.get_mut(table).and_then(|t| t.rows.get_mut(key)) {
-                            entry.refreshing = false;
-                        }
+            for &(table, key) in keys {
+                let Some(t) = tables.get_mut(table) else {
+                    rows.push(None);
+                    continue;
+                };
+                if let Some(entry) = t.rows.get_mut(key)
+                    && now < entry.expires
+                {
+                    if now >= entry.refresh_at && !entry.refreshing {
+                        entry.refreshing = true;
+                        refresh.push((table, key));
                     }
+                    rows.push(entry.row.clone());
+                    continue;
                 }
-                return Ok(row);
+                let miss = *misses.entry((table, key)).or_insert_with(|| {
+                    full_keys.push(t.full_key(key));
+                    full_keys.len() - 1
+                });
+                waiting.push((rows.len(), miss));
+                rows.push(None);
             }
-            t.full_key(key)
-        };
-        let row = self.shared.fetch.fetch(&full_key)?;
-        let mut tables = self.shared.tables.lock().expect("lookup cache lock");
-        if let Some(t) = tables.get_mut(table) {
-            t.insert(key.to_string(), row.clone(), now);
         }
-        Ok(row)
+        for (table, key) in refresh {
+            if !self.refresh(table, key) {
+                let mut tables = self.shared.tables.lock().expect("lookup cache lock");
+                if let Some(entry) = tables.get_mut(table).and_then(|t| t.rows.get_mut(key)) {
+                    entry.refreshing = false;
+                }
+            }
+        }
+        if full_keys.is_empty() {
+            return Ok(rows);
+        }
+        let fetched = self.shared.fetch.fetch_many(&full_keys)?;
+        if fetched.len() != full_keys.len() {
+            return Err(Unavailable(format!(
+                "lookup unavailable: {} rows read for {} keys",
+                fetched.len(),
+                full_keys.len()
+            )));
+        }
+        let mut tables = self.shared.tables.lock().expect("lookup cache lock");
+        for (&(table, key), &miss) in &misses {
+            if let Some(t) = tables.get_mut(table) {
+                t.insert(key.to_string(), fetched[miss].clone(), now);
+            }
+        }
+        drop(tables);
+        for (at, miss) in waiting {
+            rows[at] = fetched[miss].clone();
+        }
+        Ok(rows)
     }
 }
 
 impl<T: Fetch + ?Sized> Fetch for Arc<T> {
     fn fetch(&self, key: &str) -> Result<Option<Row>, Unavailable> {
         (**self).fetch(key)
+    }
+
+    fn fetch_many(&self, keys: &[String]) -> Result<Vec<Option<Row>>, Unavailable> {
+        (**self).fetch_many(keys)
     }
 }
 
@@ -271,6 +342,8 @@ mod tests {
     #[derive(Default)]
     struct Counting {
         reads: AtomicUsize,
+        /// Calls of `fetch_many`.
+        batches: AtomicUsize,
         down: AtomicBool,
     }
 
@@ -281,6 +354,11 @@ mod tests {
                 return Err(Unavailable(format!("down: {key}")));
             }
             Ok((!key.ends_with('-')).then(|| vec![("key".into(), key.into()), ("read".into(), n.to_string())]))
+        }
+
+        fn fetch_many(&self, keys: &[String]) -> Result<Vec<Option<Row>>, Unavailable> {
+            self.batches.fetch_add(1, Ordering::Relaxed);
+            keys.iter().map(|key| self.fetch(key)).collect()
         }
     }
 
@@ -312,6 +390,30 @@ mod tests {
         assert_eq!(backend.reads.load(Ordering::Relaxed), 2);
         assert_eq!(cached.lookup("nope", "1").unwrap(), None, "an undeclared table has no rows");
         assert_eq!(cached.lookup("user", "3").unwrap_err().to_string(), "down: user:3");
+    }
+
+    #[test]
+    fn the_rows_a_batch_misses_are_read_together_each_once() {
+        let backend = Arc::new(Counting::default());
+        let cached = Cached::with(backend.clone(), &tables(60_000, 100));
+        cached.lookup("user", "1").unwrap();
+        let keys = [("user", "1"), ("user", "2"), ("nope", "2"), ("user", "3-"), ("user", "2")];
+        let rows = cached.lookup_many(&keys).unwrap();
+        let reads: Vec<Option<String>> =
+            rows.iter().map(|row| row.as_ref().map(|row| field(Some(row.clone()), "read"))).collect();
+        let read = |n: &str| Some(n.to_string());
+        // Row 1 from the cache; rows 2 and 3- read once each, together.
+        assert_eq!(reads, [read("1"), read("2"), None, None, read("2")]);
+        assert_eq!(backend.reads.load(Ordering::Relaxed), 3);
+        assert_eq!(backend.batches.load(Ordering::Relaxed), 2, "one read for the first lookup, one for the batch");
+        // All cached now, the absent row too: no read at all.
+        cached.lookup_many(&keys).unwrap();
+        assert_eq!(backend.batches.load(Ordering::Relaxed), 2);
+
+        backend.down.store(true, Ordering::Relaxed);
+        assert!(cached.lookup_many(&[("user", "1"), ("user", "2")]).is_ok(), "cached rows outlive an outage");
+        let error = cached.lookup_many(&[("user", "1"), ("user", "4")]).unwrap_err();
+        assert_eq!(error.to_string(), "down: user:4");
     }
 
     #[test]

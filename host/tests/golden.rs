@@ -8,12 +8,15 @@
 mod support;
 
 use serde_json::{Value, json};
+use sluice::lookup::{LookupSource, Row, Unavailable};
 use sluice::pipeline::Chain;
 use sluice::record::{Header, Record};
 use sluice::redis::{Fence, RecordEffect, RedisEffects, RedisLookups};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::slow::SlowProxy;
 use support::{RedisPrefix, data_dir, repo_root};
 
 const FILES: [&str; 4] = ["orders-webshop.jsonl", "orders-grocery.jsonl", "orders-delivery.jsonl", "invalid.jsonl"];
@@ -133,6 +136,65 @@ async fn shared_examples_through_the_default_chain() {
     check("dead-letters.jsonl", &dead);
     let counters_json = serde_json::to_string_pretty(&support::read_counters(&counters.0).await).unwrap() + "\n";
     check("counters.json", &counters_json);
+}
+
+/// The calls a stage made to its lookups: how many single lookups, and the
+/// keys of each call for many.
+#[derive(Default)]
+struct Calls {
+    one: Mutex<usize>,
+    many: Mutex<Vec<Vec<(String, String)>>>,
+}
+
+struct Counted<L>(L, Arc<Calls>);
+
+impl<L: LookupSource> LookupSource for Counted<L> {
+    fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
+        *self.1.one.lock().unwrap() += 1;
+        self.0.lookup(table, key)
+    }
+
+    fn lookup_many(&self, keys: &[(&str, &str)]) -> Result<Vec<Option<Row>>, Unavailable> {
+        self.1.many.lock().unwrap().push(keys.iter().map(|(t, k)| (t.to_string(), k.to_string())).collect());
+        self.0.lookup_many(keys)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enrich_reads_a_batchs_rows_in_one_call_and_the_host_reads_them_from_redis_in_one_round_trip() {
+    let prefix = RedisPrefix::new("golden-batch-lookups");
+    support::load_shared_lookups(&prefix.0).await;
+    let env = support::env_of(&[("SLUICE_LOOKUP_PREFIX", &prefix.0)]);
+    let pipeline = support::default_pipeline(&env);
+    // Redis through a proxy that sees every request.
+    let proxy = SlowProxy::start("127.0.0.1:6379", Duration::ZERO);
+    let redis = RedisLookups::new(&format!("redis://127.0.0.1:{}", proxy.port), &pipeline.config.lookups).unwrap();
+    let calls = Arc::new(Calls::default());
+    let lookups = Arc::new(Counted(redis, calls.clone()));
+    let mut chain = tokio::task::spawn_blocking(move || {
+        let engine = sluice::engine::Engine::new().unwrap();
+        Chain::build(&engine, &pipeline, lookups, sluice::state::StateStore::in_memory()).unwrap()
+    })
+    .await
+    .unwrap();
+    let batch: Vec<Record> = FILES[..3].iter().flat_map(|file| records(file)).collect();
+    let result = tokio::task::spawn_blocking(move || chain.process(&batch).unwrap()).await.unwrap();
+    assert_eq!(result.outputs.len() + result.dead_letters.len(), 7, "the seven example orders");
+    assert!(!result.outputs.is_empty());
+
+    assert_eq!(*calls.one.lock().unwrap(), 0, "no row was read on its own");
+    let many = calls.many.lock().unwrap().clone();
+    assert_eq!(many.len(), 1, "one call for the batch: {many:?}");
+    let keys = &many[0];
+    let unique: BTreeSet<&(String, String)> = keys.iter().collect();
+    assert_eq!(unique.len(), keys.len(), "each row is asked for once: {keys:?}");
+    let tables: BTreeSet<&str> = keys.iter().map(|(table, _)| table.as_str()).collect();
+    assert_eq!(tables, BTreeSet::from(["product", "store", "user"]));
+
+    // The cache was cold: every row went to Redis, in one pipeline.
+    let requests = proxy.sent_containing("HGETALL");
+    assert_eq!(requests.len(), 1, "one round trip: {requests:?}");
+    assert_eq!(requests[0].matches("HGETALL").count(), keys.len());
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! of the host interface.
 
 use crate::bindings::v0_2::{self, StateKey};
+use crate::bindings::v0_4::{self, RowKey};
 use crate::bindings::{self, LogLevel, Transform};
 use crate::engine::Engine;
 use crate::lookup::{LookupSource, Row};
@@ -135,6 +136,34 @@ impl bindings::sluice::plugin::host::Host for StageState {
     fn log(&mut self, level: LogLevel, message: String) {
         let [.., log] = &self.output;
         log.log(level, &message);
+    }
+}
+
+impl v0_4::LookupsHost for StageState {
+    fn lookup_many(&mut self, keys: Vec<RowKey>) -> wasmtime::Result<Vec<Option<Row>>> {
+        // Rows of undeclared tables are none, as for `lookup`; each such
+        // table is logged once per call.
+        let mut undeclared: Vec<&str> = Vec::new();
+        let wanted: Vec<(&str, &str)> = keys
+            .iter()
+            .filter(|k| {
+                let declared = self.tables.contains(&k.table);
+                if !declared && !undeclared.contains(&k.table.as_str()) {
+                    undeclared.push(&k.table);
+                }
+                declared
+            })
+            .map(|k| (k.table.as_str(), k.key.as_str()))
+            .collect();
+        for table in undeclared {
+            let [.., log] = &self.output;
+            log.log(LogLevel::Warn, &format!("lookup of table `{table}`, which the stage did not declare"));
+        }
+        let started = Instant::now();
+        let rows = self.lookups.lookup_many(&wanted);
+        self.clock.host += started.elapsed();
+        let mut rows = rows.map_err(wasmtime::Error::new)?.into_iter();
+        Ok(keys.iter().map(|k| if self.tables.contains(&k.table) { rows.next().flatten() } else { None }).collect())
     }
 }
 
@@ -283,6 +312,7 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<StageState>> {
         calls: &mut state.state,
         clock: &mut state.clock,
     })?;
+    v0_4::add_lookups_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
     Ok(linker)
 }
 

@@ -144,7 +144,7 @@ impl fmt::Display for StageError {
                 write!(
                     f,
                     "stage `{stage}`: plugin {plugin} does not implement the `transform` world of sluice:plugin@0.1.0, \
-                     0.2.0 or 0.3.0"
+                     0.2.0, 0.3.0 or 0.4.0"
                 )?;
                 if format!("{source:#}").contains("wasi:http/") {
                     // componentize-js imports wasi:http unless told otherwise.
@@ -205,7 +205,8 @@ struct Breaker {
 enum Pre {
     /// `sluice:plugin@0.1.0` or `0.2.0`: `init(config)`.
     V1(TransformPre<StageState>),
-    /// `sluice:plugin@0.3.0`: `describe(config)`, `init(config, encodings)`.
+    /// `sluice:plugin@0.3.0` or `0.4.0` (the same exports; 0.4.0 imports
+    /// `lookups` as well): `describe(config)`, `init(config, encodings)`.
     V3(v0_3::TransformPre<StageState>),
 }
 

@@ -30,7 +30,12 @@ impl RedisLookups {
 }
 
 impl RedisRows {
-    fn hgetall(&self, key: &str) -> Result<Option<Row>, redis::RedisError> {
+    /// Runs `query` on the connection, made if there is none and dropped
+    /// after an error.
+    fn with_connection<T>(
+        &self,
+        query: impl FnOnce(&mut redis::Connection) -> Result<T, redis::RedisError>,
+    ) -> Result<T, redis::RedisError> {
         let mut slot = self.connection.lock().expect("lookup connection lock");
         if slot.is_none() {
             let connection = self.client.get_connection_with_timeout(LOOKUP_TIMEOUT)?;
@@ -38,17 +43,38 @@ impl RedisRows {
             connection.set_write_timeout(Some(LOOKUP_TIMEOUT))?;
             *slot = Some(connection);
         }
-        let connection = slot.as_mut().expect("connected above");
-        let result = redis::cmd("HGETALL").arg(key).query::<Vec<(String, String)>>(connection);
+        let result = query(slot.as_mut().expect("connected above"));
         if result.is_err() {
             *slot = None;
         }
-        result.map(|row| (!row.is_empty()).then_some(row))
+        result
     }
+}
+
+/// A hash as a row: none when it is empty (Redis has no empty hashes).
+fn row(fields: Vec<(String, String)>) -> Option<Row> {
+    (!fields.is_empty()).then_some(fields)
 }
 
 impl Fetch for RedisRows {
     fn fetch(&self, key: &str) -> Result<Option<Row>, Unavailable> {
-        self.hgetall(key).map_err(|e| Unavailable(format!("lookup unavailable: HGETALL {key}: {e}")))
+        self.with_connection(|c| redis::cmd("HGETALL").arg(key).query::<Vec<(String, String)>>(c))
+            .map(row)
+            .map_err(|e| Unavailable(format!("lookup unavailable: HGETALL {key}: {e}")))
+    }
+
+    /// One `HGETALL` per key, in one pipeline: one round trip.
+    fn fetch_many(&self, keys: &[String]) -> Result<Vec<Option<Row>>, Unavailable> {
+        let [first, more @ ..] = keys else { return Ok(Vec::new()) };
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        self.with_connection(|c| pipe.query::<Vec<Vec<(String, String)>>>(c))
+            .map(|rows| rows.into_iter().map(row).collect())
+            .map_err(|e| {
+                let and = if more.is_empty() { String::new() } else { format!(" and {} more", more.len()) };
+                Unavailable(format!("lookup unavailable: HGETALL {first}{and}: {e}"))
+            })
     }
 }

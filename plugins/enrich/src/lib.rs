@@ -1,10 +1,11 @@
 //! `enrich`: user, store and product details from the `user`, `store` and
-//! `product` lookup tables, which the stage declares in pipeline.toml.
+//! `product` lookup tables, which the stage declares in pipeline.toml. The
+//! rows of a whole batch are read in one host call.
 
 pub mod logic;
 
 use sluice_order::stage;
-use sluice_sdk::{Config, Declared, Emit, Error, Record, Stage, lookup};
+use sluice_sdk::{Config, Declared, Emit, Error, Lookups, Record, Stage, lookup};
 
 struct Enrich;
 
@@ -17,8 +18,15 @@ impl Stage for Enrich {
         stage::declared()
     }
 
+    fn lookups(&mut self, record: &Record, rows: &mut Lookups) -> Result<(), Error> {
+        let order = stage::parse("enrich", record.value())?;
+        logic::rows(&order, &mut |table, key| rows.row(table, key));
+        record.keep(order);
+        Ok(())
+    }
+
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
-        let mut order = stage::parse("enrich", record.value())?;
+        let mut order = record.kept().map_or_else(|| stage::parse("enrich", record.value()), Ok)?;
         logic::enrich(&mut order, &mut |table, key| lookup(table, key))?;
         Emit::encode(order)
     }

@@ -16,6 +16,19 @@ fn field(row: &[(String, String)], name: &str) -> Option<String> {
     row.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
 
+/// The rows [`enrich`] reads for `order`, as `row(table, key)`.
+pub fn rows(order: &Order, row: &mut dyn FnMut(&str, &str)) {
+    if let Some(user) = &order.user {
+        row(USER, &user.id);
+    }
+    if let Some(store) = &order.store {
+        row(STORE, &store.id);
+    }
+    for item in order.items.iter().filter(|item| item.unit_price_cents.is_none()) {
+        row(PRODUCT, &item.product_id);
+    }
+}
+
 /// Fills in the order from `lookup(table, key)`. An unknown user or store is
 /// not an error (its fields stay null); a web-shop line whose product is
 /// unknown is `unknown_product`, and one without a usable price is
@@ -117,6 +130,24 @@ mod tests {
         let o = run(order("W", "nobody", "nowhere")).unwrap();
         assert_eq!(o.user.unwrap().name, None);
         assert_eq!(o.store.unwrap().city, None);
+    }
+
+    #[test]
+    fn rows_names_exactly_the_rows_enrich_reads() {
+        let mut o = order("W", "u1", "s1");
+        o.items.push(Item { unit_price_cents: Some(100), product_id: "PRICED".into(), ..o.items[0].clone() });
+        o.items.push(Item { product_id: "FREE".into(), ..o.items[0].clone() });
+        let mut named = Vec::new();
+        rows(&o, &mut |table, key| named.push((table.to_string(), key.to_string())));
+        let t = tables();
+        let mut read = Vec::new();
+        let mut lookup = |table: &str, key: &str| {
+            read.push((table.to_string(), key.to_string()));
+            t.iter().find(|((tb, k), _)| *tb == table && *k == key).map(|(_, r)| r.clone())
+        };
+        let _ = enrich(&mut o, &mut lookup);
+        assert_eq!(named, read);
+        assert_eq!(named.len(), 4, "user, store, and the two unpriced lines: {named:?}");
     }
 
     #[test]

@@ -66,8 +66,9 @@
 //!
 //! Outputs inherit the input record's key and headers unless they set their
 //! own ([`Emit::key`], [`Emit::header`] adds to the inherited headers). A
-//! stage that needs the whole batch at once (to batch its lookups, say)
-//! overrides [`Stage::process_batch`].
+//! stage that reads lookup rows names them in [`Stage::lookups`]: the rows
+//! of the whole batch are then read in one host call. A stage that needs
+//! the whole batch at once overrides [`Stage::process_batch`].
 //!
 //! Everything here also compiles natively, so a stage's logic can be unit
 //! tested with `cargo test`: natively, [`lookup`] finds nothing and [`log`]
@@ -83,13 +84,15 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
 
 #[allow(missing_docs)]
 mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../../wit/plugin@0.3.0",
+        path: "../../wit/plugin@0.4.0",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk",
         generate_all,
@@ -105,25 +108,12 @@ pub use bindings::{Guest, export};
 #[doc(hidden)]
 pub use bindings::*;
 
+pub mod lookups;
 pub mod state;
 pub mod values;
 
+pub use lookups::{Lookups, Row, lookup};
 pub use values::Value;
-
-/// A row of a lookup table: (field, value) pairs.
-pub type Row = Vec<(String, String)>;
-
-/// The row `key` of lookup table `table` (which the stage must declare in
-/// pipeline.toml), or `None` if there is none. Natively, always `None`.
-pub fn lookup(table: &str, key: &str) -> Option<Row> {
-    #[cfg(target_arch = "wasm32")]
-    return bindings::sluice::plugin0_1_0::host::lookup(table, key);
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        let _ = (table, key);
-        None
-    }
-}
 
 /// The value of `field` in a lookup row.
 pub fn field<'a>(row: &'a [(String, String)], field: &str) -> Option<&'a str> {
@@ -197,24 +187,61 @@ impl Config {
 }
 
 /// One input record.
-#[derive(Debug, Clone)]
-pub struct Record(Message, u32);
+pub struct Record {
+    message: Message,
+    at: u32,
+    /// A value decoded from it, kept for the stage's next step.
+    kept: RefCell<Option<Box<dyn Any>>>,
+}
+
+impl Clone for Record {
+    /// The same message and index, without a kept value.
+    fn clone(&self) -> Self {
+        Self::new(self.message.clone(), self.at)
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record").field("message", &self.message).field("at", &self.at).finish_non_exhaustive()
+    }
+}
 
 impl Record {
     /// Record `at` of a batch (for [`Stage::process_batch`]): its index is
     /// what [`state`] calls name it by.
     pub fn new(message: Message, at: u32) -> Self {
-        Self(message, at)
+        Self { message, at, kept: RefCell::new(None) }
     }
 
     /// Its index in the batch being processed.
     pub fn at(&self) -> u32 {
-        self.1
+        self.at
+    }
+
+    /// Keeps `value` with the record, for [`Record::kept`]: what
+    /// [`Stage::lookups`] decoded, handed to [`Stage::process`] so that the
+    /// record is decoded once.
+    pub fn keep<T: 'static>(&self, value: T) {
+        *self.kept.borrow_mut() = Some(Box::new(value));
+    }
+
+    /// The value [`Record::keep`] kept, if it is a `T`; it is handed over
+    /// once.
+    pub fn kept<T: 'static>(&self) -> Option<T> {
+        let kept = self.kept.borrow_mut().take()?;
+        match kept.downcast::<T>() {
+            Ok(value) => Some(*value),
+            Err(other) => {
+                *self.kept.borrow_mut() = Some(other);
+                None
+            }
+        }
     }
 
     /// A record with this value and nothing else (for tests).
     pub fn from_value(value: Vec<u8>) -> Self {
-        Self(
+        Self::new(
             Message {
                 key: None,
                 value,
@@ -230,25 +257,26 @@ impl Record {
 
     /// The same record with a key (for tests).
     pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.0.key = Some(key.into());
+        self.message.key = Some(key.into());
         self
     }
 
     /// The same record with one more header (for tests).
     pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
-        self.0.headers.push(Header { name: name.to_string(), value: value.into() });
+        self.message.headers.push(Header { name: name.to_string(), value: value.into() });
         self
     }
 
     /// The value.
     pub fn value(&self) -> &[u8] {
-        &self.0.value
+        &self.message.value
     }
 
     /// The value as JSON. A value that is not JSON of that type is an
     /// [`Error`] with reason `invalid_json` and the parser's message.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.0.value).map_err(|e| Error::reject("invalid_json", format!("record value: {e}")))
+        serde_json::from_slice(&self.message.value)
+            .map_err(|e| Error::reject("invalid_json", format!("record value: {e}")))
     }
 
     /// The value as the type the stage declared it reads
@@ -256,7 +284,7 @@ impl Record {
     /// before it wrote. Invalid JSON is an [`Error`] with reason
     /// `invalid_json`.
     pub fn decode<T: Value>(&self) -> Result<T, Error> {
-        values::decode(&self.0.value).map_err(|e| match e.reason.as_str() {
+        values::decode(&self.message.value).map_err(|e| match e.reason.as_str() {
             "invalid_json" => Error { message: format!("record value: {}", e.message), ..e },
             _ => e,
         })
@@ -264,42 +292,42 @@ impl Record {
 
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
-        self.0.key.as_deref()
+        self.message.key.as_deref()
     }
 
     /// The headers.
     pub fn headers(&self) -> &[Header] {
-        &self.0.headers
+        &self.message.headers
     }
 
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.0.headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
+        self.message.headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
     }
 
     /// The source topic of the record that entered the pipeline.
     pub fn topic(&self) -> &str {
-        &self.0.topic
+        &self.message.topic
     }
 
     /// Its source partition.
     pub fn partition(&self) -> i32 {
-        self.0.partition
+        self.message.partition
     }
 
     /// Its source offset.
     pub fn offset(&self) -> i64 {
-        self.0.offset
+        self.message.offset
     }
 
     /// Its Kafka timestamp in milliseconds, if any.
     pub fn timestamp_ms(&self) -> Option<i64> {
-        self.0.timestamp_ms
+        self.message.timestamp_ms
     }
 
     /// The underlying message.
     pub fn message(&self) -> &Message {
-        &self.0
+        &self.message
     }
 }
 
@@ -545,23 +573,39 @@ pub trait Stage: Sized + 'static {
         Declared::any()
     }
 
+    /// Names the lookup rows [`Stage::process`] will read for `record`
+    /// ([`Lookups::row`]). It is called for every record of a batch before
+    /// any is processed, and the rows named for the whole batch are read in
+    /// one host call; [`lookup`] then serves them without one. A value
+    /// decoded here can be handed to `process` with [`Record::keep`]. An
+    /// error is the record's outcome: it is not processed. By default no
+    /// rows are named.
+    fn lookups(&mut self, record: &Record, rows: &mut Lookups) -> Result<(), Error> {
+        let _ = (record, rows);
+        Ok(())
+    }
+
     /// Processes one record.
     fn process(&mut self, record: &Record) -> Result<Emit, Error>;
 
     /// Processes a batch: one outcome per record, in order. By default,
-    /// [`Stage::process`] on each record.
+    /// [`Stage::lookups`] on each record, one host call for the rows they
+    /// named, then [`Stage::process`] on each.
     fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
-        batch
+        let records: Vec<Record> = batch.into_iter().zip(0..).map(|(message, at)| Record::new(message, at)).collect();
+        let mut rows = Lookups::default();
+        let named: Vec<Result<(), Error>> = records.iter().map(|record| self.lookups(record, &mut rows)).collect();
+        rows.read();
+        let outcomes = records
             .into_iter()
-            .zip(0..)
-            .map(|(message, at)| {
-                let record = Record(message, at);
-                match self.process(&record) {
-                    Ok(emit) => emit.into_outcome(record.0),
-                    Err(e) => e.into_outcome(),
-                }
+            .zip(named)
+            .map(|(record, named)| match named.and_then(|()| self.process(&record)) {
+                Ok(emit) => emit.into_outcome(record.message),
+                Err(e) => e.into_outcome(),
             })
-            .collect()
+            .collect();
+        lookups::forget();
+        outcomes
     }
 }
 

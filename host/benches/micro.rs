@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the hot path's parts: one call into a component at
 //! batch sizes 1, 64 and 512 (the bare boundary, with the testguest's `ok`,
-//! and a real stage, normalize), a lookup served from the cache, and one
-//! batch's Redis effects applied behind the fence (against the local Redis).
+//! and a real stage, normalize), a lookup served from the cache, rows read
+//! from Redis one at a time and all at once, and one batch's Redis effects
+//! applied behind the fence (against the local Redis).
 //!
 //! `cargo bench -p sluice --bench micro`; `-- --test` runs each once.
 
@@ -102,6 +103,28 @@ fn lookup_cache_hit(c: &mut Criterion) {
     let lookups = RedisLookups::new(REDIS_URL, &tables).unwrap();
     lookups.lookup("product", "P-1").expect("the local Redis answers"); // now cached (as absent)
     c.bench_function("lookup: cache hit", |b| b.iter(|| lookups.lookup("product", "P-1").unwrap()));
+
+    // Rows the cache does not hold (a time-to-live of 0 keeps nothing): each
+    // read from Redis, one round trip per row or all in one.
+    let mut uncached = tables;
+    uncached.get_mut("product").unwrap().ttl_ms = 0;
+    let lookups = RedisLookups::new(REDIS_URL, &uncached).unwrap();
+    const ROWS: usize = 1000;
+    let keys: Vec<String> = (0..ROWS).map(|i| format!("P-{i}")).collect();
+    let mut redis = redis::Client::open(REDIS_URL).unwrap().get_connection().unwrap();
+    let mut pipe = redis::pipe();
+    for key in &keys {
+        pipe.hset(format!("bench:micro:product:{key}"), "price", "1.99").ignore();
+    }
+    pipe.query::<()>(&mut redis).unwrap();
+    let wanted: Vec<(&str, &str)> = keys.iter().map(|key| ("product", key.as_str())).collect();
+    let mut group = c.benchmark_group("lookups: 1000 rows not cached");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("one call and one round trip per row", |b| {
+        b.iter(|| wanted.iter().map(|(table, key)| lookups.lookup(table, key).unwrap()).count())
+    });
+    group.bench_function("lookup_many: one call, one round trip", |b| b.iter(|| lookups.lookup_many(&wanted).unwrap()));
+    group.finish();
 }
 
 fn redis_effects(c: &mut Criterion) {

@@ -54,7 +54,7 @@ RUN rustup target add wasm32-wasip2 \
     && apt-get update && apt-get install -y --no-install-recommends npm && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN make host plugins
+RUN make host plugins && strip --strip-all target/release/sluice
 
 # The default target: the image built from source.
 FROM runtime-base AS runtime

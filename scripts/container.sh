@@ -139,6 +139,9 @@ image() {
   rm -rf "$context"
   mkdir -p "$context/plugins"
   cp "${files[0]}" "$root/pipeline.toml" "$context/"
+  # The image's binary carries no symbol table (12 MB): a panic still names
+  # its message and source line.
+  strip --strip-all "$context/sluice"
   cp "${files[@]:1}" "$context/plugins/"
   # The network is the host's: the runtime stage installs busybox with apt.
   build --network host --target runtime-base -t sluice-runtime-base -f "$root/Dockerfile" "$context"

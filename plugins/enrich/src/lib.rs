@@ -5,7 +5,7 @@
 pub mod logic;
 
 use sluice_order::stage;
-use sluice_sdk::{Config, Declared, Emit, Error, Lookups, Record, Stage, lookup};
+use sluice_sdk::{Config, Declared, Emit, Error, Lookups, Record, Stage, lookup_shared};
 
 struct Enrich;
 
@@ -27,7 +27,7 @@ impl Stage for Enrich {
 
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
         let mut order = record.kept().map_or_else(|| stage::parse("enrich", record.value()), Ok)?;
-        logic::enrich(&mut order, &mut |table, key| lookup(table, key))?;
+        logic::enrich(&mut order, &mut |table, key| lookup_shared(table, key))?;
         Emit::encode(order)
     }
 }

@@ -2,9 +2,6 @@
 
 use sluice_order::{Order, Rejection, reason};
 
-/// A row of a lookup table as (field, value) pairs; `None` if absent.
-pub type Row = Option<Vec<(String, String)>>;
-
 /// Lookup table names, as declared for this stage in pipeline.toml.
 pub const USER: &str = "user";
 /// The store (and restaurant) table.
@@ -29,22 +26,26 @@ pub fn rows(order: &Order, row: &mut dyn FnMut(&str, &str)) {
     }
 }
 
-/// Fills in the order from `lookup(table, key)`. An unknown user or store is
+/// Fills in the order from `lookup(table, key)`, which gives a row as
+/// (field, value) pairs, `None` if absent. An unknown user or store is
 /// not an error (its fields stay null); a web-shop line whose product is
 /// unknown is `unknown_product`, and one without a usable price is
 /// `invalid_price`.
-pub fn enrich(order: &mut Order, lookup: &mut dyn FnMut(&str, &str) -> Row) -> Result<(), Rejection> {
+pub fn enrich<R: AsRef<[(String, String)]>>(
+    order: &mut Order,
+    lookup: &mut dyn FnMut(&str, &str) -> Option<R>,
+) -> Result<(), Rejection> {
     if let Some(user) = &mut order.user
         && let Some(row) = lookup(USER, &user.id)
     {
-        user.name = field(&row, "name");
-        user.login = field(&row, "login");
+        user.name = field(row.as_ref(), "name");
+        user.login = field(row.as_ref(), "login");
     }
     if let Some(store) = &mut order.store
         && let Some(row) = lookup(STORE, &store.id)
     {
-        store.name = field(&row, "name");
-        store.city = field(&row, "city");
+        store.name = field(row.as_ref(), "name");
+        store.city = field(row.as_ref(), "city");
     }
     for (i, item) in order.items.iter_mut().enumerate() {
         if item.unit_price_cents.is_some() {
@@ -56,7 +57,7 @@ pub fn enrich(order: &mut Order, lookup: &mut dyn FnMut(&str, &str) -> Row) -> R
                 format!("product `{}` of items[{i}] is not in the product table", item.product_id),
             ));
         };
-        let price = field(&row, "price").ok_or_else(|| {
+        let price = field(row.as_ref(), "price").ok_or_else(|| {
             Rejection::new(
                 reason::INVALID_PRICE,
                 format!("product `{}` has no price in the product table", item.product_id),
@@ -72,7 +73,7 @@ pub fn enrich(order: &mut Order, lookup: &mut dyn FnMut(&str, &str) -> Row) -> R
             ));
         }
         item.unit_price_cents = Some(cents);
-        item.name = field(&row, "name");
+        item.name = field(row.as_ref(), "name");
     }
     Ok(())
 }

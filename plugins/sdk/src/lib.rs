@@ -112,7 +112,7 @@ pub mod lookups;
 pub mod state;
 pub mod values;
 
-pub use lookups::{Lookups, Row, lookup};
+pub use lookups::{Lookups, Row, SharedRow, lookup, lookup_shared};
 pub use values::Value;
 
 /// The value of `field` in a lookup row.

@@ -5,12 +5,16 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 /// A row of a lookup table: (field, value) pairs.
 pub type Row = Vec<(String, String)>;
 
+/// A row shared, not copied, by every record of a batch that reads it.
+pub type SharedRow = Rc<[(String, String)]>;
+
 /// Rows by table and key.
-type Rows = HashMap<String, HashMap<String, Option<Row>>>;
+type Rows = HashMap<String, HashMap<String, Option<SharedRow>>>;
 
 std::thread_local! {
     /// The rows read for the batch being processed.
@@ -22,10 +26,16 @@ std::thread_local! {
 /// [`crate::Stage::lookups`] named for the batch being processed is served
 /// without a host call. Natively, always `None`.
 pub fn lookup(table: &str, key: &str) -> Option<Row> {
+    lookup_shared(table, key).map(|row| row.to_vec())
+}
+
+/// [`lookup`] without copying the row: a row read for the batch is shared
+/// by every record that reads it.
+pub fn lookup_shared(table: &str, key: &str) -> Option<SharedRow> {
     let read = READ.with(|read| read.borrow().get(table).and_then(|rows| rows.get(key)).cloned());
     match read {
         Some(row) => row,
-        None => host::lookup(table, key),
+        None => host::lookup(table, key).map(Rc::from),
     }
 }
 
@@ -68,7 +78,7 @@ impl Lookups {
         READ.with(|read| {
             let mut read = read.borrow_mut();
             for (named, row) in keys.into_iter().zip(rows) {
-                read.entry(named.table).or_default().insert(named.key, row);
+                read.entry(named.table).or_default().insert(named.key, row.map(Rc::from));
             }
         });
     }

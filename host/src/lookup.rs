@@ -149,6 +149,17 @@ impl<F: Fetch + 'static> Cached<F> {
         self.shared.refreshed.load(Ordering::Relaxed)
     }
 
+    /// Queues `key` of `table` for the refresher; when the queue is full,
+    /// the row is left to expire and be read when next asked for.
+    fn refresh_or_let_expire(&self, table: &str, key: &str) {
+        if !self.refresh(table, key) {
+            let mut tables = self.shared.tables.lock().expect("lookup cache lock");
+            if let Some(entry) = tables.get_mut(table).and_then(|t| t.rows.get_mut(key)) {
+                entry.refreshing = false;
+            }
+        }
+    }
+
     /// Queues `key` of `table` for the refresher, starting it if needed;
     /// false when the queue is full.
     fn refresh(&self, table: &str, key: &str) -> bool {
@@ -209,6 +220,15 @@ impl<F: Fetch> Shared<F> {
 }
 
 impl Table {
+    /// The row `key` if it is cached and alive, and whether it is now to be
+    /// refreshed (it is then marked as refreshing).
+    fn hit(&mut self, key: &str, now: Instant) -> Option<(Option<Row>, bool)> {
+        let entry = self.rows.get_mut(key).filter(|entry| now < entry.expires)?;
+        let refresh = now >= entry.refresh_at && !entry.refreshing;
+        entry.refreshing |= refresh;
+        Some((entry.row.clone(), refresh))
+    }
+
     fn full_key(&self, key: &str) -> String {
         format!("{}{key}", self.key_prefix)
     }
@@ -224,7 +244,21 @@ impl Table {
 
 impl<F: Fetch + 'static> LookupSource for Cached<F> {
     fn lookup(&self, table: &str, key: &str) -> Result<Option<Row>, Unavailable> {
-        Ok(self.lookup_many(&[(table, key)])?.pop().flatten())
+        let now = (self.shared.clock)();
+        let hit = {
+            let mut tables = self.shared.tables.lock().expect("lookup cache lock");
+            let Some(t) = tables.get_mut(table) else { return Ok(None) };
+            t.hit(key, now)
+        };
+        match hit {
+            Some((row, refresh)) => {
+                if refresh {
+                    self.refresh_or_let_expire(table, key);
+                }
+                Ok(row)
+            }
+            None => Ok(self.lookup_many(&[(table, key)])?.pop().flatten()),
+        }
     }
 
     /// Cached rows are served at once (those late in their life are queued
@@ -245,14 +279,11 @@ impl<F: Fetch + 'static> LookupSource for Cached<F> {
                     rows.push(None);
                     continue;
                 };
-                if let Some(entry) = t.rows.get_mut(key)
-                    && now < entry.expires
-                {
-                    if now >= entry.refresh_at && !entry.refreshing {
-                        entry.refreshing = true;
+                if let Some((row, to_refresh)) = t.hit(key, now) {
+                    if to_refresh {
                         refresh.push((table, key));
                     }
-                    rows.push(entry.row.clone());
+                    rows.push(row);
                     continue;
                 }
                 let miss = *misses.entry((table, key)).or_insert_with(|| {
@@ -264,12 +295,7 @@ impl<F: Fetch + 'static> LookupSource for Cached<F> {
             }
         }
         for (table, key) in refresh {
-            if !self.refresh(table, key) {
-                let mut tables = self.shared.tables.lock().expect("lookup cache lock");
-                if let Some(entry) = tables.get_mut(table).and_then(|t| t.rows.get_mut(key)) {
-                    entry.refreshing = false;
-                }
-            }
+            self.refresh_or_let_expire(table, key);
         }
         if full_keys.is_empty() {
             return Ok(rows);

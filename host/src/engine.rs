@@ -116,6 +116,9 @@ pub struct LoadedComponent {
 /// (`sluice:plugin@0.3.0` and later).
 pub const DESCRIBE_EXPORT: &str = "describe";
 
+/// The export of a component whose batches cross packed (`sluice:plugin@0.5.0`).
+pub const PROCESS_PACKED_EXPORT: &str = "process-packed";
+
 /// The import of keyed state (`sluice:plugin@0.2.0`).
 pub const STATE_IMPORT: &str = "sluice:plugin/state@0.2.0";
 
@@ -131,6 +134,13 @@ impl LoadedComponent {
     pub fn declares_values(&self) -> bool {
         let engine = self.component.engine();
         self.component.component_type().exports(engine).any(|(name, _)| name == DESCRIBE_EXPORT)
+    }
+
+    /// Whether its batches cross the boundary packed
+    /// (`sluice:plugin@0.5.0`: it exports `process-packed`).
+    pub fn packs_batches(&self) -> bool {
+        let engine = self.component.engine();
+        self.component.component_type().exports(engine).any(|(name, _)| name == PROCESS_PACKED_EXPORT)
     }
 
     /// The short version shown in logs: the first 12 hex digits of the hash.

@@ -54,7 +54,8 @@ pub fn within<R>(budget: usize, call: impl FnOnce() -> R) -> R {
     result
 }
 
-fn charge(bytes: usize) -> wasmtime::Result<()> {
+/// Charges `bytes` to the budget of the call being lifted on this thread.
+pub(super) fn charge(bytes: usize) -> wasmtime::Result<()> {
     LEFT.with(|left| match left.get().checked_sub(bytes) {
         Some(rest) => {
             left.set(rest);

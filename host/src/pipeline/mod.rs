@@ -15,6 +15,7 @@ mod canary;
 mod dead_letter;
 mod lift;
 mod output;
+mod packed;
 mod reason;
 mod route;
 mod sandbox;

@@ -2,7 +2,7 @@
 //! `sandbox`), called with a deadline, replaced by a fresh instance after a
 //! failure, and behind a circuit breaker that opens when it keeps failing.
 
-use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre, v0_3};
+use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre, v0_3, v0_5};
 use crate::config::{FailurePolicy, Limits};
 use crate::engine::{Engine, LoadedComponent};
 use crate::lookup::{LookupSource, Unavailable};
@@ -16,6 +16,7 @@ use wasmtime_wasi::WasiCtx;
 
 use super::lift::{self, OverBudget};
 use super::output::PluginOutput;
+use super::packed::{self, Malformed};
 use super::reason::{PluginFailure, Reason};
 use super::sandbox::{CallClock, LimitExceeded, Limiter, StageState};
 use super::values::{Declared, Encoding, Encodings, ValueType};
@@ -144,7 +145,7 @@ impl fmt::Display for StageError {
                 write!(
                     f,
                     "stage `{stage}`: plugin {plugin} does not implement the `transform` world of sluice:plugin@0.1.0, \
-                     0.2.0, 0.3.0 or 0.4.0"
+                     0.2.0, 0.3.0, 0.4.0 or 0.5.0"
                 )?;
                 if format!("{source:#}").contains("wasi:http/") {
                     // componentize-js imports wasi:http unless told otherwise.
@@ -208,6 +209,9 @@ enum Pre {
     /// `sluice:plugin@0.3.0` or `0.4.0` (the same exports; 0.4.0 imports
     /// `lookups` as well): `describe(config)`, `init(config, encodings)`.
     V3(v0_3::TransformPre<StageState>),
+    /// `sluice:plugin@0.5.0`: 0.4.0's calls, and `process-packed` instead
+    /// of `process`.
+    V5(v0_5::TransformPre<StageState>),
 }
 
 impl Pre {
@@ -215,7 +219,9 @@ impl Pre {
     fn new(linker: &Linker<StageState>, spec: &StageSpec) -> Result<Self, StageError> {
         let component = &spec.component.component;
         let typed = linker.instantiate_pre(component).and_then(|pre| {
-            if spec.component.declares_values() {
+            if spec.component.packs_batches() {
+                v0_5::TransformPre::new(pre).map(Pre::V5)
+            } else if spec.component.declares_values() {
                 v0_3::TransformPre::new(pre).map(Pre::V3)
             } else {
                 TransformPre::new(pre).map(Pre::V1)
@@ -232,6 +238,7 @@ impl Pre {
         match self {
             Pre::V1(pre) => pre.instance_pre(),
             Pre::V3(pre) => pre.instance_pre(),
+            Pre::V5(pre) => pre.instance_pre(),
         }
     }
 }
@@ -246,13 +253,23 @@ pub fn describe(
     lookups: &Arc<dyn LookupSource>,
     state: &StateScope,
 ) -> Result<Option<Declared>, StageError> {
-    let Pre::V3(pre) = Pre::new(linker, spec)? else { return Ok(None) };
+    let pre = Pre::new(linker, spec)?;
+    if let Pre::V1(_) = pre {
+        return Ok(None);
+    }
     let stage = spec.name.to_string();
     let (mut store, instance) = fresh(engine, pre.instance_pre(), spec, lookups, state)?;
-    let transform = v0_3::Transform::new(&mut store, &instance)
-        .map_err(|source| StageError::Instantiate { stage: stage.clone(), source })?;
+    let failed = |source| StageError::Instantiate { stage: stage.clone(), source };
+    let declared = match pre {
+        Pre::V1(_) => unreachable!("returned above"),
+        Pre::V3(_) => {
+            v0_3::Transform::new(&mut store, &instance).map_err(failed)?.call_describe(&mut store, &spec.config_json)
+        }
+        Pre::V5(_) => {
+            v0_5::Transform::new(&mut store, &instance).map_err(failed)?.call_describe(&mut store, &spec.config_json)
+        }
+    };
     let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
-    let declared = transform.call_describe(&mut store, &spec.config_json);
     if store.data().clock.cut {
         let error = format!("describe did not finish within its deadline of {} ms", timeout.as_millis());
         return Err(StageError::Init { stage, error });
@@ -273,8 +290,12 @@ pub struct Stage {
     stateful: bool,
     engine: Engine,
     store: Store<StageState>,
-    /// `process`, typed with results that are lifted within the budget.
+    /// `process` (or `process-packed`), typed with results that are lifted
+    /// within the budget.
     process: Func,
+    /// For a 0.5.0 component, the lists its batches are packed into,
+    /// kept from call to call.
+    packed: Option<Box<v0_5::Batch>>,
     breaker: Breaker,
 }
 
@@ -314,7 +335,8 @@ impl Stage {
         let (store, process) = instantiate(engine, &pre, &spec, &lookups, &state)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
         let stateful = spec.component.uses_state(engine);
-        Ok(Self { spec, pre, lookups, state, stateful, engine: engine.clone(), store, process, breaker })
+        let packed = matches!(pre, Pre::V5(_)).then(|| Box::new(packed::lists()));
+        Ok(Self { spec, pre, lookups, state, stateful, engine: engine.clone(), store, process, packed, breaker })
     }
 
     /// Whether the component imports keyed state.
@@ -373,17 +395,31 @@ impl Stage {
         if self.stateful {
             self.store.data_mut().state.start(batch);
         }
-        // SAFETY: `instantiate` checked this signature against the component.
-        let process = unsafe { TypedFunc::<(&[Message],), lift::Results>::new_unchecked(self.process) };
         let budget = (self.spec.limits.results_mib.get() as usize) << 20;
-        let result = lift::within(budget, || process.call(&mut self.store, (batch,)));
+        let (func, store) = (self.process, &mut self.store);
+        let result = lift::within(budget, || match self.packed.as_deref_mut() {
+            None => {
+                // SAFETY: `instantiate` checked this signature against the component.
+                let process = unsafe { TypedFunc::<(&[Message],), lift::Results>::new_unchecked(func) };
+                process
+                    .call(&mut *store, (batch,))
+                    .map(|(outcomes,)| outcomes.0.into_iter().map(Outcome::from).collect())
+            }
+            Some(packing) => {
+                packed::pack(batch, packing)?;
+                // SAFETY: `instantiate` checked this signature against the component.
+                let process = unsafe { TypedFunc::<(&v0_5::Batch,), (packed::Results,)>::new_unchecked(func) };
+                let (results,) = process.call(&mut *store, (&*packing,))?;
+                packed::unpack(batch, results)
+            }
+        });
         let cut = self.store.data().clock.cut;
-        let mut error = match result.map(|(outcomes,)| outcomes.0) {
+        let mut error = match result {
             Ok(_) if cut => timed_out(timeout),
             Ok(outcomes) if outcomes.len() == batch.len() => {
                 self.note_call(false);
                 self.store.data_mut().state.finish();
-                return Ok(outcomes.into_iter().map(|o| checked_reason(o.into())).collect());
+                return Ok(outcomes.into_iter().map(checked_reason).collect());
             }
             Ok(outcomes) => CallError::Plugin {
                 reason: PluginFailure::Contract,
@@ -488,17 +524,23 @@ fn instantiate(
     let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
     let stage = spec.name.to_string();
     let failed = |source: wasmtime::Error| StageError::Instantiate { stage: stage.clone(), source };
-    let process =
-        *instance.get_typed_func::<(&[Message],), lift::Results>(&mut store, "process").map_err(failed)?.func();
+    let process = match pre {
+        Pre::V5(_) => *instance
+            .get_typed_func::<(&v0_5::Batch,), (packed::Results,)>(&mut store, "process-packed")
+            .map_err(failed)?
+            .func(),
+        _ => *instance.get_typed_func::<(&[Message],), lift::Results>(&mut store, "process").map_err(failed)?.func(),
+    };
+    let encodings =
+        v0_3::Encodings { input: wit_encoding(spec.encodings.input), output: wit_encoding(spec.encodings.output) };
     let init = match pre {
         Pre::V1(_) => Transform::new(&mut store, &instance).map_err(failed)?.call_init(&mut store, &spec.config_json),
         Pre::V3(_) => {
-            let side = |e: Encoding| match e {
-                Encoding::Json => v0_3::Encoding::Json,
-                Encoding::Binary => v0_3::Encoding::Binary,
-            };
-            let encodings = v0_3::Encodings { input: side(spec.encodings.input), output: side(spec.encodings.output) };
             let transform = v0_3::Transform::new(&mut store, &instance).map_err(failed)?;
+            transform.call_init(&mut store, &spec.config_json, encodings)
+        }
+        Pre::V5(_) => {
+            let transform = v0_5::Transform::new(&mut store, &instance).map_err(failed)?;
             transform.call_init(&mut store, &spec.config_json, encodings)
         }
     };
@@ -519,6 +561,14 @@ fn instantiate(
             with_output(&mut message, store.data());
             Err(StageError::Init { stage, error: message })
         }
+    }
+}
+
+/// The contract's name of an encoding.
+fn wit_encoding(encoding: Encoding) -> v0_3::Encoding {
+    match encoding {
+        Encoding::Json => v0_3::Encoding::Json,
+        Encoding::Binary => v0_3::Encoding::Binary,
     }
 }
 
@@ -578,6 +628,10 @@ fn classify(error: &wasmtime::Error, timeout: Duration) -> CallError {
     }
     if let Some(over) = error.downcast_ref::<OverBudget>() {
         return CallError::Plugin { reason: PluginFailure::OutputLimit, message: over.to_string() };
+    }
+    if let Some(malformed) = error.downcast_ref::<Malformed>() {
+        let message = malformed.to_string().chars().take(MAX_MESSAGE).collect();
+        return CallError::Plugin { reason: PluginFailure::Contract, message };
     }
     let reason = PluginFailure::Trap;
     // The trap itself, not the wasm backtrace that follows it in the chain.

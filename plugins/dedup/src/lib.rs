@@ -81,7 +81,7 @@ sluice_sdk::stage!(Dedup);
 mod tests {
     use super::*;
 
-    fn order(id: &str, ts: &str) -> Record {
+    fn order(id: &str, ts: &str) -> Record<'static> {
         Record::from_value(format!(r#"{{"order_id":"{id}","source":"webshop","ts":"{ts}"}}"#).into_bytes())
     }
 

@@ -132,7 +132,7 @@ impl Transform for Totals {
         let encodings = self.1;
         each(batch, "totals", encodings, |order| {
             let incrs = totals::logic::total(order, &self.0)?;
-            Ok(incrs.into_iter().map(|i| Effect::HashIncr((i.key, i.field, i.delta))).collect())
+            Ok(incrs.iter().map(|(key, field, delta)| Effect::HashIncr((key.into(), field.into(), delta))).collect())
         })
     }
 }

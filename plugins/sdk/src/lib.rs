@@ -3,7 +3,7 @@
 //! A stage is a type that implements [`Stage`]: built once per instance from
 //! its config in pipeline.toml, then called once per record. Register it with
 //! [`stage!`], build the crate for `wasm32-wasip2`, and the result is a
-//! component of the `sluice:plugin@0.3.0` `transform` world that the host
+//! component of the `sluice:plugin@0.5.0` `transform` world that the host
 //! loads.
 //!
 //! ```
@@ -85,6 +85,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 
@@ -92,7 +93,7 @@ use std::fmt;
 mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../../wit/plugin@0.4.0",
+        path: "../../wit/plugin@0.5.0",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk",
         generate_all,
@@ -109,6 +110,8 @@ pub use bindings::{Guest, export};
 pub use bindings::*;
 
 pub mod lookups;
+#[doc(hidden)]
+pub mod packed;
 pub mod state;
 pub mod values;
 
@@ -186,34 +189,113 @@ impl Config {
     }
 }
 
-/// One input record.
-pub struct Record {
-    message: Message,
+/// One input record: its text and bytes are borrowed from the batch the
+/// host passed in (or owned, for a record made in a test).
+pub struct Record<'a> {
+    key: Option<Cow<'a, [u8]>>,
+    value: Cow<'a, [u8]>,
+    headers: Headers<'a>,
+    topic: Cow<'a, str>,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
     at: u32,
     /// A value decoded from it, kept for the stage's next step.
     kept: RefCell<Option<Box<dyn Any>>>,
 }
 
-impl Clone for Record {
-    /// The same message and index, without a kept value.
+/// A record's headers.
+#[derive(Clone)]
+enum Headers<'a> {
+    /// In the batch's bytes.
+    Packed { bytes: &'a [u8], headers: &'a [packed::PackedHeader] },
+    /// Its own.
+    Owned(Vec<Header>),
+}
+
+impl Clone for Record<'_> {
+    /// The same record and index, without a kept value.
     fn clone(&self) -> Self {
-        Self::new(self.message.clone(), self.at)
+        Self {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            headers: self.headers.clone(),
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            at: self.at,
+            kept: RefCell::new(None),
+        }
     }
 }
 
-impl fmt::Debug for Record {
+impl fmt::Debug for Record<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Record").field("message", &self.message).field("at", &self.at).finish_non_exhaustive()
+        f.debug_struct("Record")
+            .field("key", &self.key)
+            .field("value", &String::from_utf8_lossy(&self.value))
+            .field("headers", &self.headers().collect::<Vec<_>>())
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .field("offset", &self.offset)
+            .field("at", &self.at)
+            .finish_non_exhaustive()
     }
 }
 
-impl Record {
-    /// Record `at` of a batch (for [`Stage::process_batch`]): its index is
-    /// what [`state`] calls name it by.
+impl Record<'static> {
+    /// Record `at` of a batch, made of a message of its own (for
+    /// [`Stage::process_batch`] in tests): its index is what [`state`] calls
+    /// name it by.
     pub fn new(message: Message, at: u32) -> Self {
-        Self { message, at, kept: RefCell::new(None) }
+        let Message { key, value, headers, topic, partition, offset, timestamp_ms } = message;
+        Self {
+            key: key.map(Cow::Owned),
+            value: Cow::Owned(value),
+            headers: Headers::Owned(headers),
+            topic: Cow::Owned(topic),
+            partition,
+            offset,
+            timestamp_ms,
+            at,
+            kept: RefCell::new(None),
+        }
     }
 
+    /// A record with this value and nothing else (for tests).
+    pub fn from_value(value: Vec<u8>) -> Self {
+        Self::new(
+            Message {
+                key: None,
+                value,
+                headers: Vec::new(),
+                topic: String::new(),
+                partition: 0,
+                offset: 0,
+                timestamp_ms: None,
+            },
+            0,
+        )
+    }
+
+    /// The same record with a key (for tests).
+    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.key = Some(Cow::Owned(key.into()));
+        self
+    }
+
+    /// The same record with one more header (for tests).
+    pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        let mut headers: Vec<Header> =
+            self.headers().map(|(name, value)| Header { name: name.to_string(), value: value.to_vec() }).collect();
+        headers.push(Header { name: name.to_string(), value: value.into() });
+        self.headers = Headers::Owned(headers);
+        self
+    }
+}
+
+impl<'a> Record<'a> {
     /// Its index in the batch being processed.
     pub fn at(&self) -> u32 {
         self.at
@@ -239,44 +321,15 @@ impl Record {
         }
     }
 
-    /// A record with this value and nothing else (for tests).
-    pub fn from_value(value: Vec<u8>) -> Self {
-        Self::new(
-            Message {
-                key: None,
-                value,
-                headers: Vec::new(),
-                topic: String::new(),
-                partition: 0,
-                offset: 0,
-                timestamp_ms: None,
-            },
-            0,
-        )
-    }
-
-    /// The same record with a key (for tests).
-    pub fn with_key(mut self, key: impl Into<Vec<u8>>) -> Self {
-        self.message.key = Some(key.into());
-        self
-    }
-
-    /// The same record with one more header (for tests).
-    pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
-        self.message.headers.push(Header { name: name.to_string(), value: value.into() });
-        self
-    }
-
     /// The value.
     pub fn value(&self) -> &[u8] {
-        &self.message.value
+        &self.value
     }
 
     /// The value as JSON. A value that is not JSON of that type is an
     /// [`Error`] with reason `invalid_json` and the parser's message.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_slice(&self.message.value)
-            .map_err(|e| Error::reject("invalid_json", format!("record value: {e}")))
+        serde_json::from_slice(&self.value).map_err(|e| Error::reject("invalid_json", format!("record value: {e}")))
     }
 
     /// The value as the type the stage declared it reads
@@ -284,7 +337,7 @@ impl Record {
     /// before it wrote. Invalid JSON is an [`Error`] with reason
     /// `invalid_json`.
     pub fn decode<T: Value>(&self) -> Result<T, Error> {
-        values::decode(&self.message.value).map_err(|e| match e.reason.as_str() {
+        values::decode(&self.value).map_err(|e| match e.reason.as_str() {
             "invalid_json" => Error { message: format!("record value: {}", e.message), ..e },
             _ => e,
         })
@@ -292,42 +345,41 @@ impl Record {
 
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
-        self.message.key.as_deref()
+        self.key.as_deref()
     }
 
-    /// The headers.
-    pub fn headers(&self) -> &[Header] {
-        &self.message.headers
+    /// The headers, as (name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        let (packed, owned) = match &self.headers {
+            Headers::Packed { bytes, headers } => (Some(headers.iter().map(|h| packed::header(bytes, h))), None),
+            Headers::Owned(headers) => (None, Some(headers.iter().map(|h| (h.name.as_str(), h.value.as_slice())))),
+        };
+        packed.into_iter().flatten().chain(owned.into_iter().flatten())
     }
 
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.message.headers.iter().find(|h| h.name == name).map(|h| h.value.as_slice())
+        self.headers().find(|(n, _)| *n == name).map(|(_, value)| value)
     }
 
     /// The source topic of the record that entered the pipeline.
     pub fn topic(&self) -> &str {
-        &self.message.topic
+        &self.topic
     }
 
     /// Its source partition.
     pub fn partition(&self) -> i32 {
-        self.message.partition
+        self.partition
     }
 
     /// Its source offset.
     pub fn offset(&self) -> i64 {
-        self.message.offset
+        self.offset
     }
 
     /// Its Kafka timestamp in milliseconds, if any.
     pub fn timestamp_ms(&self) -> Option<i64> {
-        self.message.timestamp_ms
-    }
-
-    /// The underlying message.
-    pub fn message(&self) -> &Message {
-        &self.message
+        self.timestamp_ms
     }
 }
 
@@ -353,7 +405,11 @@ pub struct Output {
 #[derive(Debug, Clone, Default)]
 pub struct Emit {
     outputs: Vec<Output>,
-    effects: Vec<Effect>,
+    /// The effects, their text in `text`.
+    effects: Vec<Written>,
+    /// The keys, fields and values of the effects, back to back: an
+    /// effect costs no allocation of its own.
+    text: String,
     /// An output that could not be written as JSON when it was routed.
     failed: Option<Error>,
 }
@@ -443,15 +499,35 @@ impl Emit {
     }
 
     /// `HINCRBY key field delta`, applied once the outputs are delivered.
-    pub fn incr(mut self, key: impl Into<String>, field: impl Into<String>, delta: i64) -> Self {
-        self.effects.push(Effect::HashIncr((key.into(), field.into(), delta)));
+    pub fn incr(mut self, key: impl AsRef<str>, field: impl AsRef<str>, delta: i64) -> Self {
+        let (key, field) = (self.write(key.as_ref()), self.write(field.as_ref()));
+        self.effects.push(Written::Incr(key, field, delta));
         self
     }
 
     /// `HSET key field value`, applied once the outputs are delivered.
-    pub fn set(mut self, key: impl Into<String>, field: impl Into<String>, value: impl Into<String>) -> Self {
-        self.effects.push(Effect::HashSet((key.into(), field.into(), value.into())));
+    pub fn set(mut self, key: impl AsRef<str>, field: impl AsRef<str>, value: impl AsRef<str>) -> Self {
+        let (key, field, value) = (self.write(key.as_ref()), self.write(field.as_ref()), self.write(value.as_ref()));
+        self.effects.push(Written::Set(key, field, value));
         self
+    }
+
+    fn write(&mut self, text: &str) -> std::ops::Range<usize> {
+        if self.text.capacity() == 0 {
+            self.text.reserve(256);
+        }
+        let start = self.text.len();
+        self.text.push_str(text);
+        start..self.text.len()
+    }
+
+    /// The effects, as (kind, key, field, delta or value).
+    fn written(&self) -> impl Iterator<Item = (&str, &str, Result<i64, &str>)> + '_ {
+        let text = |range: &std::ops::Range<usize>| &self.text[range.clone()];
+        self.effects.iter().map(move |effect| match effect {
+            Written::Incr(key, field, delta) => (text(key), text(field), Ok(*delta)),
+            Written::Set(key, field, value) => (text(key), text(field), Err(text(value))),
+        })
     }
 
     /// The outputs.
@@ -460,38 +536,48 @@ impl Emit {
     }
 
     /// The effects.
-    pub fn effects(&self) -> &[Effect] {
-        &self.effects
+    pub fn effects(&self) -> Vec<Effect> {
+        self.written()
+            .map(|(key, field, change)| match change {
+                Ok(delta) => Effect::HashIncr((key.to_string(), field.to_string(), delta)),
+                Err(value) => Effect::HashSet((key.to_string(), field.to_string(), value.to_string())),
+            })
+            .collect()
     }
 
-    /// The outcome of `input`: outputs get the input's key and headers
-    /// unless they set their own key; the first inheriting output takes them
-    /// without a copy.
-    pub fn into_outcome(self, input: Message) -> Outcome {
+    /// The outcome of `input` as a component of 0.1.0 to 0.4.0 returns it:
+    /// outputs get the input's key unless they set their own, and the
+    /// input's headers before their own.
+    pub fn into_outcome(self, input: &Record<'_>) -> Outcome {
         if let Some(e) = self.failed {
             return e.into_outcome();
         }
         if self.outputs.is_empty() && self.effects.is_empty() {
             return Outcome::Filtered;
         }
-        let Message { key: mut input_key, headers: mut input_headers, .. } = input;
-        let last = self.outputs.len().saturating_sub(1);
+        let effects = self.effects();
         let outputs = self
             .outputs
             .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let (key, mut headers) = if i == last {
-                    (o.key.unwrap_or_else(|| input_key.take()), std::mem::take(&mut input_headers))
-                } else {
-                    (o.key.unwrap_or_else(|| input_key.clone()), input_headers.clone())
-                };
+            .map(|o| {
+                let key = o.key.unwrap_or_else(|| input.key().map(<[u8]>::to_vec));
+                let mut headers: Vec<Header> = input
+                    .headers()
+                    .map(|(name, value)| Header { name: name.to_string(), value: value.to_vec() })
+                    .collect();
                 headers.extend(o.headers);
                 RawOutput { route: o.route, key, value: o.value, headers }
             })
             .collect();
-        Outcome::Emit((outputs, self.effects))
+        Outcome::Emit((outputs, effects))
     }
+}
+
+/// An effect, its text in [`Emit`]'s.
+#[derive(Debug, Clone)]
+enum Written {
+    Incr(std::ops::Range<usize>, std::ops::Range<usize>, i64),
+    Set(std::ops::Range<usize>, std::ops::Range<usize>, std::ops::Range<usize>),
 }
 
 fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
@@ -588,24 +674,17 @@ pub trait Stage: Sized + 'static {
     /// Processes one record.
     fn process(&mut self, record: &Record) -> Result<Emit, Error>;
 
-    /// Processes a batch: one outcome per record, in order. By default,
+    /// Processes a batch: one result per record, in order. By default,
     /// [`Stage::lookups`] on each record, one host call for the rows they
     /// named, then [`Stage::process`] on each.
-    fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
-        let records: Vec<Record> = batch.into_iter().zip(0..).map(|(message, at)| Record::new(message, at)).collect();
+    fn process_batch(&mut self, records: &[Record<'_>]) -> Vec<Result<Emit, Error>> {
         let mut rows = Lookups::default();
         let named: Vec<Result<(), Error>> = records.iter().map(|record| self.lookups(record, &mut rows)).collect();
         rows.read();
-        let outcomes = records
-            .into_iter()
-            .zip(named)
-            .map(|(record, named)| match named.and_then(|()| self.process(&record)) {
-                Ok(emit) => emit.into_outcome(record.message),
-                Err(e) => e.into_outcome(),
-            })
-            .collect();
+        let results =
+            records.iter().zip(named).map(|(record, named)| named.and_then(|()| self.process(record))).collect();
         lookups::forget();
-        outcomes
+        results
     }
 }
 
@@ -629,23 +708,30 @@ pub mod runtime {
         Ok(())
     }
 
-    pub fn process<S: Stage>(batch: Vec<Message>) -> Vec<Outcome> {
+    pub fn process<S: Stage>(batch: packed::Batch) -> packed::Results {
         #[cfg(feature = "count-allocations")]
-        let (records, boundary) = (batch.len(), allocations::take());
-        let outcomes = STAGE.with(|s| match s.borrow_mut().as_mut().and_then(|s| s.downcast_mut::<S>()) {
-            Some(stage) => stage.process_batch(batch),
-            None => batch
+        let (count, boundary) = (batch.messages.len(), allocations::take());
+        let records = packed::records(&batch);
+        let results = STAGE.with(|s| match s.borrow_mut().as_mut().and_then(|s| s.downcast_mut::<S>()) {
+            Some(stage) => stage.process_batch(&records),
+            None => records
                 .iter()
-                .map(|_| Error::reject("not_initialised", "process was called before init").into_outcome())
+                .map(|_| Err(Error::reject("not_initialised", "process was called before init")))
                 .collect(),
         });
+        let mut packer = packed::Packer::new();
+        for result in results {
+            packer.push(result);
+        }
+        drop(records);
+        drop(batch);
         #[cfg(feature = "count-allocations")]
         {
             let stage = allocations::take();
-            log::info(&format!("allocations: {boundary} at the boundary, {stage} in the stage, {records} records"));
+            log::info(&format!("allocations: {boundary} at the boundary, {stage} in the stage, {count} records"));
             allocations::take();
         }
-        outcomes
+        packer.finish()
     }
 }
 
@@ -715,7 +801,7 @@ macro_rules! stage {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::runtime::init::<$stage>(config_json, encodings)
                 }
-                fn process(batch: ::std::vec::Vec<$crate::Message>) -> ::std::vec::Vec<$crate::Outcome> {
+                fn process_packed(batch: $crate::packed::Batch) -> $crate::packed::Results {
                     $crate::runtime::process::<$stage>(batch)
                 }
             }

@@ -141,7 +141,7 @@ mod tests {
             Ok(Named(Vec::new()))
         }
 
-        fn lookups(&mut self, record: &crate::Record, rows: &mut Lookups) -> Result<(), crate::Error> {
+        fn lookups(&mut self, record: &crate::Record<'_>, rows: &mut Lookups) -> Result<(), crate::Error> {
             let id: String = record.json()?;
             rows.row("user", &id);
             self.0.push(format!("named {id}"));
@@ -160,12 +160,12 @@ mod tests {
     #[test]
     fn every_record_names_its_rows_before_any_is_processed_and_a_refused_one_is_not_processed() {
         use crate::Stage;
-        let message = |value: &str| crate::Record::from_value(value.as_bytes().to_vec()).message().clone();
+        let record = |value: &str| crate::Record::from_value(value.as_bytes().to_vec());
         let mut stage = Named(Vec::new());
-        let outcomes = stage.process_batch(vec![message("\"a\""), message("{"), message("\"b\"")]);
+        let results = stage.process_batch(&[record("\"a\""), record("{"), record("\"b\"")]);
         assert_eq!(stage.0, ["named a", "named b", "processed a", "processed b"]);
-        assert!(matches!(&outcomes[0], crate::Outcome::Emit((outputs, _)) if outputs[0].value == b"\"a\""));
-        assert!(matches!(&outcomes[1], crate::Outcome::Reject(e) if e.reason == "invalid_json"));
+        assert!(matches!(&results[0], Ok(emit) if emit.outputs()[0].value == b"\"a\""));
+        assert!(matches!(&results[1], Err(e) if e.reason() == "invalid_json"));
         READ.with(|read| assert!(read.borrow().is_empty(), "forgotten after the batch"));
     }
 }

@@ -24,13 +24,22 @@
 //! (if given); `encodings` emits the encodings the host chose, as
 //! `input=json output=binary`.
 
-// The raw world, without the SDK's `Stage` trait: this plugin exercises the
-// contract itself.
-use sluice_sdk::{
-    Declared, Effect, Encoding, Encodings, ErrorInfo, Guest, Header, Message, Outcome, RawOutput as Output, ValueType,
-};
+// The raw world of 0.4.0, without the SDK: this plugin exercises the
+// contract itself, and the host's support of the versions before 0.5.0.
+mod bindings {
+    wit_bindgen::generate!({
+        world: "transform",
+        path: "../../wit/plugin@0.4.0",
+        generate_all,
+    });
+}
 
-fn emit(key: Option<Vec<u8>>, value: Vec<u8>, headers: Vec<Header>, effects: Vec<sluice_sdk::Effect>) -> Outcome {
+use bindings::Guest;
+use bindings::sluice::plugin0_1_0::host;
+use bindings::sluice::plugin0_1_0::types::{Effect, ErrorInfo, Header, LogLevel, Message, Outcome, Output};
+use bindings::sluice::plugin0_3_0::values::{Declared, Encoding, Encodings, ValueType};
+
+fn emit(key: Option<Vec<u8>>, value: Vec<u8>, headers: Vec<Header>, effects: Vec<Effect>) -> Outcome {
     Outcome::Emit((vec![Output { route: None, key, value, headers }], effects))
 }
 
@@ -122,8 +131,7 @@ fn run(message: &Message) -> Outcome {
         "lookup" => {
             let (table, n) = arg.split_once(' ').unwrap_or((arg, "1"));
             let n: u32 = n.parse().unwrap_or(1);
-            let found =
-                (0..n).filter(|i| sluice_sdk::lookup(table, &format!("{}-{i}", message.offset)).is_some()).count();
+            let found = (0..n).filter(|i| host::lookup(table, &format!("{}-{i}", message.offset)).is_some()).count();
             say(format!("found {found} of {n}"))
         }
         "outputs" => {
@@ -143,12 +151,12 @@ fn run(message: &Message) -> Outcome {
             let (n, bytes) = numbers(arg);
             let line = "x".repeat(bytes);
             for i in 0..n {
-                sluice_sdk::log::info(&format!("line {i} {line}"));
+                host::log(LogLevel::Info, &format!("line {i} {line}"));
             }
             say(format!("logged {n}"))
         }
         "log-forge" => {
-            sluice_sdk::log::info("an honest line\nERROR sluice: a forged line of the host's own");
+            host::log(LogLevel::Info, "an honest line\nERROR sluice: a forged line of the host's own");
             say("logged".into())
         }
         other => reject("unknown_command", format!("unknown command `{other}`")),
@@ -183,4 +191,4 @@ impl Guest for TestGuest {
     }
 }
 
-sluice_sdk::export!(TestGuest with_types_in sluice_sdk);
+bindings::export!(TestGuest with_types_in bindings);

@@ -35,7 +35,7 @@ impl Stage for Totals {
         let increments = logic::total(&mut order, &self.keys)?;
         let key = order.order_id.clone();
         let emit = Emit::encode(order)?.key(key);
-        Ok(increments.into_iter().fold(emit, |emit, i| emit.incr(i.key, i.field, i.delta)))
+        Ok(increments.iter().fold(emit, |emit, (key, field, delta)| emit.incr(key, field, delta)))
     }
 }
 

@@ -1,7 +1,8 @@
 # Sluice: `make demo` runs the default pipeline locally, `make test` runs every test.
 PLUGINS := normalize enrich categorize totals testguest dedup
-# Test fixtures: a WASI command (a component of another world) and a second
-# version of categorize (fallback category `Uncategorized`).
+# Test fixtures: a WASI command (a component of another world), a second
+# version of categorize (fallback category `Uncategorized`) and the test
+# guest built against contract 0.5.0 (`testguest-packed`).
 FIXTURES := wasi-command
 WASM_TARGET := wasm32-wasip2
 DIST := plugins/dist
@@ -36,6 +37,8 @@ plugins:
 	mkdir -p $(DIST)
 	cargo build --release --target $(WASM_TARGET) -p categorize --features uncategorized
 	cp target/$(WASM_TARGET)/release/categorize.wasm $(DIST)/categorize-uncategorized.wasm
+	cargo build --release --target $(WASM_TARGET) -p testguest --features packed
+	cp target/$(WASM_TARGET)/release/testguest.wasm $(DIST)/testguest-packed.wasm
 	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(PLUGINS) $(FIXTURES))
 	for p in $(PLUGINS) $(FIXTURES); do cp target/$(WASM_TARGET)/release/$$p.wasm $(DIST)/$$p.wasm; done
 

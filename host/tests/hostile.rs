@@ -25,6 +25,11 @@ use support::{RedisPrefix, command_records, repo_root};
 /// under `app:`: the fence under `app:fence:`, the lookup table `user`
 /// under `app:user:`.
 fn pipeline(stage: &str) -> Pipeline {
+    pipeline_of("testguest", stage)
+}
+
+/// A pipeline of the test guest built as `plugin` alone.
+fn pipeline_of(plugin: &str, stage: &str) -> Pipeline {
     let text = format!(
         r#"
         kafka = {{ brokers = "unused:9092", group = "g" }}
@@ -35,7 +40,7 @@ fn pipeline(stage: &str) -> Pipeline {
         lookups.user = {{ key_prefix = "app:user:" }}
         [[stages]]
         name = "guest"
-        plugin = "plugins/dist/testguest.wasm"
+        plugin = "plugins/dist/{plugin}.wasm"
         lookups = ["user"]
         {stage}
         "#
@@ -75,6 +80,61 @@ fn values(result: &BatchResult) -> Vec<String> {
 
 fn pair(offset: &str, reason: &str) -> (String, String) {
     (offset.to_string(), reason.to_string())
+}
+
+/// The test guest built against contract 0.5.0, whose batches and results
+/// cross packed.
+fn packed_guest(stage: &str) -> Chain {
+    let pipeline = pipeline_of("testguest-packed", stage);
+    Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline), sluice::state::StateStore::in_memory()).unwrap()
+}
+
+#[test]
+fn packed_results_that_break_the_contract_cost_only_their_own_record_and_say_what_is_wrong() {
+    let mut chain = packed_guest("");
+    let commands = ["ok", "bad-span", "bad-utf8", "no-outcome", "reject", "ok"];
+    let result = chain.process(&command_records(&commands)).unwrap();
+    assert_eq!(values(&result), ["ok", "ok"], "the other records are served");
+    assert_eq!(
+        reasons(&result),
+        [
+            pair("1", "plugin_contract"),
+            pair("2", "plugin_contract"),
+            pair("3", "plugin_contract"),
+            pair("4", "asked_to_reject")
+        ]
+    );
+    let messages: Vec<String> = dead(&result).into_iter().map(|(_, _, message)| message).collect();
+    // Each bad record was called on its own: it is record 0 of its call.
+    assert_eq!(
+        messages[..3],
+        [
+            "process-packed broke the contract: entry 1: the value of an output of record 0 is bytes \
+             4294967291..4294967299, outside the results' 0 bytes",
+            "process-packed broke the contract: entry 0: the reason code of record 0 is not UTF-8 (at byte 4)",
+            "process-packed broke the contract: the results end after 0 entries, where the outcome of record 0 was \
+             announced",
+        ]
+    );
+}
+
+#[test]
+fn packed_outputs_that_inherit_a_large_key_are_charged_to_the_results_budget() {
+    // 100 outputs inheriting a key of 100 KiB: 10 MB for the host from a
+    // few bytes of results, over a budget of 4 MiB.
+    let mut chain = packed_guest("limits = { results_mib = 4 }");
+    let mut records = command_records(&["inherit 100", "inherit 2"]);
+    records[0].key = Some(vec![b'k'; 100 << 10]);
+    records[1].key = Some(b"small".to_vec());
+    records[1].headers = vec![sluice::record::Header { name: "trace".into(), value: b"t1".to_vec() }];
+    let result = chain.process(&records).unwrap();
+    assert_eq!(reasons(&result), [pair("0", "plugin_output_limit")]);
+    assert!(dead(&result)[0].2.contains("larger than 4 MiB (limits.results_mib)"), "{:?}", dead(&result));
+    assert_eq!(result.outputs.len(), 2);
+    for output in &result.outputs {
+        assert_eq!(output.key.as_deref(), Some(&b"small"[..]), "the input's key, inherited");
+        assert_eq!(output.headers[0].name, "trace", "the input's headers, inherited");
+    }
 }
 
 #[test]

@@ -19,13 +19,22 @@
 //! for every record instead of its value (so `always = "ok"` is a
 //! pass-through stage, `always = "panic"` a broken one).
 //!
+//! Built with the `packed` feature, it is a component of
+//! `sluice:plugin@0.5.0` (`process-packed`) that runs the same commands,
+//! and a few more that break the packed contract: `bad-span` emits an
+//! output whose value lies outside the results' bytes, `bad-utf8` rejects
+//! with a reason code that is not UTF-8, `no-outcome` gives the record no
+//! outcome, and `inherit N` emits N outputs that inherit the record's key
+//! and headers.
+//!
 //! Value types: `{"reads": "T", "writes": "U", "binary": "B"}` declares
 //! that the stage reads type T and writes type U, each with binary form B
 //! (if given); `encodings` emits the encodings the host chose, as
 //! `input=json output=binary`.
 
-// The raw world of 0.4.0, without the SDK: this plugin exercises the
-// contract itself, and the host's support of the versions before 0.5.0.
+// The raw world, without the SDK: this plugin exercises the contract
+// itself, of 0.4.0 (the lists of 0.1.0 to 0.4.0) or, with `packed`, 0.5.0.
+#[cfg(not(feature = "packed"))]
 mod bindings {
     wit_bindgen::generate!({
         world: "transform",
@@ -33,6 +42,18 @@ mod bindings {
         generate_all,
     });
 }
+
+#[cfg(feature = "packed")]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "transform",
+        path: "../../wit/plugin@0.5.0",
+        generate_all,
+    });
+}
+
+#[cfg(feature = "packed")]
+mod packed;
 
 use bindings::Guest;
 use bindings::sluice::plugin0_1_0::host;
@@ -82,7 +103,7 @@ static ALWAYS: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 /// The encodings the host chose at `init`.
 static ENCODINGS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-fn run(message: &Message) -> Outcome {
+pub(crate) fn run(message: &Message) -> Outcome {
     let command = match ALWAYS.get().and_then(Option::as_deref) {
         Some(command) => command.to_string(),
         None => String::from_utf8_lossy(&message.value).into_owned(),
@@ -186,8 +207,14 @@ impl Guest for TestGuest {
         ALWAYS.set(always).map_err(|_| "initialised twice".to_string())
     }
 
+    #[cfg(not(feature = "packed"))]
     fn process(batch: Vec<Message>) -> Vec<Outcome> {
         batch.iter().map(run).collect()
+    }
+
+    #[cfg(feature = "packed")]
+    fn process_packed(batch: packed::Batch) -> packed::Results {
+        packed::process(batch)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot path's parts: one call into a component at
-//! batch sizes 1, 64 and 512 (the bare boundary, with the testguest's `ok`,
-//! and a real stage, normalize), a lookup served from the cache, rows read
+//! batch sizes 1, 64 and 512 (the bare boundary, with the testguest's `ok`
+//! through the lists of contract 0.4.0 and packed as in 0.5.0, and a real
+//! stage, normalize), a lookup served from the cache, rows read
 //! from Redis one at a time and all at once, and one batch's Redis effects
 //! applied behind the fence (against the local Redis).
 //!
@@ -61,9 +62,11 @@ fn messages(count: usize, ok: bool) -> Vec<Message> {
 fn component_calls(c: &mut Criterion) {
     let engine = Engine::new().unwrap();
     let lookups: Arc<dyn LookupSource> = Arc::new(InMemory(generator::tables()));
-    for (name, plugin, ok) in
-        [("boundary (testguest ok)", "testguest.wasm", true), ("normalize", "normalize.wasm", false)]
-    {
+    for (name, plugin, ok) in [
+        ("boundary (testguest ok)", "testguest.wasm", true),
+        ("boundary, packed (testguest-packed ok)", "testguest-packed.wasm", true),
+        ("normalize", "normalize.wasm", false),
+    ] {
         let mut chain =
             Chain::build(&engine, &one_stage(plugin), lookups.clone(), sluice::state::StateStore::in_memory()).unwrap();
         let mut group = c.benchmark_group(format!("component call: {name}"));

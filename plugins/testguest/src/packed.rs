@@ -5,7 +5,7 @@
 use crate::bindings::sluice::plugin0_1_0::types::{Message, Outcome};
 pub use crate::bindings::sluice::plugin0_5_0::packed::{Batch, Results};
 use crate::bindings::sluice::plugin0_5_0::packed::{
-    Effect, Entry, Header, Outcome as Packed, OutcomeKind, Output, OutputKey, Span,
+    Effect, Entry, Header, Message as Packed0, Outcome as Packed, OutcomeKind, Output, OutputKey, Span,
 };
 
 fn slice(bytes: &[u8], span: Span) -> &[u8] {
@@ -16,29 +16,23 @@ fn text(bytes: &[u8], span: Span) -> String {
     String::from_utf8_lossy(slice(bytes, span)).into_owned()
 }
 
-/// The batch's messages, copied out.
-fn messages(batch: &Batch) -> Vec<Message> {
+/// A message of the batch, copied out.
+fn message(batch: &Batch, m: &Packed0) -> Message {
     let bytes = &batch.bytes;
-    batch
-        .messages
+    let first = m.headers.start as usize;
+    let headers = batch.headers[first..first + m.headers.len as usize]
         .iter()
-        .map(|m| {
-            let first = m.headers.start as usize;
-            let headers = batch.headers[first..first + m.headers.len as usize]
-                .iter()
-                .map(|h| crate::Header { name: text(bytes, h.name), value: slice(bytes, h.value).to_vec() })
-                .collect();
-            Message {
-                key: m.key.map(|k| slice(bytes, k).to_vec()),
-                value: slice(bytes, m.value).to_vec(),
-                headers,
-                topic: text(bytes, m.topic),
-                partition: m.partition,
-                offset: m.offset,
-                timestamp_ms: m.timestamp_ms,
-            }
-        })
-        .collect()
+        .map(|h| crate::Header { name: text(bytes, h.name), value: slice(bytes, h.value).to_vec() })
+        .collect();
+    Message {
+        key: m.key.map(|k| slice(bytes, k).to_vec()),
+        value: slice(bytes, m.value).to_vec(),
+        headers,
+        topic: text(bytes, m.topic),
+        partition: m.partition,
+        offset: m.offset,
+        timestamp_ms: m.timestamp_ms,
+    }
 }
 
 #[derive(Default)]
@@ -110,8 +104,16 @@ impl Writer {
 pub fn process(batch: Batch) -> Results {
     let mut w = Writer::default();
     let none = Span { start: 0, len: 0 };
-    for message in messages(&batch) {
-        let command = String::from_utf8_lossy(&message.value).into_owned();
+    for m in &batch.messages {
+        let command = slice(&batch.bytes, m.value);
+        if command == b"ok" {
+            // The record as it came, read and written in place: the
+            // boundary alone.
+            w.outcome(OutcomeKind::Emit, 1, 0, none, none);
+            w.output(OutputKey::Inherit, command, true);
+            continue;
+        }
+        let command = String::from_utf8_lossy(command).into_owned();
         let (verb, arg) = command.split_once(' ').unwrap_or((command.as_str(), ""));
         match verb {
             "bad-span" => {
@@ -137,7 +139,7 @@ pub fn process(batch: Batch) -> Results {
                     w.output(OutputKey::Inherit, b"i", true);
                 }
             }
-            _ => w.write(crate::run(&message)),
+            _ => w.write(crate::run(&message(&batch, m))),
         }
     }
     Results { bytes: w.bytes, entries: w.entries }

@@ -4,7 +4,7 @@
 pub mod logic;
 
 use logic::Categorizer;
-use sluice_order::stage;
+use sluice_order::{Order, stage};
 use sluice_sdk::{Config, Declared, Emit, Error, Record, Stage};
 
 impl Stage for Categorizer {
@@ -17,9 +17,10 @@ impl Stage for Categorizer {
     }
 
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
-        let mut order = stage::parse("categorize", record.value())?;
+        // Read in place: the order's text is not copied.
+        let mut order = stage::parse_view("categorize", record.value())?;
         self.categorize(&mut order);
-        Emit::encode(order)
+        Emit::encode_view::<Order>(&order)
     }
 }
 

@@ -83,12 +83,13 @@ impl Categorizer {
         first.map_or(&self.default, |rule| &self.categories[rule])
     }
 
-    /// Sets the category of every item that has no category of its own.
-    pub fn categorize(&self, order: &mut Order) {
+    /// Sets the category of every item that has no category of its own
+    /// (the order's text owned, or borrowed as in an `OrderView`).
+    pub fn categorize<'a, S: AsRef<str> + From<&'a str>>(&'a self, order: &mut Order<S>) {
         for item in &mut order.items {
-            if item.category.as_deref().is_none_or(str::is_empty) {
-                let category = self.category_of(item.name.as_deref().unwrap_or(""));
-                item.category = Some(category.to_string());
+            if item.category.as_ref().is_none_or(|c| c.as_ref().is_empty()) {
+                let category = self.category_of(item.name.as_ref().map_or("", AsRef::as_ref));
+                item.category = Some(category.into());
             }
         }
     }

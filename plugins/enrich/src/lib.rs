@@ -4,7 +4,7 @@
 
 pub mod logic;
 
-use sluice_order::stage;
+use sluice_order::{Order, stage};
 use sluice_sdk::{Config, Declared, Emit, Error, Lookups, Record, Stage, lookup_shared};
 
 struct Enrich;
@@ -19,16 +19,16 @@ impl Stage for Enrich {
     }
 
     fn lookups(&mut self, record: &Record, rows: &mut Lookups) -> Result<(), Error> {
-        let order = stage::parse("enrich", record.value())?;
+        let order = stage::parse_view("enrich", record.value())?;
         logic::rows(&order, &mut |table, key| rows.row(table, key));
-        record.keep(order);
         Ok(())
     }
 
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
-        let mut order = record.kept().map_or_else(|| stage::parse("enrich", record.value()), Ok)?;
+        // Read in place (again: reading a view copies no text).
+        let mut order = stage::parse_view("enrich", record.value())?;
         logic::enrich(&mut order, &mut |table, key| lookup_shared(table, key))?;
-        Emit::encode(order)
+        Emit::encode_view::<Order>(&order)
     }
 }
 

@@ -14,15 +14,15 @@ fn field(row: &[(String, String)], name: &str) -> Option<String> {
 }
 
 /// The rows [`enrich`] reads for `order`, as `row(table, key)`.
-pub fn rows(order: &Order, row: &mut dyn FnMut(&str, &str)) {
+pub fn rows<S: AsRef<str>>(order: &Order<S>, row: &mut dyn FnMut(&str, &str)) {
     if let Some(user) = &order.user {
-        row(USER, &user.id);
+        row(USER, user.id.as_ref());
     }
     if let Some(store) = &order.store {
-        row(STORE, &store.id);
+        row(STORE, store.id.as_ref());
     }
     for item in order.items.iter().filter(|item| item.unit_price_cents.is_none()) {
-        row(PRODUCT, &item.product_id);
+        row(PRODUCT, item.product_id.as_ref());
     }
 }
 
@@ -31,49 +31,48 @@ pub fn rows(order: &Order, row: &mut dyn FnMut(&str, &str)) {
 /// not an error (its fields stay null); a web-shop line whose product is
 /// unknown is `unknown_product`, and one without a usable price is
 /// `invalid_price`.
-pub fn enrich<R: AsRef<[(String, String)]>>(
-    order: &mut Order,
+pub fn enrich<S: AsRef<str> + From<String>, R: AsRef<[(String, String)]>>(
+    order: &mut Order<S>,
     lookup: &mut dyn FnMut(&str, &str) -> Option<R>,
 ) -> Result<(), Rejection> {
+    let field = |row: &R, name: &str| field(row.as_ref(), name).map(S::from);
     if let Some(user) = &mut order.user
-        && let Some(row) = lookup(USER, &user.id)
+        && let Some(row) = lookup(USER, user.id.as_ref())
     {
-        user.name = field(row.as_ref(), "name");
-        user.login = field(row.as_ref(), "login");
+        user.name = field(&row, "name");
+        user.login = field(&row, "login");
     }
     if let Some(store) = &mut order.store
-        && let Some(row) = lookup(STORE, &store.id)
+        && let Some(row) = lookup(STORE, store.id.as_ref())
     {
-        store.name = field(row.as_ref(), "name");
-        store.city = field(row.as_ref(), "city");
+        store.name = field(&row, "name");
+        store.city = field(&row, "city");
     }
     for (i, item) in order.items.iter_mut().enumerate() {
         if item.unit_price_cents.is_some() {
             continue;
         }
-        let Some(row) = lookup(PRODUCT, &item.product_id) else {
+        let product = item.product_id.as_ref();
+        let Some(row) = lookup(PRODUCT, product) else {
             return Err(Rejection::new(
                 reason::UNKNOWN_PRODUCT,
-                format!("product `{}` of items[{i}] is not in the product table", item.product_id),
+                format!("product `{product}` of items[{i}] is not in the product table"),
             ));
         };
-        let price = field(row.as_ref(), "price").ok_or_else(|| {
-            Rejection::new(
-                reason::INVALID_PRICE,
-                format!("product `{}` has no price in the product table", item.product_id),
-            )
+        let price = self::field(row.as_ref(), "price").ok_or_else(|| {
+            Rejection::new(reason::INVALID_PRICE, format!("product `{product}` has no price in the product table"))
         })?;
         let cents = sluice_order::decimal_to_cents(&price).map_err(|e| {
-            Rejection::new(reason::INVALID_PRICE, format!("product `{}` has an invalid price: {e}", item.product_id))
+            Rejection::new(reason::INVALID_PRICE, format!("product `{product}` has an invalid price: {e}"))
         })?;
         if cents < 0 {
             return Err(Rejection::new(
                 reason::INVALID_PRICE,
-                format!("product `{}` has a negative price {price}", item.product_id),
+                format!("product `{product}` has a negative price {price}"),
             ));
         }
         item.unit_price_cents = Some(cents);
-        item.name = field(row.as_ref(), "name");
+        item.name = field(&row, "name");
     }
     Ok(())
 }

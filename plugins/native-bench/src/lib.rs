@@ -12,7 +12,7 @@ use sluice::config::PipelineConfig;
 use sluice::lookup::LookupSource;
 use sluice::pipeline::values::{Encoding, Encodings};
 use sluice::tools::bench::Transform;
-use sluice_order::{Order, Rejection, stage};
+use sluice_order::{OrderView, Rejection, stage};
 use std::sync::Arc;
 
 fn emit(message: &Message, key: Option<Vec<u8>>, value: Vec<u8>, effects: Vec<Effect>) -> Outcome {
@@ -40,21 +40,21 @@ fn use_encodings(encodings: Encodings) {
 
 /// Applies `step` to each message's order and re-serializes it, as the
 /// plugins do.
-fn each(
-    batch: &[Message],
+fn each<'b>(
+    batch: &'b [Message],
     stage: &str,
     encodings: Encodings,
-    mut step: impl FnMut(&mut Order) -> Result<Vec<Effect>, Rejection>,
+    mut step: impl FnMut(&mut OrderView<'b>) -> Result<Vec<Effect>, Rejection>,
 ) -> Vec<Outcome> {
     use_encodings(encodings);
     batch
         .iter()
         .map(|m| {
-            let done =
-                stage::parse(stage, &m.value).and_then(|mut order| step(&mut order).map(|effects| (order, effects)));
+            let done = stage::parse_view(stage, &m.value)
+                .and_then(|mut order| step(&mut order).map(|effects| (order, effects)));
             match done {
                 Ok((order, effects)) => {
-                    emit(m, Some(order.order_id.clone().into_bytes()), stage::encode(&order), effects)
+                    emit(m, Some(order.order_id.as_bytes().to_vec()), stage::encode(&order), effects)
                 }
                 Err(r) => reject(r),
             }

@@ -9,6 +9,14 @@
 use serde::{Deserialize, Serialize};
 
 pub mod stage;
+mod text;
+
+pub use text::Text;
+
+/// A canonical order read without copying its text: each string borrows
+/// from the record it was decoded from (see [`Text`]). It encodes exactly as
+/// the [`Order`] it is a view of.
+pub type OrderView<'a> = Order<Text<'a>>;
 
 /// Dead-letter reason codes of the default pipeline.
 pub mod reason {
@@ -50,69 +58,71 @@ impl Rejection {
     }
 }
 
-/// The canonical order.
+/// The canonical order, its text as `S`: owned `String`s, or [`Text`]
+/// borrowed from a record ([`OrderView`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Order {
+pub struct Order<S = String> {
     /// The source's order id, as a string.
-    pub order_id: String,
+    pub order_id: S,
     /// `webshop`, `grocery` or `delivery`.
-    pub source: String,
+    pub source: S,
     /// RFC 3339 in UTC with a `Z`.
-    pub ts: String,
+    pub ts: S,
     /// The customer (delivery orders only).
-    pub user: Option<User>,
+    pub user: Option<User<S>>,
     /// The store or restaurant (none for web-shop orders).
-    pub store: Option<Store>,
+    pub store: Option<Store<S>>,
     /// The order lines.
-    pub items: Vec<Item>,
+    pub items: Vec<Item<S>>,
     /// Sum of the quantities (set by `totals`).
     pub item_count: i64,
     /// Sum of the line totals, in cents (set by `totals`).
     pub total_cents: i64,
 }
 
-impl Order {
+impl<S: AsRef<str>> Order<S> {
     /// The `YYYY-MM-DD` day of [`Order::ts`].
     pub fn day(&self) -> &str {
-        self.ts.get(..10).unwrap_or(&self.ts)
+        let ts = self.ts.as_ref();
+        ts.get(..10).unwrap_or(ts)
     }
 }
 
 /// A customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct User {
+pub struct User<S = String> {
     /// The user id.
-    pub id: String,
+    pub id: S,
     /// From the `user` lookup table; null if absent.
-    pub name: Option<String>,
+    pub name: Option<S>,
     /// From the `user` lookup table; null if absent.
-    pub login: Option<String>,
+    pub login: Option<S>,
 }
 
 /// A store or restaurant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Store {
+pub struct Store<S = String> {
     /// The store id.
-    pub id: String,
+    pub id: S,
     /// From the `store` lookup table; null if absent.
-    pub name: Option<String>,
+    pub name: Option<S>,
     /// From the `store` lookup table; null if absent.
-    pub city: Option<String>,
+    pub city: Option<S>,
 }
 
 /// An order line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Item {
+pub struct Item<S = String> {
     /// The product id.
-    pub product_id: String,
+    pub product_id: S,
     /// The product name (web-shop lines get it from the product table).
-    pub name: Option<String>,
+    pub name: Option<S>,
     /// Set by `categorize`.
-    pub category: Option<String>,
+    pub category: Option<S>,
     /// Price of one unit in cents; web-shop lines get it from `enrich`.
     pub unit_price_cents: Option<i64>,
     /// Units ordered, at least 1.
@@ -203,7 +213,7 @@ mod tests {
 
     #[test]
     fn order_field_order_is_the_contract() {
-        let order = Order {
+        let order: Order = Order {
             order_id: "1".into(),
             source: "webshop".into(),
             ts: "2025-03-01T10:15:00Z".into(),

@@ -116,7 +116,7 @@ pub mod state;
 pub mod values;
 
 pub use lookups::{Lookups, Row, SharedRow, lookup, lookup_shared};
-pub use values::Value;
+pub use values::{Value, View};
 
 /// The value of `field` in a lookup row.
 pub fn field<'a>(row: &'a [(String, String)], field: &str) -> Option<&'a str> {
@@ -337,10 +337,13 @@ impl<'a> Record<'a> {
     /// before it wrote. Invalid JSON is an [`Error`] with reason
     /// `invalid_json`.
     pub fn decode<T: Value>(&self) -> Result<T, Error> {
-        values::decode(&self.value).map_err(|e| match e.reason.as_str() {
-            "invalid_json" => Error { message: format!("record value: {}", e.message), ..e },
-            _ => e,
-        })
+        values::decode(&self.value).map_err(record_value)
+    }
+
+    /// [`Record::decode`] as the value's view ([`View`]), whose text
+    /// borrows from the record instead of being copied.
+    pub fn decode_view<T: View>(&self) -> Result<T::Of<'_>, Error> {
+        values::decode_view::<T>(&self.value).map_err(record_value)
     }
 
     /// The key, if any.
@@ -380,6 +383,14 @@ impl<'a> Record<'a> {
     /// Its Kafka timestamp in milliseconds, if any.
     pub fn timestamp_ms(&self) -> Option<i64> {
         self.timestamp_ms
+    }
+}
+
+/// A decoding error, as about a record's value.
+fn record_value(e: Error) -> Error {
+    match e.reason.as_str() {
+        "invalid_json" => Error { message: format!("record value: {}", e.message), ..e },
+        _ => e,
     }
 }
 
@@ -433,9 +444,20 @@ impl Emit {
     }
 
     /// One more output with `value`, as [`Emit::encode`].
-    pub fn and_encode<T: Value>(mut self, value: T) -> Result<Self, Error> {
+    pub fn and_encode<T: Value>(self, value: T) -> Result<Self, Error> {
+        self.and_encoded::<T>(&value)
+    }
+
+    /// One output with `view`, a value of type `T` read in place
+    /// ([`Record::decode_view`]), as [`Emit::encode`] writes `T`.
+    pub fn encode_view<T: View>(view: &T::Of<'_>) -> Result<Self, Error> {
+        Self::default().and_encoded::<T>(view)
+    }
+
+    /// One more output with `value`, which encodes as a `T`.
+    fn and_encoded<T: Value>(mut self, value: &(impl Serialize + ?Sized)) -> Result<Self, Error> {
         let output = values::encodings().output;
-        self = self.and_value(values::encode(&value, output)?);
+        self = self.and_value(values::encode(value, output)?);
         if output == Encoding::Binary {
             self.outputs.last_mut().expect("just added").typed = Some(values::Typed::of::<T>());
         }

@@ -10,8 +10,8 @@
 //! JSON. The stage's code is the same either way.
 
 use crate::{Declared, Encoding, Encodings, Error, ValueType};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::fmt;
 
@@ -25,6 +25,19 @@ pub trait Value: Serialize + DeserializeOwned + 'static {
     /// The type's name, such as `sluice.order`. Neighbouring stages that
     /// declare a type must declare the same one.
     const NAME: &'static str;
+}
+
+/// A [`Value`] that can also be read in place, without copying its text:
+/// [`Record::decode_view`](crate::Record::decode_view) gives an `Of<'a>`
+/// that borrows from the record, and
+/// [`Emit::encode_view`](crate::Emit::encode_view) writes it. `Of` must
+/// encode exactly as the value does, in JSON and in binary (the same field
+/// names, order and types, with borrowed text where the value owns it):
+/// test that a value encoded, decoded as its view and encoded again gives
+/// the same bytes.
+pub trait View: Value {
+    /// The value with its text borrowed for `'a`.
+    type Of<'a>: Serialize + Deserialize<'a>;
 }
 
 impl Declared {
@@ -79,16 +92,24 @@ pub fn encodings() -> Encodings {
 /// `invalid_json` and the parser's message if it is not JSON of that type.
 /// [`Record::decode`](crate::Record::decode) is this on a record's value.
 pub fn decode<T: Value>(value: &[u8]) -> Result<T, Error> {
+    decode_as(value, T::NAME)
+}
+
+/// [`decode`], as `T`'s view borrowing from `value`.
+pub fn decode_view<T: View>(value: &[u8]) -> Result<T::Of<'_>, Error> {
+    decode_as(value, T::NAME)
+}
+
+fn decode_as<'a, D: Deserialize<'a>>(value: &'a [u8], name: &str) -> Result<D, Error> {
     match encodings().input {
         Encoding::Json => serde_json::from_slice(value).map_err(|e| Error::reject("invalid_json", e.to_string())),
-        Encoding::Binary => postcard::from_bytes(value).map_err(|e| {
-            Error::reject("invalid_value", format!("record value, in the binary form of `{}`: {e}", T::NAME))
-        }),
+        Encoding::Binary => postcard::from_bytes(value)
+            .map_err(|e| Error::reject("invalid_value", format!("record value, in the binary form of `{name}`: {e}"))),
     }
 }
 
 /// `value` in the output encoding, for the next stage.
-pub fn encode_output<T: Value>(value: &T) -> Result<Vec<u8>, Error> {
+pub fn encode_output<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     encode(value, encodings().output)
 }
 

@@ -5,7 +5,7 @@
 pub mod logic;
 
 use serde::Deserialize;
-use sluice_order::stage;
+use sluice_order::{Order, stage};
 use sluice_sdk::{Config, Declared, Emit, Error, Record, Stage};
 
 /// The stage config.
@@ -31,10 +31,10 @@ impl Stage for Totals {
     }
 
     fn process(&mut self, record: &Record) -> Result<Emit, Error> {
-        let mut order = stage::parse("totals", record.value())?;
+        // Read in place: the order's text is not copied.
+        let mut order = stage::parse_view("totals", record.value())?;
         let increments = logic::total(&mut order, &self.keys)?;
-        let key = order.order_id.clone();
-        let emit = Emit::encode(order)?.key(key);
+        let emit = Emit::encode_view::<Order>(&order)?.key(order.order_id.as_bytes());
         Ok(increments.iter().fold(emit, |emit, (key, field, delta)| emit.incr(key, field, delta)))
     }
 }

@@ -76,7 +76,7 @@ impl Keys {
     }
 }
 
-pub fn total(order: &mut Order, keys: &Keys) -> Result<Increments, Rejection> {
+pub fn total<S: AsRef<str>>(order: &mut Order<S>, keys: &Keys) -> Result<Increments, Rejection> {
     let overflow = |what: &str| Rejection::new(reason::INVALID_PRICE, format!("the order's {what} overflows"));
     let (mut count, mut total) = (0i64, 0i64);
     for (i, item) in order.items.iter_mut().enumerate() {
@@ -99,18 +99,19 @@ pub fn total(order: &mut Order, keys: &Keys) -> Result<Increments, Rejection> {
     incrs.add(&[&keys.totals], "revenue_cents", total);
     incrs.add(&[&keys.revenue_day], order.day(), total);
     if let Some(store) = &order.store {
-        incrs.add(&[&keys.revenue_store], &store.id, total);
+        incrs.add(&[&keys.revenue_store], store.id.as_ref(), total);
     }
-    if let Some(user) = &order.user {
-        incrs.add(&[&keys.orders_user], &user.id, 1);
-        incrs.add(&[&keys.spend_user], &user.id, total);
+    let user = order.user.as_ref().map(|user| user.id.as_ref());
+    if let Some(user) = user {
+        incrs.add(&[&keys.orders_user], user, 1);
+        incrs.add(&[&keys.spend_user], user, total);
     }
     for item in &order.items {
-        let category = item.category.as_deref().unwrap_or("Other");
+        let category = item.category.as_ref().map_or("Other", AsRef::as_ref);
         incrs.add(&[&keys.revenue_category], category, item.line_total_cents);
-        incrs.add(&[&keys.units_product], &item.product_id, item.quantity);
-        if let Some(user) = &order.user {
-            incrs.add(&[&keys.units_user, &user.id], category, item.quantity);
+        incrs.add(&[&keys.units_product], item.product_id.as_ref(), item.quantity);
+        if let Some(user) = user {
+            incrs.add(&[&keys.units_user, user], category, item.quantity);
         }
     }
     Ok(incrs)

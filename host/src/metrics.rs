@@ -111,9 +111,6 @@ pub struct Metrics {
     /// Transactional producers replaced after a fatal or fencing error
     /// (exactly-once).
     pub producer_replacements: AtomicU64,
-    /// Transactions aborted because a partition they read from was
-    /// revoked meanwhile (exactly-once).
-    pub revoked_transactions: AtomicU64,
     /// Offset commits requested (at-least-once).
     pub offset_commits: AtomicU64,
     /// Effects not applied because their record was at or below its
@@ -388,7 +385,6 @@ impl Metrics {
             rows_skipped: load(&self.rows_skipped),
             transactions: load(&self.transactions),
             producer_replacements: load(&self.producer_replacements),
-            revoked_transactions: load(&self.revoked_transactions),
             offset_commits: load(&self.offset_commits),
             dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
             stages: self.stages.lock().expect("metrics lock").clone(),
@@ -459,7 +455,6 @@ struct Scrape {
     rows_skipped: u64,
     transactions: u64,
     producer_replacements: u64,
-    revoked_transactions: u64,
     offset_commits: u64,
     dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
     stages: BTreeMap<String, StageTotals>,
@@ -516,11 +511,6 @@ impl Collector for Scrape {
                 "sluice_producer_replacements",
                 "Transactional producers replaced after a fatal or fencing error (exactly-once).",
                 self.producer_replacements,
-            ),
-            (
-                "sluice_revoked_transactions",
-                "Transactions aborted because a partition they read from was revoked meanwhile (exactly-once).",
-                self.revoked_transactions,
             ),
             (
                 "sluice_offset_commits",

@@ -14,7 +14,7 @@
 
 use super::{Backoff, Delivering, Mode, Step, Steps, produced, refusal};
 use crate::kafka::Failure;
-use crate::kafka::{RevokedMeanwhile, Sent, Source, Unacknowledged};
+use crate::kafka::{Sent, Source, Unacknowledged};
 use crate::pipeline::{BatchResult, HostRefusal};
 use crate::record::{Batch, Record};
 use anyhow::Context;
@@ -158,17 +158,6 @@ impl ExactlyOnce {
                 steps.metrics.ready.store(true, Ordering::Relaxed);
                 Ok(())
             }
-            Err(error) if error.downcast_ref::<RevokedMeanwhile>().is_some() => {
-                // Nothing of it may be committed: aborted, and its
-                // partitions still assigned are read again at once.
-                tracing::info!(%error, "transaction aborted");
-                steps.metrics.revoked_transactions.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = steps.sink.abort() {
-                    tracing::warn!(error = %e, "abort failed: the producer is replaced");
-                    self.replace_producer = true;
-                }
-                steps.rewind(source, batches.iter().map(|(b, _)| &**b)).await
-            }
             Err(error) => {
                 if Failure::in_chain(&error) == Failure::Fatal {
                     tracing::warn!(error = %error, "fatal transaction error: the producer is replaced");
@@ -206,17 +195,15 @@ async fn commit(
     }
     let group = source.group_metadata().context("the consumer has no group metadata")?;
     let offsets = Source::offsets_after(batches.iter().map(|(b, _)| &**b))?;
-    source.committing(batches.iter().map(|(b, _)| &**b), || {
-        steps.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
-        let mut commit = steps.sink.commit();
-        for _ in 0..3 {
-            match &commit {
-                Err(e) if Failure::of(e) == Failure::Retriable => commit = steps.sink.commit(),
-                _ => break,
-            }
+    steps.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
+    let mut commit = steps.sink.commit();
+    for _ in 0..3 {
+        match &commit {
+            Err(e) if Failure::of(e) == Failure::Retriable => commit = steps.sink.commit(),
+            _ => break,
         }
-        commit.context("commit transaction")
-    })?;
+    }
+    commit.context("commit transaction")?;
     source.note_committed(batches.iter().map(|(b, _)| &**b));
     Ok(())
 }

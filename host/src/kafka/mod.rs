@@ -16,7 +16,7 @@ pub use failure::Failure;
 pub use reader::Reader;
 pub use scan::{Start, scan, scan_from};
 pub use sink::{Sent, Sink, Unacknowledged};
-pub use source::{Commit, RevokedMeanwhile, Source};
+pub use source::{Commit, Source};
 pub use writer::Writer;
 
 use rdkafka::client::ClientContext;

@@ -55,27 +55,6 @@ pub struct Source {
     metrics: Arc<Metrics>,
 }
 
-/// A transaction holds records of a partition revoked since they were read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevokedMeanwhile {
-    /// The partition's topic.
-    pub topic: String,
-    /// The partition.
-    pub partition: i32,
-}
-
-impl std::fmt::Display for RevokedMeanwhile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "partition {}/{} was revoked after the transaction read from it: its next owner reads those records again",
-            self.topic, self.partition
-        )
-    }
-}
-
-impl std::error::Error for RevokedMeanwhile {}
-
 /// What the reader and the run loop share.
 struct Shared {
     buffer: Mutex<Buffer>,
@@ -90,11 +69,6 @@ struct Shared {
     also_on_revoke: Mutex<Vec<super::RevokeHook>>,
     /// Per partition, the offset last committed by this consumer.
     committed: Mutex<BTreeMap<(String, i32), i64>>,
-    /// Held while a transaction's offsets are committed, and by a
-    /// revocation while it takes partitions away: a revocation cannot fall
-    /// between the check that a transaction holds no revoked partition and
-    /// its commit ([`Source::committing`]).
-    commit_gate: Mutex<()>,
 }
 
 /// Records read and not yet taken, in the order read (so in offset order
@@ -113,9 +87,6 @@ struct Buffer {
     /// Per partition, where the last rewind moved it and that move's
     /// number (of [`Buffer::seeks`]).
     sought: Vec<(String, i32, i64, u64)>,
-    /// Per partition, the number (of [`Buffer::seeks`]) of its last
-    /// revocation.
-    revoked: Vec<(String, i32, u64)>,
 }
 
 impl Buffer {
@@ -124,28 +95,6 @@ impl Buffer {
     fn sought_after(&self, topic: &str, partition: i32, seeks: u64) -> Option<i64> {
         let (.., to, n) = self.sought.iter().find(|(t, p, ..)| t == topic && *p == partition)?;
         (*n > seeks).then_some(*to)
-    }
-
-    /// Notes that `partitions` were revoked: a move like a rewind, after
-    /// which the records read before belong to their next owner.
-    fn note_revoked(&mut self, partitions: &[(String, i32)]) {
-        self.seeks += 1;
-        let n = self.seeks;
-        for (topic, partition) in partitions {
-            match self.revoked.iter_mut().find(|(t, p, _)| t == topic && p == partition) {
-                Some((.., at)) => *at = n,
-                None => self.revoked.push((topic.clone(), *partition, n)),
-            }
-        }
-    }
-
-    /// The first partition of `batch` revoked after its records were read.
-    fn revoked_since(&self, batch: &Batch) -> Option<(String, i32)> {
-        batch.spans().iter().find_map(|span| {
-            let (topic, partition, _) =
-                self.revoked.iter().find(|(t, p, n)| *t == span.topic && *p == span.partition && *n > batch.seeks())?;
-            Some((topic.clone(), *partition))
-        })
     }
 
     fn note_seek(&mut self, topic: &str, partition: i32, offset: i64) {
@@ -199,7 +148,6 @@ impl Source {
                 read_to: Vec::new(),
                 seeks: 0,
                 sought: Vec::new(),
-                revoked: Vec::new(),
             }),
             arrived: Notify::new(),
             room: Notify::new(),
@@ -207,19 +155,12 @@ impl Source {
             batch_max_bytes: AtomicUsize::new(config.source.batch_max_bytes.get()),
             also_on_revoke: Mutex::new(Vec::new()),
             committed: Mutex::new(BTreeMap::new()),
-            commit_gate: Mutex::new(()),
         });
         // Records of revoked partitions leave the buffer during the
         // rebalance itself: their next owner reads them from the committed
         // offset, and no batch taken afterwards holds them.
         let on_revoke = shared.clone();
         let context = LogContext::new("consumer", Some(metrics.clone())).on_revoke(Box::new(move |revoked| {
-            // Not while a transaction's offsets are being committed; once
-            // noted, no transaction that holds records of these partitions
-            // commits.
-            let gate = on_revoke.commit_gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            on_revoke.buffer.lock().expect("buffer lock").note_revoked(revoked);
-            drop(gate);
             let dropped = on_revoke.drop_partitions(revoked);
             for hook in on_revoke.also_on_revoke.lock().expect("revoke hooks lock").iter() {
                 hook(revoked);
@@ -246,26 +187,6 @@ impl Source {
     pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
         let committed = self.shared.committed.lock().expect("committed lock");
         committed.get(&(topic.to_string(), partition)).copied()
-    }
-
-    /// Runs `commit` (a transaction's commit, with the offsets after
-    /// `batches`) unless a partition of `batches` was revoked after their
-    /// records were read: their next owner reads them again from the last
-    /// commit, so committing their outputs and offsets here would repeat
-    /// them. No revocation happens while `commit` runs.
-    pub fn committing<'a, T>(
-        &self,
-        batches: impl IntoIterator<Item = &'a Batch>,
-        commit: impl FnOnce() -> anyhow::Result<T>,
-    ) -> anyhow::Result<T> {
-        let _gate = self.shared.commit_gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let buffer = self.shared.buffer.lock().expect("buffer lock");
-        let revoked = batches.into_iter().find_map(|b| buffer.revoked_since(b));
-        drop(buffer);
-        if let Some((topic, partition)) = revoked {
-            return Err(RevokedMeanwhile { topic, partition }.into());
-        }
-        commit()
     }
 
     /// Notes offsets committed (in a transaction) for [`Source::committed`].
@@ -631,50 +552,5 @@ pub(super) fn record(message: &BorrowedMessage<'_>) -> Record {
         partition: message.partition(),
         offset: message.offset(),
         timestamp_ms: message.timestamp().to_millis(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn batch(partitions: &[i32], seeks: u64) -> Batch {
-        let record = |partition: i32| Record {
-            key: None,
-            value: None,
-            headers: Vec::new(),
-            topic: "orders".into(),
-            partition,
-            offset: 7,
-            timestamp_ms: None,
-        };
-        Batch::new(partitions.iter().copied().map(record).collect()).with_seeks(seeks)
-    }
-
-    fn buffer() -> Buffer {
-        Buffer {
-            records: VecDeque::new(),
-            bytes: 0,
-            topics: vec!["orders".into()],
-            read_to: Vec::new(),
-            seeks: 0,
-            sought: Vec::new(),
-            revoked: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn a_batch_read_before_its_partition_was_revoked_is_told_apart_from_one_read_after() {
-        let mut buffer = buffer();
-        let before = batch(&[0, 2], buffer.seeks);
-        buffer.note_revoked(&[("orders".into(), 2)]);
-        let after = batch(&[0, 2], buffer.seeks);
-        assert_eq!(buffer.revoked_since(&before), Some(("orders".into(), 2)));
-        assert_eq!(buffer.revoked_since(&after), None, "read after the revocation (the partition came back)");
-        assert_eq!(buffer.revoked_since(&batch(&[0, 1], 0)), None, "partitions kept");
-        // Revoked again later: the batch read in between is stale too.
-        buffer.note_revoked(&[("orders".into(), 2), ("orders".into(), 1)]);
-        assert_eq!(buffer.revoked_since(&after), Some(("orders".into(), 2)));
-        assert_eq!(buffer.revoked.len(), 2, "one entry per partition");
     }
 }

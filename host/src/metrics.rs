@@ -108,6 +108,12 @@ pub struct Metrics {
     pub rebalances: AtomicU64,
     /// Kafka transactions committed (exactly-once).
     pub transactions: AtomicU64,
+    /// Kafka transactions aborted (exactly-once): their batches are read
+    /// and processed again.
+    pub transactions_aborted: AtomicU64,
+    /// Rebalances that released revoked partitions before what was read of
+    /// them was committed (see [`crate::kafka::Handover`]).
+    pub handovers_missed: AtomicU64,
     /// Transactional producers replaced after a fatal or fencing error
     /// (exactly-once).
     pub producer_replacements: AtomicU64,
@@ -384,6 +390,8 @@ impl Metrics {
             effects_skipped: load(&self.effects_skipped),
             rows_skipped: load(&self.rows_skipped),
             transactions: load(&self.transactions),
+            transactions_aborted: load(&self.transactions_aborted),
+            handovers_missed: load(&self.handovers_missed),
             producer_replacements: load(&self.producer_replacements),
             offset_commits: load(&self.offset_commits),
             dead_letters: self.dead_letters.lock().expect("metrics lock").clone(),
@@ -454,6 +462,8 @@ struct Scrape {
     effects_skipped: u64,
     rows_skipped: u64,
     transactions: u64,
+    transactions_aborted: u64,
+    handovers_missed: u64,
     producer_replacements: u64,
     offset_commits: u64,
     dead_letters: BTreeMap<String, BTreeMap<String, u64>>,
@@ -507,6 +517,16 @@ impl Collector for Scrape {
             ("sluice_retries", "Transient failures retried.", self.retries),
             ("sluice_rebalances", "Partition assignment changes.", self.rebalances),
             ("sluice_transactions", "Kafka transactions committed (exactly-once).", self.transactions),
+            (
+                "sluice_transactions_aborted",
+                "Kafka transactions aborted (exactly-once); their batches are processed again.",
+                self.transactions_aborted,
+            ),
+            (
+                "sluice_handovers_missed",
+                "Rebalances that released revoked partitions before what was read of them was committed.",
+                self.handovers_missed,
+            ),
             (
                 "sluice_producer_replacements",
                 "Transactional producers replaced after a fatal or fencing error (exactly-once).",

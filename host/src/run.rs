@@ -216,7 +216,9 @@ impl Consuming<'_> {
     /// Runs batches until a stop is requested, delivering them with
     /// `mode`, then settles what is in flight and commits.
     async fn run<M: Mode>(&mut self, mut mode: M, steps: &mut Steps<'_>) -> anyhow::Result<()> {
+        self.source.handover().serve();
         let outcome = self.turns(&mut mode, steps).await;
+        self.source.handover().close();
         mode.shutdown(self.source);
         outcome
     }
@@ -262,12 +264,23 @@ impl Consuming<'_> {
                 let next = self.configs.borrow_and_update().clone();
                 self.reconfigure(&next, mode, steps).await?;
             }
+            // A rebalance is revoking partitions: every batch taken is
+            // finished and committed before they are released.
+            if self.source.handover().pending() {
+                if let Some(processing) = ahead.take() {
+                    let (batch, result) = steps.processed(self.chain, processing).await?;
+                    self.finish(mode, steps, batch, result, &mut probe_taken).await?;
+                }
+                mode.hand_over(steps, self.source).await?;
+                self.source.handover().answer();
+            }
             let processing = match ahead.take() {
                 Some(processing) => processing,
                 None => {
                     let batch = tokio::select! {
                         biased;
                         () = stopped(self.stop.clone()) => break,
+                        () = self.source.handover().asked() => continue,
                         batch = self.source.next_batch() => batch,
                     };
                     if batch.is_empty() {

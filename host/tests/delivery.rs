@@ -294,16 +294,20 @@ async fn at_least_once_commits_offsets_per_interval_not_per_batch() {
 /// A source on the default pipeline's settings, reading `orders` of `tansu`
 /// in `group` with batches of `batch_size`.
 fn source(tansu: &Tansu, group: &str, batch_size: usize) -> Source {
+    source_with(tansu, group, batch_size, &Workdir::default_pipeline(), Arc::new(Metrics::default()))
+}
+
+/// [`source`] on `text`, counting into `metrics`.
+fn source_with(tansu: &Tansu, group: &str, batch_size: usize, text: &str, metrics: Arc<Metrics>) -> Source {
     let brokers = tansu.brokers();
-    let text = Workdir::default_pipeline();
-    let config = sluice::config::load_str(&text, |name| match name {
+    let config = sluice::config::load_str(text, |name| match name {
         "KAFKA_BROKERS" => Some(brokers.clone()),
         "SLUICE_GROUP" => Some(group.to_string()),
         "SLUICE_BATCH_SIZE" => Some(batch_size.to_string()),
         _ => None,
     })
     .unwrap();
-    Source::new(&config, Arc::new(Metrics::default())).unwrap()
+    Source::new(&config, metrics).unwrap()
 }
 
 /// Takes batches until `n` records have come (or fails after 60 s).
@@ -358,6 +362,106 @@ async fn the_source_reads_at_most_two_batches_ahead_and_hands_out_every_record_o
     for (partition, offsets) in &per_partition {
         let expected: Vec<i64> = (0..offsets.len() as i64).collect();
         assert_eq!(offsets, &expected, "partition {partition}: every record once, in order");
+    }
+}
+
+/// A source of `group` under `cooperative-sticky` that hands revoked
+/// partitions over, as `sluice run`'s does, with its metrics.
+fn cooperative(tansu: &Tansu, group: &str) -> (Source, Arc<Metrics>) {
+    let text = Workdir::default_pipeline().replace(
+        "[kafka.consumer]\n",
+        "[kafka.consumer]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n",
+    );
+    assert!(text.contains("cooperative-sticky"));
+    let metrics = Arc::new(Metrics::default());
+    let source = source_with(tansu, group, 50, &text, metrics.clone());
+    source.handover().serve();
+    (source, metrics)
+}
+
+/// Takes whatever `source` hands out for `wait`.
+async fn take_for(source: &Source, wait: Duration) -> Vec<Batch> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut batches = Vec::new();
+    while tokio::time::Instant::now() < deadline {
+        let batch = source.next_batch().await;
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+    }
+    batches
+}
+
+/// Waits until `done` holds (or fails after 60 s, saying `what`).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "not within 60 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 120 keyed records over six partitions.
+fn spread(from: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    (from..from + 120).map(|i| (Some(i.to_string()), b"x".to_vec())).collect()
+}
+
+/// Six partitions, and a first member that has taken every record of them
+/// (without committing) when a second member joins.
+async fn joined_while_holding_records(group: &str) -> (Tansu, (Source, Arc<Metrics>), Vec<Batch>, Source) {
+    let tansu = Tansu::start_with_partitions(6);
+    produce(&tansu.brokers(), "orders", &spread(0)).await;
+    let first = cooperative(&tansu, group);
+    let taken = take(&first.0, 120).await;
+    let (second, _) = cooperative(&tansu, group);
+    until("the rebalance asks the first member to hand partitions over", || first.0.handover().pending()).await;
+    (tansu, first, taken, second)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_partitions_are_released_only_once_what_was_taken_of_them_is_committed() {
+    let (tansu, (first, metrics), taken, second) = joined_while_holding_records("handover").await;
+    // The rebalance waits: the second member gets nothing meanwhile.
+    let early = take_for(&second, Duration::from_secs(3)).await;
+    assert!(early.is_empty(), "the second member read {} records before the handover", early.len());
+    for batch in &taken {
+        first.store(batch);
+    }
+    first.commit_stored(sluice::kafka::Commit::Sync).unwrap();
+    first.handover().answer();
+    produce(&tansu.brokers(), "orders", &spread(120)).await;
+    // The second member starts where the first committed: nothing it
+    // reads was taken by the first, and nothing is skipped.
+    let took = offsets(&taken);
+    let read = offsets(&take_for(&second, Duration::from_secs(10)).await);
+    assert!(!read.is_empty(), "the second member was given partitions and read them");
+    for (partition, offsets) in &read {
+        let start = took.get(partition).map_or(0, |t| t.last().unwrap() + 1);
+        assert_eq!(offsets[0], start, "partition {partition}: the second member starts after the first's records");
+    }
+    assert_eq!(metrics.handovers_missed.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_not_handed_over_in_time_is_released_and_what_was_taken_of_it_is_not_committed() {
+    let (_tansu, (first, metrics), taken, second) = joined_while_holding_records("handover-late").await;
+    // No answer: the rebalance gives up after its wait and goes on.
+    until("the rebalance gives up", || !first.handover().pending()).await;
+    assert_eq!(metrics.handovers_missed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let read = offsets(&take_for(&second, Duration::from_secs(10)).await);
+    assert!(!read.is_empty(), "the second member was given partitions and read them");
+    // It reads them from the start: nothing was committed. The first may
+    // not commit its records of them now.
+    assert!(read.values().all(|offsets| offsets[0] == 0), "{read:?}");
+    let moved: Vec<i32> = read.keys().copied().filter(|p| offsets(&taken).contains_key(p)).collect();
+    assert!(!moved.is_empty(), "the first member had taken records of a partition that moved");
+    let refused = first.committing(taken.iter()).err().expect("a commit of records of a lost partition is refused");
+    assert!(refused.contains("was revoked and released before its records read here were committed"), "{refused}");
+    // Records of partitions it kept may still be committed.
+    let kept: Vec<&Batch> =
+        taken.iter().filter(|b| b.records().iter().all(|r| !read.contains_key(&r.partition))).collect();
+    if !kept.is_empty() {
+        assert!(first.committing(kept).is_ok());
     }
 }
 

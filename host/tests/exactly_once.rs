@@ -135,41 +135,58 @@ async fn a_second_host_joining_and_leaving_keeps_everything_exact() {
 }
 
 /// Under `cooperative-sticky` (exactly-once), a second member joins while
-/// the first works through a backlog with transactions open for 2 s, so
-/// that a rebalance takes partitions away from an open transaction. Every
-/// order must be present and the counters exact.
-///
-/// Ignored: on tansu 0.6 this setup stalls. After the first rebalance the
-/// first member reads the whole backlog, commits one transaction and then
-/// waits, idle, on its next one (no error, no retry, all its tasks parked),
-/// while the second member is assigned its partitions and reads nothing for
-/// minutes. The same stall was seen once, rarely, in
-/// `a_second_host_joining_and_leaving_keeps_everything_exact`. Run it with
-/// `cargo test --release -p sluice --test exactly_once -- --ignored a_member_joining`.
+/// the first works through a backlog with transactions open for up to 30 s,
+/// so that a rebalance takes partitions away from an open transaction. The
+/// revoked partitions are handed over: the first member commits what it
+/// took of them before they are released, so the second member starts
+/// after it and replays nothing (its fence skips no effect). Every order
+/// must be present and the counters exact.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "stalls on tansu 0.6 (see the comment): a reproducer, not yet a check"]
 async fn a_member_joining_a_long_transaction_under_cooperative_rebalancing_keeps_everything_exact() {
     let tansu = Tansu::start_with_partitions(6);
     let (lookups, counters) = (RedisPrefix::new("coop-eo-lookups"), RedisPrefix::new("coop-eo-counters"));
     load_lookups(SHARED_REDIS, &lookups.0).await;
-    let values = generated(60_000, 29, 0.02);
+    let values = generated(80_000, 29, 0.02);
     let want = Expected::of(&values);
-    produce(&tansu.brokers(), "orders", &keyed(&values)).await;
+    let (early, late) = values.split_at(70_000);
+    produce(&tansu.brokers(), "orders", &keyed(early)).await;
     let text = support::workdir::Workdir::default_pipeline()
         .replace("[kafka.consumer]\n", "[kafka.consumer]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n")
-        .replace("\n[kafka]\n", "\ncommit_interval_ms = 2000\n\n[kafka]\n");
-    assert!(text.contains("cooperative-sticky") && text.contains("commit_interval_ms = 2000"));
+        .replace("\n[kafka]\n", "\ncommit_interval_ms = 30000\n\n[kafka]\n");
+    assert!(text.contains("cooperative-sticky") && text.contains("commit_interval_ms = 30000"));
     let work = support::workdir::Workdir::new("coop-eo", &text);
     let env = env(&tansu, &lookups.0, &counters.0, "coop-eo").set("SLUICE_PLUGIN_DIR", &work.plugin_dir());
     let mut first = Host::start_with(&env, &work.pipeline());
     first.wait_ready(Duration::from_secs(90));
     first.wait_records_in(2_000, Duration::from_secs(60));
+    // The second member joins while records keep coming.
     let mut second = Host::start_with(&env.clone().set("SLUICE_INSTANCE_ID", "two"), &work.pipeline());
-    second.wait_records_in(1, Duration::from_secs(90));
-    assert!(second.terminate().success(), "{}", second.log_text());
+    // The first member is still busy with the backlog when the rebalance
+    // comes, and records keep coming after it.
+    let (producer, late) = (support::kafka::Producer::new(&tansu.brokers()), keyed(late));
+    let producing = tokio::spawn(async move {
+        for chunk in late.chunks(500) {
+            producer.send("orders", chunk).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    tokio::task::block_in_place(|| second.wait_records_in(1, Duration::from_secs(90)));
+    producing.await.unwrap();
     assert_exact(&tansu.brokers(), &want, SHARED_REDIS, &counters.0, outputs(&tansu).await).await;
     let log = first.log_text();
     assert!(log.contains("partitions revoked"), "the first member gave partitions away: {log}");
+    for (name, host) in [("first", &first), ("second", &second)] {
+        let metric = |m: &str| host.metric(m).unwrap_or(-1.0);
+        assert_eq!(metric("sluice_handovers_missed_total"), 0.0, "{name} member:\n{}", host.log_text());
+        assert_eq!(metric("sluice_transactions_aborted_total"), 0.0, "{name} member:\n{}", host.log_text());
+        assert_eq!(
+            metric("sluice_effects_skipped_total"),
+            0.0,
+            "the {name} member replayed records the other had committed:\n{}",
+            host.log_text()
+        );
+    }
+    assert!(second.terminate().success(), "{}", second.log_text());
     assert!(first.terminate().success());
 }
 

@@ -95,6 +95,14 @@ impl Mode for AtLeastOnce {
         Ok(())
     }
 
+    async fn hand_over(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()> {
+        while let Some(done) = self.delivering.pop_front() {
+            self.finish(steps, source, done).await?;
+        }
+        self.commit(steps, source, Commit::Sync);
+        Ok(())
+    }
+
     fn set_commit_interval(&mut self, every: Duration) {
         self.commit_every = every;
     }

@@ -140,7 +140,17 @@ impl ExactlyOnce {
     /// commits, then counts its batches. On failure aborts it (or marks the
     /// producer for replacement), waits, and rewinds its partitions so that
     /// its batches are read and processed again.
-    async fn close(&mut self, steps: &mut Steps<'_>, source: &Source, open: Transaction) -> anyhow::Result<()> {
+    ///
+    /// `handing_over`: the close answers a handover (see
+    /// [`crate::kafka::Handover`]), which a failed transaction answers
+    /// before its rewind, since the rewind waits for the rebalance.
+    async fn close(
+        &mut self,
+        steps: &mut Steps<'_>,
+        source: &Source,
+        open: Transaction,
+        handing_over: bool,
+    ) -> anyhow::Result<()> {
         let mut batches = Vec::with_capacity(open.batches.len());
         let mut sent = Vec::with_capacity(open.batches.len());
         for Delivering { batch, result, sent: s } in open.batches {
@@ -159,12 +169,18 @@ impl ExactlyOnce {
                 Ok(())
             }
             Err(error) => {
+                steps.metrics.transactions_aborted.fetch_add(1, Ordering::Relaxed);
                 if Failure::in_chain(&error) == Failure::Fatal {
                     tracing::warn!(error = %error, "fatal transaction error: the producer is replaced");
                     self.replace_producer = true;
                 } else if let Err(e) = steps.sink.abort() {
                     tracing::warn!(error = %e, "abort failed: the producer is replaced");
                     self.replace_producer = true;
+                }
+                if handing_over {
+                    // Nothing taken is held now: the aborted batches are
+                    // read again, by this consumer or the next owner.
+                    source.handover().answer();
                 }
                 steps.wait(Step::Commit, &format!("{error:#}"), &mut self.rewinds).await?;
                 steps.rewind(source, batches.iter().map(|(b, _)| &**b)).await
@@ -193,6 +209,10 @@ async fn commit(
     if let Some(failed) = first_failure {
         return Err(failed.into());
     }
+    // No revoked partition is released while the offsets are sent and
+    // committed; one released without a handover since its records were
+    // read fails the transaction instead (its next owner reads them again).
+    let _committing = source.committing(batches.iter().map(|(b, _)| &**b)).map_err(anyhow::Error::msg)?;
     let group = source.group_metadata().context("the consumer has no group metadata")?;
     let offsets = Source::offsets_after(batches.iter().map(|(b, _)| &**b))?;
     steps.sink.send_offsets(&offsets, &group).context("send offsets to the transaction")?;
@@ -237,14 +257,21 @@ impl Mode for ExactlyOnce {
         open.batches.push(Delivering { batch, result, sent });
         if open.begun.elapsed() >= self.commit_every {
             let open = self.open.take().expect("open");
-            self.close(steps, source, open).await?;
+            self.close(steps, source, open, false).await?;
         }
         Ok(())
     }
 
     async fn settle(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()> {
         match self.open.take() {
-            Some(open) => self.close(steps, source, open).await,
+            Some(open) => self.close(steps, source, open, false).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn hand_over(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()> {
+        match self.open.take() {
+            Some(open) => self.close(steps, source, open, true).await,
             None => Ok(()),
         }
     }

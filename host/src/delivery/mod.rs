@@ -56,6 +56,11 @@ pub trait Mode {
     /// goes live, when no record is waiting, and at stop.
     async fn settle(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()>;
 
+    /// Like [`Mode::settle`], waiting for the commit to complete: during a
+    /// rebalance, before revoked partitions are released (see
+    /// [`crate::kafka::Handover`]).
+    async fn hand_over(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()>;
+
     /// Applies a new `commit_interval_ms`.
     fn set_commit_interval(&mut self, every: Duration);
 

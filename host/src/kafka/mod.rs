@@ -5,6 +5,7 @@
 //! a [`scan`] of a whole topic and `sluice peek`.
 
 mod failure;
+mod handover;
 pub mod peek;
 mod reader;
 mod scan;
@@ -13,6 +14,7 @@ mod source;
 mod writer;
 
 pub use failure::Failure;
+pub use handover::{Committing, HANDOVER_WAIT, Handover};
 pub use reader::Reader;
 pub use scan::{Start, scan, scan_from};
 pub use sink::{Sent, Sink, Unacknowledged};
@@ -33,16 +35,23 @@ use crate::metrics::Metrics;
 pub struct LogContext {
     role: &'static str,
     metrics: Option<Arc<Metrics>>,
-    /// Called with the partitions revoked, during the rebalance.
+    /// Called with the partitions revoked, during the rebalance, before
+    /// they are released, and whether they are already lost.
+    before_revoke: Option<BeforeRevokeHook>,
+    /// Called with the partitions revoked, once they are released.
     on_revoke: Option<RevokeHook>,
 }
 
 /// What the consumer does with the partitions revoked from it.
 pub(crate) type RevokeHook = Box<dyn Fn(&[(String, i32)]) + Send + Sync>;
 
+/// What the consumer does with partitions about to be revoked, told whether
+/// they are already lost (this member was deemed gone from the group).
+type BeforeRevokeHook = Box<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
+
 impl LogContext {
     fn new(role: &'static str, metrics: Option<Arc<Metrics>>) -> Self {
-        Self { role, metrics, on_revoke: None }
+        Self { role, metrics, before_revoke: None, on_revoke: None }
     }
 
     /// Calls `hook` with the partitions revoked, during each rebalance.
@@ -51,6 +60,13 @@ impl LogContext {
     /// dropped.
     fn on_revoke(mut self, hook: RevokeHook) -> Self {
         self.on_revoke = Some(hook);
+        self
+    }
+
+    /// Calls `hook` with the partitions to be revoked, during each
+    /// rebalance, before they are released: it may block (the group waits).
+    fn before_revoke(mut self, hook: BeforeRevokeHook) -> Self {
+        self.before_revoke = Some(hook);
         self
     }
 }
@@ -90,6 +106,23 @@ impl ClientContext for LogContext {
 }
 
 impl ConsumerContext for LogContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // A partition the source paused (its buffer was full) would stay
+            // paused were it assigned again: it leaves unpaused.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::debug!(error = %e, "cannot resume the partitions revoked");
+            }
+        }
+        if let (Rebalance::Revoke(tpl), Some(hook)) = (rebalance, &self.before_revoke) {
+            let revoked: Vec<(String, i32)> =
+                tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            if !revoked.is_empty() {
+                hook(&revoked, consumer.assignment_lost());
+            }
+        }
+    }
+
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // Under the cooperative protocols a rebalance adds or removes some
         // partitions: what is left is the consumer's assignment.

@@ -2,7 +2,7 @@
 //! records filled while the chain works, batches taken from that buffer as
 //! soon as the run loop is free, and offset commits.
 
-use super::LogContext;
+use super::{Committing, HANDOVER_WAIT, Handover, LogContext};
 use crate::config::PipelineConfig;
 use crate::metrics::Metrics;
 use crate::record::{Batch, Header, Record, Span};
@@ -40,6 +40,13 @@ pub const READ_AHEAD_BATCHES: usize = 2;
 /// How long the reader waits after a consumer error before reading again.
 const ERROR_PAUSE: Duration = Duration::from_millis(200);
 
+/// How long the reader waits for room in a full buffer before it pauses its
+/// partitions and keeps polling the consumer, so that a rebalance is served
+/// (and revoked partitions handed over) while the run loop works on a long
+/// batch or waits for a peer. Short waits for room, the usual case under
+/// load, do not pause: a pause drops what librdkafka has fetched ahead.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+
 /// Consumes the input topics in the pipeline's consumer group. A reader
 /// task reads ahead into a bounded buffer; the run loop takes a batch from
 /// it as soon as it is free. Offsets are only ever committed explicitly,
@@ -69,6 +76,8 @@ struct Shared {
     also_on_revoke: Mutex<Vec<super::RevokeHook>>,
     /// Per partition, the offset last committed by this consumer.
     committed: Mutex<BTreeMap<(String, i32), i64>>,
+    /// Revoked partitions wait for the run loop to commit what it took.
+    handover: Handover,
 }
 
 /// Records read and not yet taken, in the order read (so in offset order
@@ -87,6 +96,10 @@ struct Buffer {
     /// Per partition, where the last rewind moved it and that move's
     /// number (of [`Buffer::seeks`]).
     sought: Vec<(String, i32, i64, u64)>,
+    /// Partitions released without a handover, each with the number (of
+    /// [`Buffer::seeks`], which counts these too) of its last loss: records
+    /// of it taken before are not this consumer's to commit.
+    lost: Vec<(String, i32, u64)>,
 }
 
 impl Buffer {
@@ -95,6 +108,26 @@ impl Buffer {
     fn sought_after(&self, topic: &str, partition: i32, seeks: u64) -> Option<i64> {
         let (.., to, n) = self.sought.iter().find(|(t, p, ..)| t == topic && *p == partition)?;
         (*n > seeks).then_some(*to)
+    }
+
+    /// Notes `partitions` released without a handover.
+    fn note_lost(&mut self, partitions: &[(String, i32)]) {
+        self.seeks += 1;
+        let n = self.seeks;
+        for (topic, partition) in partitions {
+            match self.lost.iter_mut().find(|(t, p, _)| t == topic && p == partition) {
+                Some((.., at)) => *at = n,
+                None => self.lost.push((topic.clone(), *partition, n)),
+            }
+        }
+    }
+
+    /// The first partition of `batch` lost after its records were taken.
+    fn lost_from(&self, batch: &Batch) -> Option<&(String, i32, u64)> {
+        let lost_after = |span: &Span| {
+            self.lost.iter().find(|(t, p, n)| *t == span.topic && *p == span.partition && *n > batch.seeks())
+        };
+        batch.spans().iter().find_map(lost_after)
     }
 
     fn note_seek(&mut self, topic: &str, partition: i32, offset: i64) {
@@ -148,6 +181,7 @@ impl Source {
                 read_to: Vec::new(),
                 seeks: 0,
                 sought: Vec::new(),
+                lost: Vec::new(),
             }),
             arrived: Notify::new(),
             room: Notify::new(),
@@ -155,6 +189,7 @@ impl Source {
             batch_max_bytes: AtomicUsize::new(config.source.batch_max_bytes.get()),
             also_on_revoke: Mutex::new(Vec::new()),
             committed: Mutex::new(BTreeMap::new()),
+            handover: Handover::default(),
         });
         // Records of revoked partitions leave the buffer during the
         // rebalance itself: their next owner reads them from the committed
@@ -169,6 +204,43 @@ impl Source {
                 tracing::info!(dropped, "records read ahead of the revoked partitions are left to their next owner");
             }
         }));
+        // Before they are released, revoked partitions are handed over:
+        // what the run loop took of them is committed first (see
+        // [`Handover`]). Their records still buffered are dropped before it
+        // is asked, so that it takes none after it answers.
+        let (handing_over, missed) = (shared.clone(), metrics.clone());
+        let context = context.before_revoke(Box::new(move |revoked, lost| {
+            handing_over.drop_partitions(revoked);
+            let lose = || handing_over.buffer.lock().expect("buffer lock").note_lost(revoked);
+            // Partitions already lost (this member was deemed gone: its
+            // session timed out, or it did not poll for
+            // `max.poll.interval.ms`) may have been read by their next
+            // owner: nothing read of them here may be committed.
+            let started = std::time::Instant::now();
+            let handed_over = if lost {
+                handing_over.handover.lose(lose);
+                false
+            } else {
+                tokio::task::block_in_place(|| handing_over.handover.ask(HANDOVER_WAIT, lose))
+            };
+            if handed_over {
+                let waited_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(partitions = revoked.len(), waited_ms, "revoked partitions handed over");
+            } else {
+                missed.handovers_missed.fetch_add(1, Ordering::Relaxed);
+                let names: Vec<String> = revoked.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+                let why = if lost {
+                    "the group took them away (this member missed its session timeout or max.poll.interval.ms)"
+                } else {
+                    "the pipeline did not commit what it read of them within the handover's wait"
+                };
+                tracing::warn!(
+                    partitions = %names.join(","), wait_ms = HANDOVER_WAIT.as_millis() as u64,
+                    "revoked partitions released before what was read of them was committed ({why}): \
+                     it is left to their next owner"
+                );
+            }
+        }));
         let consumer: StreamConsumer<LogContext> = client.create_with_context(context)?;
         let topics: Vec<&str> = config.source.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -181,6 +253,28 @@ impl Source {
     /// Calls `hook` with the partitions revoked, during each rebalance.
     pub fn also_on_revoke(&self, hook: super::RevokeHook) {
         self.shared.also_on_revoke.lock().expect("revoke hooks lock").push(hook);
+    }
+
+    /// The handover of revoked partitions, answered by the run loop.
+    pub fn handover(&self) -> &Handover {
+        &self.shared.handover
+    }
+
+    /// Starts committing `batches` (in a transaction), unless one of their
+    /// partitions was released without a handover since its records were
+    /// taken: then the error names it, and the batches must be dropped, not
+    /// committed, since the partition's next owner reads them again. No
+    /// handover gives up while the returned guard lives.
+    pub fn committing<'a>(&self, batches: impl IntoIterator<Item = &'a Batch>) -> Result<Committing<'_>, String> {
+        self.shared.handover.committing(|| {
+            let buffer = self.shared.buffer.lock().expect("buffer lock");
+            let (topic, partition, _) = batches.into_iter().find_map(|b| buffer.lost_from(b))?;
+            Some(format!(
+                "{topic}/{partition} was revoked and released before its records read here were committed \
+                 (not handed over within {} s, or taken away by the group): they are left to its next owner",
+                HANDOVER_WAIT.as_secs()
+            ))
+        })
     }
 
     /// The offset this consumer last committed for a partition, if any.
@@ -419,14 +513,26 @@ impl Buffer {
 
 /// The reader task: reads records into the buffer while it has room, and
 /// serves rewinds between two records.
+///
+/// When the buffer stays full for [`PAUSE_AFTER`], the reader pauses the
+/// assigned partitions and goes on polling, for rebalances; it resumes them
+/// once there is room. A paused partition is fetched again from the record
+/// after the last one read.
 async fn read(
     consumer: Arc<StreamConsumer<LogContext>>,
     shared: Arc<Shared>,
     mut control: mpsc::Receiver<Control>,
     metrics: Arc<Metrics>,
 ) {
+    let mut paused = false;
     loop {
         let room = shared.has_room();
+        if room && paused {
+            paused = false;
+            if let Err(e) = consumer.assignment().and_then(|a| consumer.resume(&a)) {
+                tracing::warn!(error = %e, "cannot resume the partitions paused while the buffer was full");
+            }
+        }
         tokio::select! {
             biased;
             request = control.recv() => match request {
@@ -436,8 +542,23 @@ async fn read(
                 }
             },
             () = shared.room.notified(), if !room => {}
-            message = consumer.recv(), if room => match message {
-                Ok(message) => shared.push(&message),
+            () = tokio::time::sleep(PAUSE_AFTER), if !room && !paused => {
+                match consumer.assignment().and_then(|a| consumer.pause(&a)) {
+                    Ok(()) => paused = true,
+                    Err(e) => tracing::warn!(error = %e, "cannot pause the partitions while the buffer is full"),
+                }
+            }
+            message = consumer.recv(), if room || paused => match message {
+                Ok(message) => {
+                    shared.push(&message);
+                    if paused {
+                        // A partition assigned since the pause: paused too,
+                        // now that it is being fetched.
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(message.topic(), message.partition());
+                        let _ = consumer.pause(&tpl);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read from Kafka; retrying");
                     metrics.record_error("kafka");

@@ -52,6 +52,15 @@ impl AtLeastOnce {
         Ok(())
     }
 
+    /// Finishes every batch in flight and commits their offsets.
+    async fn drain(&mut self, steps: &mut Steps<'_>, source: &Source, mode: Commit) -> anyhow::Result<()> {
+        while let Some(done) = self.delivering.pop_front() {
+            self.finish(steps, source, done).await?;
+        }
+        self.commit(steps, source, mode);
+        Ok(())
+    }
+
     /// Commits the offsets of the batches finished since the last commit.
     /// A failed commit is not retried: the next one covers it.
     fn commit(&mut self, steps: &Steps<'_>, source: &Source, mode: Commit) {
@@ -88,19 +97,11 @@ impl Mode for AtLeastOnce {
     }
 
     async fn settle(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()> {
-        while let Some(done) = self.delivering.pop_front() {
-            self.finish(steps, source, done).await?;
-        }
-        self.commit(steps, source, Commit::Async);
-        Ok(())
+        self.drain(steps, source, Commit::Async).await
     }
 
     async fn hand_over(&mut self, steps: &mut Steps<'_>, source: &Source) -> anyhow::Result<()> {
-        while let Some(done) = self.delivering.pop_front() {
-            self.finish(steps, source, done).await?;
-        }
-        self.commit(steps, source, Commit::Sync);
-        Ok(())
+        self.drain(steps, source, Commit::Sync).await
     }
 
     fn set_commit_interval(&mut self, every: Duration) {

@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "50")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .context("cannot create the consumer")?;
     consumer.subscribe(&[source]).with_context(|| format!("cannot subscribe to {source}"))?;

@@ -25,8 +25,9 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use crate::metrics::Metrics;
 
@@ -40,6 +41,10 @@ pub struct LogContext {
     before_revoke: Option<BeforeRevokeHook>,
     /// Called with the partitions revoked, once they are released.
     on_revoke: Option<RevokeHook>,
+    /// The partitions assigned, kept from the rebalances themselves: asking
+    /// librdkafka for its assignment from a rebalance callback can block
+    /// for good while the consumer closes.
+    assignment: Mutex<BTreeSet<(String, i32)>>,
 }
 
 /// What the consumer does with the partitions revoked from it.
@@ -51,7 +56,7 @@ type BeforeRevokeHook = Box<dyn Fn(&[(String, i32)], bool) + Send + Sync>;
 
 impl LogContext {
     fn new(role: &'static str, metrics: Option<Arc<Metrics>>) -> Self {
-        Self { role, metrics, before_revoke: None, on_revoke: None }
+        Self { role, metrics, before_revoke: None, on_revoke: None, assignment: Mutex::default() }
     }
 
     /// Calls `hook` with the partitions revoked, during each rebalance.
@@ -123,10 +128,24 @@ impl ConsumerContext for LogContext {
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // Under the cooperative protocols a rebalance adds or removes some
         // partitions: what is left is the consumer's assignment.
-        let assigned = consumer.assignment().is_ok_and(|a| a.count() > 0);
+        let assigned = {
+            let mut assignment = self.assignment.lock().expect("assignment lock");
+            match rebalance {
+                Rebalance::Assign(tpl) => {
+                    assignment.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+                }
+                Rebalance::Revoke(tpl) => {
+                    for e in tpl.elements() {
+                        assignment.remove(&(e.topic().to_string(), e.partition()));
+                    }
+                }
+                Rebalance::Error(_) => {}
+            }
+            !assignment.is_empty()
+        };
         if let Some(m) = &self.metrics {
             m.rebalances.fetch_add(1, Ordering::Relaxed);
             m.assigned.store(assigned, Ordering::Relaxed);

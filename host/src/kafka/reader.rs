@@ -23,6 +23,7 @@ impl Reader {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("fetch.wait.max.ms", "10")
+            .set("fetch.queue.backoff.ms", "10")
             .create()
             .context("cannot create the consumer")?;
         consumer.subscribe(&[topic])?;

@@ -169,7 +169,16 @@ impl Source {
             // (librdkafka's default is 500 ms): brokers that do not answer a
             // fetch as soon as a record arrives otherwise add up to that much
             // latency to every record.
-            .set("fetch.wait.max.ms", "50");
+            .set("fetch.wait.max.ms", "50")
+            // How long librdkafka postpones the next fetch once its queue
+            // holds more than `queued.min.messages` or
+            // `queued.max.messages.kbytes` (its default is 1000 ms). A broker
+            // that answers one fetch with tens of thousands of records
+            // (tansu does) fills that queue at once, and with the default
+            // the consumer then sits idle for up to a second each time the
+            // pipeline has worked through it: the pass-through ran at half
+            // its rate. The thresholds still bound librdkafka's memory.
+            .set("fetch.queue.backoff.ms", "10");
         for (key, value) in &config.kafka.consumer {
             client.set(key.get_ref(), value);
         }

@@ -168,6 +168,8 @@ pub async fn consume_with(
         .set("enable.auto.commit", "false")
         .set("session.timeout.ms", "6000")
         .set("isolation.level", isolation)
+        // Not librdkafka's 1 s pause each time its queue has been full.
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();

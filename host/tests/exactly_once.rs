@@ -161,11 +161,12 @@ async fn a_member_joining_a_long_transaction_under_cooperative_rebalancing_keeps
     first.wait_records_in(2_000, Duration::from_secs(60));
     // The second member joins while records keep coming.
     let mut second = Host::start_with(&env.clone().set("SLUICE_INSTANCE_ID", "two"), &work.pipeline());
-    // The first member is still busy with the backlog when the rebalance
-    // comes, and records keep coming after it.
+    // Records keep coming, in a transaction held open by the 30 s commit
+    // interval, for 20 s: longer than tansu takes to give the second member
+    // its partitions (about 10 s), however fast the backlog goes.
     let (producer, late) = (support::kafka::Producer::new(&tansu.brokers()), keyed(late));
     let producing = tokio::spawn(async move {
-        for chunk in late.chunks(500) {
+        for chunk in late.chunks(100) {
             producer.send("orders", chunk).await;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -12,7 +12,9 @@
 //! `linger.ms=5`), so that the comparison does not favour the baseline.
 //! Key, value and headers are copied. Prints, like `sluice passthrough`, the
 //! rate from the first record read to the last delivery acknowledged:
-//! `raw copy: N records in S s: R records/s`.
+//! `raw copy: N records in S s: R records/s`. Once the group has given it
+//! partitions it says so on stderr (`raw copy: assigned`), so that a load
+//! can be started after it, as the benchmark's latency floor does.
 
 use anyhow::{Context, bail};
 use rdkafka::ClientConfig;
@@ -90,8 +92,13 @@ fn main() -> anyhow::Result<()> {
     // Gives up when no record comes for 120 s (joining the group included)
     // or, once records came, for 30 s.
     let (mut read, mut first, mut last) = (0u64, None, Instant::now());
+    let mut assigned = false;
     while read < count {
         check()?;
+        if !assigned && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            assigned = true;
+            eprintln!("raw copy: assigned");
+        }
         let Some(message) = consumer.poll(Duration::from_millis(10)) else {
             producer.poll(Duration::ZERO);
             let idle = if first.is_none() { 120 } else { 30 };

@@ -2,7 +2,8 @@
 PLUGINS := normalize enrich categorize totals testguest dedup
 # Test fixtures: a WASI command (a component of another world), a second
 # version of categorize (fallback category `Uncategorized`) and the test
-# guest built against contract 0.5.0 (`testguest-packed`).
+# guest built against contracts 0.5.0 (`testguest-packed`) and 0.6.0
+# (`testguest-tables`).
 FIXTURES := wasi-command
 WASM_TARGET := wasm32-wasip2
 DIST := plugins/dist
@@ -39,6 +40,8 @@ plugins:
 	cp target/$(WASM_TARGET)/release/categorize.wasm $(DIST)/categorize-uncategorized.wasm
 	cargo build --release --target $(WASM_TARGET) -p testguest --features packed
 	cp target/$(WASM_TARGET)/release/testguest.wasm $(DIST)/testguest-packed.wasm
+	cargo build --release --target $(WASM_TARGET) -p testguest --features tables
+	cp target/$(WASM_TARGET)/release/testguest.wasm $(DIST)/testguest-tables.wasm
 	cargo build --release --target $(WASM_TARGET) $(addprefix -p ,$(PLUGINS) $(FIXTURES))
 	for p in $(PLUGINS) $(FIXTURES); do cp target/$(WASM_TARGET)/release/$$p.wasm $(DIST)/$$p.wasm; done
 

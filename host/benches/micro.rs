@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the hot path's parts: one call into a component at
 //! batch sizes 1, 64 and 512 (the bare boundary, with the testguest's `ok`
-//! through the lists of contract 0.4.0 and packed as in 0.5.0, and a real
+//! through the lists of contract 0.4.0, packed as in 0.5.0 and as tables of
+//! bytes as in 0.6.0, and a real
 //! stage, normalize), a lookup served from the cache, rows read
 //! from Redis one at a time and all at once, and one batch's Redis effects
 //! applied behind the fence (against the local Redis).
@@ -65,6 +66,7 @@ fn component_calls(c: &mut Criterion) {
     for (name, plugin, ok) in [
         ("boundary (testguest ok)", "testguest.wasm", true),
         ("boundary, packed (testguest-packed ok)", "testguest-packed.wasm", true),
+        ("boundary, tables (testguest-tables ok)", "testguest-tables.wasm", true),
         ("normalize", "normalize.wasm", false),
     ] {
         let mut chain =

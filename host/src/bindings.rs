@@ -10,7 +10,9 @@
 //! 0.3.0's, so its components are instantiated through `v0_3`'s bindings.
 //! `0.5.0` (`v0_5`) has the same imports as 0.4.0 and exports
 //! `process-packed` instead of `process`: a batch and its results cross
-//! packed into a few lists (see `pipeline::packed`).
+//! packed into a few lists (see `pipeline::packed`). `0.6.0` (`v0_6`)
+//! exports `process-tables` instead: the same, with every table a list of
+//! bytes (see `pipeline::tables`).
 //!
 //! `lookup`, `lookup-many` and the `state` calls are trappable: when Redis cannot answer, the
 //! call is aborted rather than told "no such row", so a transient outage
@@ -100,4 +102,19 @@ pub mod v0_5 {
     pub use self::sluice::plugin0_5_0::packed::{
         Effect as PackedEffect, Entry, Header as PackedHeader, Message as PackedMessage, OutcomeKind, OutputKey, Span,
     };
+}
+
+/// `sluice:plugin@0.6.0`: a batch and its results as tables of bytes.
+pub mod v0_6 {
+    wasmtime::component::bindgen!({
+        world: "transform",
+        path: "../wit/plugin@0.6.0",
+        with: {
+            "sluice:plugin/types@0.1.0": super::sluice::plugin::types,
+            "sluice:plugin/host@0.1.0": super::sluice::plugin::host,
+            "sluice:plugin/state@0.2.0": super::v0_2::sluice::plugin0_2_0::state,
+            "sluice:plugin/values@0.3.0": super::v0_3::sluice::plugin0_3_0::values,
+            "sluice:plugin/lookups@0.4.0": super::v0_4::sluice::plugin0_4_0::lookups,
+        },
+    });
 }

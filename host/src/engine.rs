@@ -119,6 +119,10 @@ pub const DESCRIBE_EXPORT: &str = "describe";
 /// The export of a component whose batches cross packed (`sluice:plugin@0.5.0`).
 pub const PROCESS_PACKED_EXPORT: &str = "process-packed";
 
+/// The export of a component whose batches cross as tables of bytes
+/// (`sluice:plugin@0.6.0`).
+pub const PROCESS_TABLES_EXPORT: &str = "process-tables";
+
 /// The import of keyed state (`sluice:plugin@0.2.0`).
 pub const STATE_IMPORT: &str = "sluice:plugin/state@0.2.0";
 
@@ -141,6 +145,13 @@ impl LoadedComponent {
     pub fn packs_batches(&self) -> bool {
         let engine = self.component.engine();
         self.component.component_type().exports(engine).any(|(name, _)| name == PROCESS_PACKED_EXPORT)
+    }
+
+    /// Whether its batches cross the boundary as tables of bytes
+    /// (`sluice:plugin@0.6.0`: it exports `process-tables`).
+    pub fn passes_tables(&self) -> bool {
+        let engine = self.component.engine();
+        self.component.component_type().exports(engine).any(|(name, _)| name == PROCESS_TABLES_EXPORT)
     }
 
     /// The short version shown in logs: the first 12 hex digits of the hash.

@@ -149,7 +149,7 @@ async fn broken_plugins_and_bad_edits_are_rejected_while_the_old_version_serves(
         (
             "another world",
             dist("wasi-command.wasm"),
-            "does not implement the `transform` world of sluice:plugin@0.1.0, 0.2.0, 0.3.0, 0.4.0 or 0.5.0",
+            "does not implement the `transform` world of sluice:plugin@0.1.0, 0.2.0, 0.3.0, 0.4.0, 0.5.0 or 0.6.0",
         ),
     ];
     for (seed, (what, bytes, why)) in (10..).zip(broken) {

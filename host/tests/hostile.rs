@@ -137,6 +137,47 @@ fn packed_outputs_that_inherit_a_large_key_are_charged_to_the_results_budget() {
     }
 }
 
+/// The test guest built against contract 0.6.0, whose batches and results
+/// cross as tables of bytes.
+fn tables_guest(stage: &str) -> Chain {
+    let pipeline = pipeline_of("testguest-tables", stage);
+    Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline), sluice::state::StateStore::in_memory()).unwrap()
+}
+
+#[test]
+fn rows_that_break_the_contract_cost_only_their_own_record_and_say_what_is_wrong() {
+    let mut chain = tables_guest("");
+    let commands = ["ok", "bad-kind", "torn-rows", "bad-span", "reject", "drop", "ok"];
+    let mut records = command_records(&commands);
+    records[0].key = Some(b"k0".to_vec());
+    records[0].headers = vec![sluice::record::Header { name: "trace".into(), value: b"t0".to_vec() }];
+    let result = chain.process(&records).unwrap();
+    assert_eq!(values(&result), ["ok", "ok"], "the other records are served");
+    assert_eq!(result.outputs[0].key.as_deref(), Some(&b"k0"[..]), "the input's key, inherited");
+    assert_eq!(result.outputs[0].headers[0].name, "trace", "the input's headers, inherited");
+    assert_eq!(
+        reasons(&result),
+        [
+            pair("1", "plugin_contract"),
+            pair("2", "plugin_contract"),
+            pair("3", "plugin_contract"),
+            pair("4", "asked_to_reject")
+        ]
+    );
+    let messages: Vec<String> = dead(&result).into_iter().map(|(_, _, message)| message).collect();
+    // Each bad record was called on its own: it is record 0 of its call.
+    assert_eq!(
+        messages[..3],
+        [
+            "process-tables broke the contract: entry 0 is a row of unknown kind 9, where the outcome of record 0 \
+             belongs",
+            "process-tables broke the contract: the entries are 27 bytes, not a whole number of 32-byte rows",
+            "process-tables broke the contract: entry 1: the value of an output of record 0 is bytes \
+             4294967291..4294967299, outside the results' 0 bytes",
+        ]
+    );
+}
+
 #[test]
 fn a_plugin_that_sleeps_is_stopped_at_its_deadline() {
     let mut chain = guest("limits = { timeout_ms = 1000 }");

@@ -20,6 +20,7 @@ mod reason;
 mod route;
 mod sandbox;
 mod stage;
+mod tables;
 pub mod values;
 
 pub use canary::{CanaryDiff, CanaryStats};

@@ -15,6 +15,7 @@
 use super::lift::{Budgeted, charge};
 use crate::bindings::v0_5::{Batch, Entry, OutcomeKind, OutputKey, PackedEffect, PackedHeader, PackedMessage, Span};
 use crate::bindings::{Effect, ErrorInfo, Header, Message, Outcome, Output};
+use crate::engine::{PROCESS_PACKED_EXPORT, PROCESS_TABLES_EXPORT};
 use std::fmt;
 use wasmtime::component::{ComponentType, Lift};
 
@@ -30,11 +31,16 @@ pub struct Results {
 
 /// Results that break the contract: what is wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed(pub String);
+pub struct Malformed {
+    /// The export called: `process-packed` or `process-tables`.
+    pub call: &'static str,
+    /// What is wrong, and where.
+    pub what: String,
+}
 
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "process-packed broke the contract: {}", self.0)
+        write!(f, "{} broke the contract: {}", self.call, self.what)
     }
 }
 
@@ -76,10 +82,8 @@ pub fn pack(messages: &[Message], batch: &mut Batch) -> Result<(), Malformed> {
         batch.messages.push(PackedMessage { key, value, headers, topic, partition, offset, timestamp_ms });
     }
     if u32::try_from(batch.bytes.len()).is_err() || u32::try_from(batch.headers.len()).is_err() {
-        return Err(Malformed(format!(
-            "a batch of {} bytes is too large to pass packed (at most 4 GiB)",
-            batch.bytes.len()
-        )));
+        let what = format!("a batch of {} bytes is too large to pass packed (at most 4 GiB)", batch.bytes.len());
+        return Err(Malformed { call: PROCESS_PACKED_EXPORT, what });
     }
     Ok(())
 }
@@ -92,14 +96,50 @@ fn put(bytes: &mut Vec<u8>, data: &[u8]) -> Span {
 
 /// The outcomes the results give `inputs`, one per input and in order.
 pub fn unpack(inputs: &[Message], results: Results) -> wasmtime::Result<Vec<Outcome>> {
-    let reader = Reader { bytes: &results.bytes.0, entries: &results.entries.0, next: 0 };
-    reader.outcomes(inputs)
+    read(&results.bytes.0, Entries::Typed(&results.entries.0), inputs)
+}
+
+/// The entries of results: 0.5.0's, lifted, or 0.6.0's rows of bytes
+/// (whole rows), read one at a time.
+pub(super) enum Entries<'a> {
+    Typed(&'a [Entry]),
+    Rows(&'a [u8]),
+}
+
+impl Entries<'_> {
+    /// The export that returned them.
+    fn call(&self) -> &'static str {
+        match self {
+            Self::Typed(_) => PROCESS_PACKED_EXPORT,
+            Self::Rows(_) => PROCESS_TABLES_EXPORT,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Typed(entries) => entries.len(),
+            Self::Rows(rows) => rows.len() / super::tables::ENTRY_ROW,
+        }
+    }
+
+    /// Entry `at` (below `len`), or what is wrong with its row.
+    fn get(&self, at: usize) -> Result<Entry, String> {
+        match self {
+            Self::Typed(entries) => Ok(entries[at]),
+            Self::Rows(rows) => super::tables::entry(rows, at),
+        }
+    }
+}
+
+/// The outcomes that results of these `bytes` and `entries` give `inputs`.
+pub(super) fn read(bytes: &[u8], entries: Entries<'_>, inputs: &[Message]) -> wasmtime::Result<Vec<Outcome>> {
+    Reader { bytes, entries, next: 0 }.outcomes(inputs)
 }
 
 /// Reads the results' entries in order.
 struct Reader<'a> {
     bytes: &'a [u8],
-    entries: &'a [Entry],
+    entries: Entries<'a>,
     next: usize,
 }
 
@@ -115,17 +155,20 @@ fn kind(entry: &Entry) -> &'static str {
 
 impl<'a> Reader<'a> {
     fn malformed(&self, what: String) -> wasmtime::Error {
-        wasmtime::Error::new(Malformed(what))
+        wasmtime::Error::new(Malformed { call: self.entries.call(), what })
     }
 
     /// The next entry, which must be `what` of record `record`.
-    fn entry(&mut self, what: &str, record: usize) -> wasmtime::Result<&'a Entry> {
+    fn entry(&mut self, what: &str, record: usize) -> wasmtime::Result<Entry> {
         let at = self.next;
-        let Some(entry) = self.entries.get(at) else {
+        if at >= self.entries.len() {
             return Err(self.malformed(format!(
                 "the results end after {at} entries, where {what} of record {record} was announced"
             )));
-        };
+        }
+        let entry = self.entries.get(at).map_err(|unreadable| {
+            self.malformed(format!("entry {at} is {unreadable}, where {what} of record {record} belongs"))
+        })?;
         self.next += 1;
         Ok(entry)
     }
@@ -166,7 +209,7 @@ impl<'a> Reader<'a> {
         for (record, input) in inputs.iter().enumerate() {
             let outcome = match self.entry("the outcome", record)? {
                 Entry::Outcome(outcome) => outcome,
-                other => return Err(self.wrong(other, "the outcome", record)),
+                other => return Err(self.wrong(&other, "the outcome", record)),
             };
             let error = |reader: &Self| -> wasmtime::Result<ErrorInfo> {
                 let reason = reader.text(outcome.reason, "the reason code", record)?;
@@ -197,8 +240,8 @@ impl<'a> Reader<'a> {
         let mut emitted = Vec::with_capacity((outputs as usize).min(left));
         for _ in 0..outputs {
             let output = match self.entry("an output", record)? {
-                Entry::Output(output) => *output,
-                other => return Err(self.wrong(other, "an output", record)),
+                Entry::Output(output) => output,
+                other => return Err(self.wrong(&other, "an output", record)),
             };
             let route = match output.route {
                 Some(route) => Some(self.text(route, "the route of an output", record)?),
@@ -225,8 +268,8 @@ impl<'a> Reader<'a> {
             }
             for _ in 0..output.headers {
                 let header = match self.entry("a header", record)? {
-                    Entry::Header(header) => *header,
-                    other => return Err(self.wrong(other, "a header", record)),
+                    Entry::Header(header) => header,
+                    other => return Err(self.wrong(&other, "a header", record)),
                 };
                 let name = self.text(header.name, "the name of a header", record)?;
                 let value = self.bytes(header.value, "the value of a header", record)?;
@@ -238,8 +281,8 @@ impl<'a> Reader<'a> {
         let mut caused = Vec::with_capacity((effects as usize).min(left));
         for _ in 0..effects {
             let effect = match self.entry("an effect", record)? {
-                Entry::Effect(effect) => *effect,
-                other => return Err(self.wrong(other, "an effect", record)),
+                Entry::Effect(effect) => effect,
+                other => return Err(self.wrong(&other, "an effect", record)),
             };
             caused.push(match effect {
                 PackedEffect::HashIncr((key, field, delta)) => Effect::HashIncr((
@@ -438,7 +481,7 @@ mod tests {
     fn malformed(w: &Written, inputs: usize) -> String {
         let inputs: Vec<Message> = (0..inputs).map(|_| message(Some("k"), "v", &[], "t")).collect();
         let error = w.unpack(&inputs).unwrap_err();
-        error.downcast_ref::<Malformed>().unwrap_or_else(|| panic!("not malformed: {error:#}")).0.clone()
+        error.downcast_ref::<Malformed>().unwrap_or_else(|| panic!("not malformed: {error:#}")).what.clone()
     }
 
     #[test]

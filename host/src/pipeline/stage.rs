@@ -2,9 +2,9 @@
 //! `sandbox`), called with a deadline, replaced by a fresh instance after a
 //! failure, and behind a circuit breaker that opens when it keeps failing.
 
-use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre, v0_3, v0_5};
+use crate::bindings::{ErrorInfo, Message, Outcome, Transform, TransformPre, v0_3, v0_5, v0_6};
 use crate::config::{FailurePolicy, Limits};
-use crate::engine::{Engine, LoadedComponent};
+use crate::engine::{Engine, LoadedComponent, PROCESS_PACKED_EXPORT, PROCESS_TABLES_EXPORT};
 use crate::lookup::{LookupSource, Unavailable};
 use crate::state::{StateCalls, StateLimits, StateStore};
 use std::fmt;
@@ -19,6 +19,7 @@ use super::output::PluginOutput;
 use super::packed::{self, Malformed};
 use super::reason::{PluginFailure, Reason};
 use super::sandbox::{CallClock, LimitExceeded, Limiter, StageState};
+use super::tables;
 use super::values::{Declared, Encoding, Encodings, ValueType};
 
 /// What a stage is made of, as loaded from pipeline.toml.
@@ -145,7 +146,7 @@ impl fmt::Display for StageError {
                 write!(
                     f,
                     "stage `{stage}`: plugin {plugin} does not implement the `transform` world of sluice:plugin@0.1.0, \
-                     0.2.0, 0.3.0, 0.4.0 or 0.5.0"
+                     0.2.0, 0.3.0, 0.4.0, 0.5.0 or 0.6.0"
                 )?;
                 if format!("{source:#}").contains("wasi:http/") {
                     // componentize-js imports wasi:http unless told otherwise.
@@ -212,6 +213,9 @@ enum Pre {
     /// `sluice:plugin@0.5.0`: 0.4.0's calls, and `process-packed` instead
     /// of `process`.
     V5(v0_5::TransformPre<StageState>),
+    /// `sluice:plugin@0.6.0`: 0.4.0's calls, and `process-tables` instead
+    /// of `process`.
+    V6(v0_6::TransformPre<StageState>),
 }
 
 impl Pre {
@@ -219,7 +223,9 @@ impl Pre {
     fn new(linker: &Linker<StageState>, spec: &StageSpec) -> Result<Self, StageError> {
         let component = &spec.component.component;
         let typed = linker.instantiate_pre(component).and_then(|pre| {
-            if spec.component.packs_batches() {
+            if spec.component.passes_tables() {
+                v0_6::TransformPre::new(pre).map(Pre::V6)
+            } else if spec.component.packs_batches() {
                 v0_5::TransformPre::new(pre).map(Pre::V5)
             } else if spec.component.declares_values() {
                 v0_3::TransformPre::new(pre).map(Pre::V3)
@@ -239,8 +245,19 @@ impl Pre {
             Pre::V1(pre) => pre.instance_pre(),
             Pre::V3(pre) => pre.instance_pre(),
             Pre::V5(pre) => pre.instance_pre(),
+            Pre::V6(pre) => pre.instance_pre(),
         }
     }
+}
+
+/// How a stage's batches cross the boundary.
+enum Crossing {
+    /// As lists of records (`sluice:plugin@0.1.0` to `0.4.0`).
+    Lists,
+    /// Packed into lists of bytes, records and headers (`0.5.0`).
+    Packed(Box<v0_5::Batch>),
+    /// As tables of bytes (`0.6.0`).
+    Tables(Box<v0_6::Batch>),
 }
 
 /// What the component of `spec` declares it reads and writes, from an
@@ -268,6 +285,9 @@ pub fn describe(
         Pre::V5(_) => {
             v0_5::Transform::new(&mut store, &instance).map_err(failed)?.call_describe(&mut store, &spec.config_json)
         }
+        Pre::V6(_) => {
+            v0_6::Transform::new(&mut store, &instance).map_err(failed)?.call_describe(&mut store, &spec.config_json)
+        }
     };
     let timeout = Duration::from_millis(spec.limits.timeout_ms.get());
     if store.data().clock.cut {
@@ -290,12 +310,12 @@ pub struct Stage {
     stateful: bool,
     engine: Engine,
     store: Store<StageState>,
-    /// `process` (or `process-packed`), typed with results that are lifted
-    /// within the budget.
+    /// `process` (or `process-packed`, `process-tables`), typed with
+    /// results that are lifted within the budget.
     process: Func,
-    /// For a 0.5.0 component, the lists its batches are packed into,
-    /// kept from call to call.
-    packed: Option<Box<v0_5::Batch>>,
+    /// How batches cross, with the lists they are written into kept from
+    /// call to call.
+    crossing: Crossing,
     breaker: Breaker,
 }
 
@@ -335,8 +355,12 @@ impl Stage {
         let (store, process) = instantiate(engine, &pre, &spec, &lookups, &state)?;
         let breaker = Breaker { failures: 0, open_until: None, open_for: BREAKER_MIN_OPEN };
         let stateful = spec.component.uses_state(engine);
-        let packed = matches!(pre, Pre::V5(_)).then(|| Box::new(packed::lists()));
-        Ok(Self { spec, pre, lookups, state, stateful, engine: engine.clone(), store, process, packed, breaker })
+        let crossing = match pre {
+            Pre::V1(_) | Pre::V3(_) => Crossing::Lists,
+            Pre::V5(_) => Crossing::Packed(Box::new(packed::lists())),
+            Pre::V6(_) => Crossing::Tables(Box::new(tables::lists())),
+        };
+        Ok(Self { spec, pre, lookups, state, stateful, engine: engine.clone(), store, process, crossing, breaker })
     }
 
     /// Whether the component imports keyed state.
@@ -397,20 +421,27 @@ impl Stage {
         }
         let budget = (self.spec.limits.results_mib.get() as usize) << 20;
         let (func, store) = (self.process, &mut self.store);
-        let result = lift::within(budget, || match self.packed.as_deref_mut() {
-            None => {
+        let result = lift::within(budget, || match &mut self.crossing {
+            Crossing::Lists => {
                 // SAFETY: `instantiate` checked this signature against the component.
                 let process = unsafe { TypedFunc::<(&[Message],), lift::Results>::new_unchecked(func) };
                 process
                     .call(&mut *store, (batch,))
                     .map(|(outcomes,)| outcomes.0.into_iter().map(Outcome::from).collect())
             }
-            Some(packing) => {
+            Crossing::Packed(packing) => {
                 packed::pack(batch, packing)?;
                 // SAFETY: `instantiate` checked this signature against the component.
                 let process = unsafe { TypedFunc::<(&v0_5::Batch,), (packed::Results,)>::new_unchecked(func) };
-                let (results,) = process.call(&mut *store, (&*packing,))?;
+                let (results,) = process.call(&mut *store, (&**packing,))?;
                 packed::unpack(batch, results)
+            }
+            Crossing::Tables(written) => {
+                tables::pack(batch, written)?;
+                // SAFETY: `instantiate` checked this signature against the component.
+                let process = unsafe { TypedFunc::<(&v0_6::Batch,), (tables::Results,)>::new_unchecked(func) };
+                let (results,) = process.call(&mut *store, (&**written,))?;
+                tables::unpack(batch, results)
             }
         });
         let cut = self.store.data().clock.cut;
@@ -526,7 +557,11 @@ fn instantiate(
     let failed = |source: wasmtime::Error| StageError::Instantiate { stage: stage.clone(), source };
     let process = match pre {
         Pre::V5(_) => *instance
-            .get_typed_func::<(&v0_5::Batch,), (packed::Results,)>(&mut store, "process-packed")
+            .get_typed_func::<(&v0_5::Batch,), (packed::Results,)>(&mut store, PROCESS_PACKED_EXPORT)
+            .map_err(failed)?
+            .func(),
+        Pre::V6(_) => *instance
+            .get_typed_func::<(&v0_6::Batch,), (tables::Results,)>(&mut store, PROCESS_TABLES_EXPORT)
             .map_err(failed)?
             .func(),
         _ => *instance.get_typed_func::<(&[Message],), lift::Results>(&mut store, "process").map_err(failed)?.func(),
@@ -541,6 +576,10 @@ fn instantiate(
         }
         Pre::V5(_) => {
             let transform = v0_5::Transform::new(&mut store, &instance).map_err(failed)?;
+            transform.call_init(&mut store, &spec.config_json, encodings)
+        }
+        Pre::V6(_) => {
+            let transform = v0_6::Transform::new(&mut store, &instance).map_err(failed)?;
             transform.call_init(&mut store, &spec.config_json, encodings)
         }
     };

@@ -37,10 +37,10 @@ pub enum Lang {
 
 /// The WIT worlds plugins are built against, written to `wit/plugin.wit`
 /// with the packages they use in `wit/deps/`: Rust plugins (through the
-/// SDK) 0.5.0, which exchanges typed values in binary, reads a batch's
-/// lookup rows in one call and passes batches packed; Python and JavaScript
+/// SDK) 0.6.0, which exchanges typed values in binary, reads a batch's
+/// lookup rows in one call and passes batches as tables of bytes; Python and JavaScript
 /// ones 0.2.0 (0.1.0 and keyed state), whose values are JSON.
-const WIT_0_5: &str = include_str!("../../../wit/plugin@0.5.0/plugin.wit");
+const WIT_0_6: &str = include_str!("../../../wit/plugin@0.6.0/plugin.wit");
 const WIT_0_4: &str = include_str!("../../../wit/plugin@0.4.0/plugin.wit");
 const WIT_0_3: &str = include_str!("../../../wit/plugin@0.3.0/plugin.wit");
 const WIT_0_2: &str = include_str!("../../../wit/plugin@0.2.0/plugin.wit");
@@ -54,7 +54,7 @@ const SDK_LOOKUPS: &str = include_str!("../../../plugins/sdk/src/lookups.rs");
 const SDK_PACKED: &str = include_str!("../../../plugins/sdk/src/packed.rs");
 const SDK_MANIFEST: &str = include_str!("../../templates/rust/sluice-sdk/Cargo.toml");
 /// Where the SDK finds the WIT world: in the source tree, and in the copy.
-const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.5.0""#;
+const SDK_WIT_IN_TREE: &str = r#"path: "../../wit/plugin@0.6.0""#;
 const SDK_WIT_IN_COPY: &str = r#"path: "wit""#;
 
 fn templates(lang: Lang) -> &'static [(&'static str, &'static str)] {
@@ -136,14 +136,14 @@ fn write_sdk(dir: &Path) -> anyhow::Result<()> {
     write(&dir.join("src/values.rs"), SDK_VALUES)?;
     write(&dir.join("src/lookups.rs"), SDK_LOOKUPS)?;
     write(&dir.join("src/packed.rs"), SDK_PACKED)?;
-    write_wit(dir, WIT_0_5)
+    write_wit(dir, WIT_0_6)
 }
 
 /// The WIT world `world` in `dir/wit`, with the packages it may use in
 /// `wit/deps`.
 fn write_wit(dir: &Path, world: &str) -> anyhow::Result<()> {
     write(&dir.join("wit/plugin.wit"), world)?;
-    if world == WIT_0_5 {
+    if world == WIT_0_6 {
         write(&dir.join("wit/deps/plugin@0.4.0/plugin.wit"), WIT_0_4)?;
         write(&dir.join("wit/deps/plugin@0.3.0/plugin.wit"), WIT_0_3)?;
         write(&dir.join("wit/deps/plugin@0.2.0/plugin.wit"), WIT_0_2)?;

@@ -3,7 +3,7 @@
 //! A stage is a type that implements [`Stage`]: built once per instance from
 //! its config in pipeline.toml, then called once per record. Register it with
 //! [`stage!`], build the crate for `wasm32-wasip2`, and the result is a
-//! component of the `sluice:plugin@0.5.0` `transform` world that the host
+//! component of the `sluice:plugin@0.6.0` `transform` world that the host
 //! loads.
 //!
 //! ```
@@ -93,7 +93,7 @@ use std::fmt;
 mod bindings {
     wit_bindgen::generate!({
         world: "transform",
-        path: "../../wit/plugin@0.5.0",
+        path: "../../wit/plugin@0.6.0",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk",
         generate_all,
@@ -208,7 +208,7 @@ pub struct Record<'a> {
 #[derive(Clone)]
 enum Headers<'a> {
     /// In the batch's bytes.
-    Packed { bytes: &'a [u8], headers: &'a [packed::PackedHeader] },
+    Packed { bytes: &'a [u8], rows: &'a [u8] },
     /// Its own.
     Owned(Vec<Header>),
 }
@@ -354,7 +354,9 @@ impl<'a> Record<'a> {
     /// The headers, as (name, value), in order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
         let (packed, owned) = match &self.headers {
-            Headers::Packed { bytes, headers } => (Some(headers.iter().map(|h| packed::header(bytes, h))), None),
+            Headers::Packed { bytes, rows } => {
+                (Some(rows.chunks_exact(packed::HEADER_ROW).map(|row| packed::header(bytes, row))), None)
+            }
             Headers::Owned(headers) => (None, Some(headers.iter().map(|h| (h.name.as_str(), h.value.as_slice())))),
         };
         packed.into_iter().flatten().chain(owned.into_iter().flatten())
@@ -732,7 +734,7 @@ pub mod runtime {
 
     pub fn process<S: Stage>(batch: packed::Batch) -> packed::Results {
         #[cfg(feature = "count-allocations")]
-        let (count, boundary) = (batch.messages.len(), allocations::take());
+        let (count, boundary) = (batch.records.len() / packed::RECORD_ROW, allocations::take());
         let records = packed::records(&batch);
         let results = STAGE.with(|s| match s.borrow_mut().as_mut().and_then(|s| s.downcast_mut::<S>()) {
             Some(stage) => stage.process_batch(&records),
@@ -741,7 +743,7 @@ pub mod runtime {
                 .map(|_| Err(Error::reject("not_initialised", "process was called before init")))
                 .collect(),
         });
-        let mut packer = packed::Packer::new();
+        let mut packer = packed::Packer::for_results(&results);
         for result in results {
             packer.push(result);
         }
@@ -823,7 +825,7 @@ macro_rules! stage {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::runtime::init::<$stage>(config_json, encodings)
                 }
-                fn process_packed(batch: $crate::packed::Batch) -> $crate::packed::Results {
+                fn process_tables(batch: $crate::packed::Batch) -> $crate::packed::Results {
                     $crate::runtime::process::<$stage>(batch)
                 }
             }

@@ -27,14 +27,25 @@
 //! outcome, and `inherit N` emits N outputs that inherit the record's key
 //! and headers.
 //!
+//! Built with the `tables` feature, it is a component of
+//! `sluice:plugin@0.6.0` (`process-tables`) that runs the same commands,
+//! and a few more that break the contract of its tables: `bad-kind` gives
+//! the record an outcome row of an unknown kind, `torn-rows` leaves the
+//! rows 5 bytes short of whole, and `bad-span` emits an output whose value
+//! lies outside the results' bytes.
+//!
 //! Value types: `{"reads": "T", "writes": "U", "binary": "B"}` declares
 //! that the stage reads type T and writes type U, each with binary form B
 //! (if given); `encodings` emits the encodings the host chose, as
 //! `input=json output=binary`.
 
 // The raw world, without the SDK: this plugin exercises the contract
-// itself, of 0.4.0 (the lists of 0.1.0 to 0.4.0) or, with `packed`, 0.5.0.
-#[cfg(not(feature = "packed"))]
+// itself, of 0.4.0 (the lists of 0.1.0 to 0.4.0), with `packed` 0.5.0 or
+// with `tables` 0.6.0.
+#[cfg(all(feature = "packed", feature = "tables"))]
+compile_error!("the features `packed` and `tables` choose different contracts: enable one");
+
+#[cfg(not(any(feature = "packed", feature = "tables")))]
 mod bindings {
     wit_bindgen::generate!({
         world: "transform",
@@ -52,8 +63,19 @@ mod bindings {
     });
 }
 
+#[cfg(feature = "tables")]
+mod bindings {
+    wit_bindgen::generate!({
+        world: "transform",
+        path: "../../wit/plugin@0.6.0",
+        generate_all,
+    });
+}
+
 #[cfg(feature = "packed")]
 mod packed;
+#[cfg(feature = "tables")]
+mod tables;
 
 use bindings::Guest;
 use bindings::sluice::plugin0_1_0::host;
@@ -207,7 +229,7 @@ impl Guest for TestGuest {
         ALWAYS.set(always).map_err(|_| "initialised twice".to_string())
     }
 
-    #[cfg(not(feature = "packed"))]
+    #[cfg(not(any(feature = "packed", feature = "tables")))]
     fn process(batch: Vec<Message>) -> Vec<Outcome> {
         batch.iter().map(run).collect()
     }
@@ -215,6 +237,11 @@ impl Guest for TestGuest {
     #[cfg(feature = "packed")]
     fn process_packed(batch: packed::Batch) -> packed::Results {
         packed::process(batch)
+    }
+
+    #[cfg(feature = "tables")]
+    fn process_tables(batch: tables::Batch) -> tables::Results {
+        tables::process(batch)
     }
 }
 

@@ -164,13 +164,16 @@ latency() { # mode input-topic -> "measured p50 p99 p99.9 max"
 latency_raw() { # input-topic -> "measured p50 p99 p99.9 max"
   "$raw_copy" "$KAFKA_BROKERS" "$1" "$1.out" "$stamped" bench-$1 >"$out/raw-$1.txt" 2>"$out/raw-$1.log" &
   local copy=$!
+  local deadline=$(( $(date +%s) + 120 ))
   until grep -q "raw copy: assigned" "$out/raw-$1.log"; do
     kill -0 "$copy" 2>/dev/null || { echo "benchmark: the raw copy died, see $out/raw-$1.log" >&2; exit 1; }
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "benchmark: the raw copy was given no partitions in 120 s" >&2; exit 1; }
     sleep 0.05
   done
+  # The reader reads from the start and latency is taken from timestamps,
+  # so the load need not wait for it.
   "$sluice" latency "$1.out" --count "$stamped" --idle-s 5 >"$out/$1.txt" 2>"$out/$1.log" &
   local reader=$!
-  sleep 2
   "$sluice" gen --count "$stamped" --rate "$rate" --seed 9 --stamp --topic "$1" 2>/dev/null
   wait "$reader"
   wait "$copy"

@@ -82,16 +82,17 @@ fn pair(offset: &str, reason: &str) -> (String, String) {
     (offset.to_string(), reason.to_string())
 }
 
-/// The test guest built against contract 0.5.0, whose batches and results
-/// cross packed.
-fn packed_guest(stage: &str) -> Chain {
-    let pipeline = pipeline_of("testguest-packed", stage);
+/// The test guest built as `plugin`: `testguest-packed` (contract 0.5.0,
+/// batches and results packed) or `testguest-tables` (0.6.0, tables of
+/// bytes).
+fn contract_guest(plugin: &str, stage: &str) -> Chain {
+    let pipeline = pipeline_of(plugin, stage);
     Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline), sluice::state::StateStore::in_memory()).unwrap()
 }
 
 #[test]
 fn packed_results_that_break_the_contract_cost_only_their_own_record_and_say_what_is_wrong() {
-    let mut chain = packed_guest("");
+    let mut chain = contract_guest("testguest-packed", "");
     let commands = ["ok", "bad-span", "bad-utf8", "no-outcome", "reject", "ok"];
     let result = chain.process(&command_records(&commands)).unwrap();
     assert_eq!(values(&result), ["ok", "ok"], "the other records are served");
@@ -122,7 +123,7 @@ fn packed_results_that_break_the_contract_cost_only_their_own_record_and_say_wha
 fn packed_outputs_that_inherit_a_large_key_are_charged_to_the_results_budget() {
     // 100 outputs inheriting a key of 100 KiB: 10 MB for the host from a
     // few bytes of results, over a budget of 4 MiB.
-    let mut chain = packed_guest("limits = { results_mib = 4 }");
+    let mut chain = contract_guest("testguest-packed", "limits = { results_mib = 4 }");
     let mut records = command_records(&["inherit 100", "inherit 2"]);
     records[0].key = Some(vec![b'k'; 100 << 10]);
     records[1].key = Some(b"small".to_vec());
@@ -137,16 +138,9 @@ fn packed_outputs_that_inherit_a_large_key_are_charged_to_the_results_budget() {
     }
 }
 
-/// The test guest built against contract 0.6.0, whose batches and results
-/// cross as tables of bytes.
-fn tables_guest(stage: &str) -> Chain {
-    let pipeline = pipeline_of("testguest-tables", stage);
-    Chain::build(&Engine::new().unwrap(), &pipeline, Arc::new(Offline), sluice::state::StateStore::in_memory()).unwrap()
-}
-
 #[test]
 fn rows_that_break_the_contract_cost_only_their_own_record_and_say_what_is_wrong() {
-    let mut chain = tables_guest("");
+    let mut chain = contract_guest("testguest-tables", "");
     let commands = ["ok", "bad-kind", "torn-rows", "bad-span", "reject", "drop", "ok"];
     let mut records = command_records(&commands);
     records[0].key = Some(b"k0".to_vec());

@@ -88,7 +88,8 @@ pub fn pack(messages: &[Message], batch: &mut Batch) -> Result<(), Malformed> {
     Ok(())
 }
 
-fn put(bytes: &mut Vec<u8>, data: &[u8]) -> Span {
+/// Appends `data` to `bytes`: its span.
+pub(super) fn put(bytes: &mut Vec<u8>, data: &[u8]) -> Span {
     let start = bytes.len() as u32;
     bytes.extend_from_slice(data);
     Span { start, len: data.len() as u32 }

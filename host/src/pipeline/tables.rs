@@ -9,7 +9,7 @@
 //! cannot be read (a table that is not whole rows, an unknown kind).
 
 use super::lift::Budgeted;
-use super::packed::{Entries, Malformed};
+use super::packed::{Entries, Malformed, put};
 use crate::bindings::v0_5::sluice::plugin0_5_0::packed as v5;
 use crate::bindings::v0_5::{Entry, OutcomeKind, OutputKey, PackedEffect, PackedHeader, Span};
 use crate::bindings::v0_6::Batch;
@@ -98,12 +98,6 @@ pub fn pack(messages: &[Message], batch: &mut Batch) -> Result<(), Malformed> {
         return Err(Malformed { call: PROCESS_TABLES_EXPORT, what });
     }
     Ok(())
-}
-
-fn put(bytes: &mut Vec<u8>, data: &[u8]) -> Span {
-    let start = bytes.len() as u32;
-    bytes.extend_from_slice(data);
-    Span { start, len: data.len() as u32 }
 }
 
 fn words(row: &mut Vec<u8>, words: &[u32]) {
